@@ -1,0 +1,45 @@
+"""memseq: train Keras and tf.data models on arrays far larger than RAM, from memmap files."""
+
+from __future__ import annotations
+
+from memseq.dataset import Column, Dataset, open, open_raw
+from memseq.errors import (
+    BatchIndexError,
+    CorruptFileError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    FormatError,
+    MemseqError,
+    SchemaError,
+    UnsafePathError,
+)
+from memseq.writer import Writer, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchIndexError",
+    "Column",
+    "CorruptFileError",
+    "Dataset",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "FormatError",
+    "MemmapSequence",
+    "MemseqError",
+    "SchemaError",
+    "UnsafePathError",
+    "Writer",
+    "open",
+    "open_raw",
+    "save",
+]
+
+
+def __getattr__(name: str):
+    # MemmapSequence imports Keras: load it on first use so `import memseq` stays light.
+    if name == "MemmapSequence":
+        from memseq.sequence import MemmapSequence
+
+        return MemmapSequence
+    raise AttributeError(f"module 'memseq' has no attribute {name!r}")

@@ -1,0 +1,433 @@
+"""Writing memseq datasets: streaming, validated, atomic.
+
+A :class:`Writer` streams rows into ``.npy`` files in a temporary directory next
+to the target, computes each file's CRC-32 as it writes (no second pass), and
+commits with one atomic rename once everything is on disk:
+
+1. data files are written under ``.<name>.memseq-tmp-<id>/`` beside the target,
+   each with a header that reserves room for any row count;
+2. on commit each file gets its final header and is fsynced, then the manifest is
+   written and fsynced *last*, then the directories are fsynced;
+3. the temporary directory is renamed onto the target. With ``overwrite=True`` the
+   old and the new directory are swapped in one step (``renameat2`` with
+   ``RENAME_EXCHANGE``), so the old dataset stays intact and readable until the new
+   one is in place; only then is the old one deleted.
+
+A crash at any moment leaves either no dataset (a fresh write), the old dataset or
+the new one, never a mix; at worst a ``.<name>.memseq-tmp-*`` directory is left
+over and may be deleted. If the ``with`` block raises, nothing is committed and the
+temporary files are removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import uuid
+import warnings
+import zlib
+from typing import Any, BinaryIO, Mapping
+
+import numpy as np
+
+from memseq import format as fmt
+from memseq.errors import DatasetExistsError, MemseqError, SchemaError
+
+__all__ = ["Writer", "save"]
+
+# Appends are written in pieces of about this many bytes per field, so that
+# converting a huge input (say a 2 GB memmap handed to save()) never needs a
+# whole-field copy in memory.
+_WRITE_CHUNK_BYTES = 16 * 2**20
+_TMP_MARKER = ".memseq-tmp-"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two paths (Linux renameat2). Returns False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _normalize_fields(fields: Mapping[str, Any]) -> dict[str, fmt.FieldSpec]:
+    if not isinstance(fields, Mapping) or not fields:
+        raise SchemaError(f"fields must be a non-empty mapping of name -> (dtype, row_shape). Received: {fields!r}")
+    specs = {}
+    for name, spec in fields.items():
+        if isinstance(spec, fmt.FieldSpec):
+            specs[name] = fmt.field_spec(name, spec.dtype, spec.shape)
+        elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+            specs[name] = fmt.field_spec(name, spec[0], spec[1])
+        else:
+            raise SchemaError(
+                f"Field {name!r}: expected (dtype, row_shape), e.g. ('uint8', (64, 64, 3)). Received: {spec!r}"
+            )
+    return specs
+
+
+class _FieldFile:
+    """One .npy file being written: reserved header, running CRC-32, row count."""
+
+    def __init__(self, path: str, spec: fmt.FieldSpec):
+        self.path = path
+        self.spec = spec
+        self.rows = 0
+        self.crc = 0
+        self.header_length = fmt.reserved_header_length(spec.dtype, spec.shape)
+        self.file: BinaryIO = open(path, "xb", buffering=0)
+        # Placeholder header; the real one (same length) is written on finish().
+        self.file.write(fmt.npy_header(spec.dtype, (0, *spec.shape), self.header_length))
+
+    def write(self, rows: np.ndarray) -> None:
+        if rows.nbytes:
+            data = memoryview(rows.reshape(-1).view(np.uint8))
+            self.crc = zlib.crc32(data, self.crc)
+            while data:
+                n = self.file.write(data)
+                data = data[n:]
+        self.rows += len(rows)
+
+    def finish(self) -> str:
+        """Writes the final header, fsyncs and closes; returns the checksum string."""
+        self.file.seek(0)
+        self.file.write(fmt.npy_header(self.spec.dtype, (self.rows, *self.spec.shape), self.header_length))
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return fmt.format_checksum(self.crc)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Writer:
+    """Streams rows into a new memseq dataset and commits it atomically.
+
+    Use it as a context manager: the dataset is committed when the block ends
+    normally and discarded if it raises. Without ``with``, call :meth:`close` to
+    commit or :meth:`abort` to discard.
+
+    Args:
+        path: The dataset directory to create.
+        fields: Mapping of field name -> ``(dtype, row_shape)``; dtypes must be
+            bool or numeric, ``row_shape`` is ``()`` for scalar rows.
+        overwrite: Replace an existing memseq dataset at ``path``. The old one stays
+            intact and readable until the new one is committed.
+        shard_rows: Start a new shard (sub-directory) every this many rows. By
+            default everything goes into one file per field.
+        progress: Show a tqdm progress bar of rows written.
+        total_rows: The expected number of rows, for the progress bar only.
+
+    Raises:
+        DatasetExistsError: If ``path`` exists and ``overwrite`` is False, or it
+            exists and is not a memseq dataset (memseq never replaces other data).
+        SchemaError: If a field name, dtype or shape is invalid.
+
+    Example:
+        >>> fields = {"image": ("uint8", (64, 64, 3)), "label": ("int64", ())}
+        >>> with memseq.Writer("data/train", fields=fields) as w:
+        ...     for images, labels in chunks:
+        ...         w.append({"image": images, "label": labels})
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fields: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        shard_rows: int | None = None,
+        progress: bool = False,
+        total_rows: int | None = None,
+    ):
+        self.path = os.path.abspath(os.fspath(path))
+        self.fields = _normalize_fields(fields)
+        if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
+            raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
+        self.overwrite = bool(overwrite)
+        self.shard_rows = shard_rows
+        self._check_target()
+        parent, name = os.path.split(self.path)
+        os.makedirs(parent, exist_ok=True)
+        self._tmp = os.path.join(parent, f".{name}{_TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        os.mkdir(self._tmp)
+        self._shards: list[fmt.ShardSpec] = []
+        self._current: dict[str, _FieldFile] | None = None
+        self._current_dir = ""
+        self._closed = False
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_rows, unit="rows", desc=f"writing {name}", unit_scale=True)
+
+    def _check_target(self) -> None:
+        if not os.path.lexists(self.path):
+            return
+        if not self.overwrite:
+            raise DatasetExistsError(f"{self.path} already exists; pass overwrite=True to replace it.")
+        if not os.path.isdir(self.path) or not os.path.isfile(os.path.join(self.path, fmt.MANIFEST_NAME)):
+            raise DatasetExistsError(
+                f"{self.path} exists and is not a memseq dataset (no {fmt.MANIFEST_NAME}); "
+                "memseq only overwrites its own datasets. Remove it yourself if it should go."
+            )
+
+    @property
+    def num_rows(self) -> int:
+        """Rows appended so far."""
+        done = sum(s.num_rows for s in self._shards)
+        if self._current:
+            done += next(iter(self._current.values())).rows
+        return done
+
+    # -- appending
+
+    def _validate(self, batch: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        if self._closed:
+            raise MemseqError(f"{self.path}: this Writer is closed; append before close().")
+        if not isinstance(batch, Mapping):
+            raise SchemaError(f"append() takes a mapping of field name -> array. Received: {type(batch).__name__}")
+        missing = sorted(set(self.fields) - set(batch))
+        extra = sorted(set(batch) - set(self.fields))
+        if missing or extra:
+            raise SchemaError(
+                f"{self.path}: append() needs exactly the fields {sorted(self.fields)}. "
+                f"Missing: {missing}; unknown: {extra}."
+            )
+        arrays: dict[str, Any] = {}
+        lengths = {}
+        for name, spec in self.fields.items():
+            arr = batch[name]
+            if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
+                arr = np.asarray(arr)
+            dtype = np.dtype(arr.dtype)
+            if dtype != spec.dtype and not np.can_cast(dtype, spec.dtype, casting="safe"):
+                raise SchemaError(
+                    f"{self.path}: field {name!r} has dtype {spec.dtype}; {dtype} does not cast to it safely. "
+                    f"Convert explicitly (e.g. arr.astype({str(spec.dtype)!r})) if that is what you want."
+                )
+            shape = tuple(arr.shape)
+            if len(shape) < 1 or shape[1:] != spec.shape:
+                raise SchemaError(
+                    f"{self.path}: field {name!r} takes rows of shape {spec.shape}, so arrays of shape "
+                    f"(n, {', '.join(map(str, spec.shape))}{',' if len(spec.shape) == 1 else ''}). Received shape: {shape}"
+                )
+            arrays[name] = arr
+            lengths[name] = shape[0]
+        if len(set(lengths.values())) > 1:
+            raise SchemaError(f"{self.path}: all fields need the same number of rows. Received: {lengths}")
+        return arrays, next(iter(lengths.values()))
+
+    def append(self, batch: Mapping[str, Any]) -> None:
+        """Appends rows: the same number of rows for every field.
+
+        Args:
+            batch: Mapping of every field name -> array (ndarray, memmap or any
+                array-like with ``shape``, ``dtype`` and slicing) of shape
+                ``(n, *row_shape)`` and the field's dtype or one that casts to it
+                safely.
+
+        Raises:
+            SchemaError: For missing or unknown fields, a dtype that does not cast
+                safely, a wrong row shape, or unequal row counts. Nothing of the
+                batch is written then.
+        """
+        arrays, n = self._validate(batch)
+        start = 0
+        while start < n:
+            files = self._shard_files()
+            room = n - start if self.shard_rows is None else self.shard_rows - next(iter(files.values())).rows
+            stop = min(n, start + room)
+            for name, spec in self.fields.items():
+                step = max(1, _WRITE_CHUNK_BYTES // max(spec.row_nbytes, 1))
+                for a in range(start, stop, step):
+                    b = min(stop, a + step)
+                    files[name].write(np.ascontiguousarray(arrays[name][a:b], dtype=spec.dtype))
+            if self.shard_rows is not None and stop - start == room:
+                self._finish_shard()
+            start = stop
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def _shard_files(self) -> dict[str, _FieldFile]:
+        if self._current is None:
+            if self.shard_rows is None:
+                self._current_dir = ""
+            else:
+                self._current_dir = f"shard-{len(self._shards):05d}"
+                os.mkdir(os.path.join(self._tmp, self._current_dir))
+            self._current = {}
+            for name, spec in self.fields.items():
+                rel = f"{self._current_dir}/{name}.npy" if self._current_dir else f"{name}.npy"
+                self._current[name] = _FieldFile(os.path.join(self._tmp, rel), spec)
+        return self._current
+
+    def _finish_shard(self) -> None:
+        files, self._current = self._current, None
+        if files is None:
+            return
+        entries = {}
+        rows = 0
+        for name, f in files.items():
+            rel = os.path.relpath(f.path, self._tmp).replace(os.sep, "/")
+            entries[name] = fmt.FileEntry(rel, f.finish())
+            rows = f.rows
+        if self._current_dir:
+            _fsync_dir(os.path.join(self._tmp, self._current_dir))
+        self._shards.append(fmt.ShardSpec(rows, entries))
+
+    # -- committing
+
+    def close(self) -> None:
+        """Commits the dataset: final headers, fsync, manifest last, atomic rename.
+
+        Raises:
+            DatasetExistsError: If ``path`` appeared meanwhile and ``overwrite`` is False.
+        """
+        if self._closed:
+            return
+        try:
+            if self._current is not None or not self._shards:
+                self._shard_files()  # an empty dataset still has one (empty) shard
+                self._finish_shard()
+            manifest = fmt.Manifest(sum(s.num_rows for s in self._shards), dict(self.fields), tuple(self._shards))
+            manifest_tmp = os.path.join(self._tmp, fmt.MANIFEST_NAME + ".tmp")
+            with open(manifest_tmp, "x", encoding="utf-8") as f:
+                f.write(fmt.manifest_to_json(manifest))
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(manifest_tmp, os.path.join(self._tmp, fmt.MANIFEST_NAME))
+            _fsync_dir(self._tmp)
+            self._publish()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+
+    def _publish(self) -> None:
+        parent = os.path.dirname(self.path)
+        self._check_target()
+        if os.path.lexists(self.path):
+            if not _exchange(self._tmp, self.path):
+                # No atomic exchange on this filesystem: two renames, with a short
+                # window in which the path is missing (the old data sit at ``old``).
+                old = self._tmp + "-old"
+                os.rename(self.path, old)
+                os.rename(self._tmp, self.path)
+                os.rename(old, self._tmp)
+            _fsync_dir(parent)
+            shutil.rmtree(self._tmp, ignore_errors=True)  # the old dataset, now here
+        else:
+            try:
+                os.rename(self._tmp, self.path)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise DatasetExistsError(f"{self.path} appeared while writing; nothing was committed.") from e
+                raise
+            _fsync_dir(parent)
+
+    def abort(self) -> None:
+        """Discards everything written; the target path is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        for f in (self._current or {}).values():
+            f.close()
+        self._current = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            warnings.warn(
+                f"memseq.Writer for {self.path} was garbage-collected without close(); nothing was committed.",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            self.abort()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<memseq.Writer {self.path!r} rows={self.num_rows} {state}>"
+
+
+def save(
+    path: str | os.PathLike,
+    data: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    shard_rows: int | None = None,
+    progress: bool = False,
+) -> None:
+    """Writes a mapping of equally long arrays as a memseq dataset, atomically.
+
+    Inputs are streamed in pieces, so saving a memmap larger than RAM works.
+
+    Args:
+        path: The dataset directory to create.
+        data: Mapping of field name -> array (ndarray, ``np.memmap``, memseq column)
+            with equal first dimensions; the rest of each shape is the row shape.
+        overwrite: Replace an existing memseq dataset; it stays readable until the
+            new one is committed.
+        shard_rows: Start a new shard every this many rows.
+        progress: Show a tqdm progress bar.
+
+    Raises:
+        DatasetExistsError: If ``path`` exists and ``overwrite`` is False.
+        SchemaError: For invalid names, dtypes, or unequal lengths.
+
+    Example:
+        >>> memseq.save("data/train", {"image": images, "label": labels})
+    """
+    if not isinstance(data, Mapping) or not data:
+        raise SchemaError(f"save() takes a non-empty mapping of field name -> array. Received: {type(data).__name__}")
+    arrays = {name: arr if hasattr(arr, "dtype") and hasattr(arr, "shape") else np.asarray(arr) for name, arr in data.items()}
+    for name, arr in arrays.items():
+        if len(arr.shape) < 1:
+            raise SchemaError(f"Field {name!r}: needs at least one dimension (rows). Received shape: {tuple(arr.shape)}")
+    lengths = {name: arr.shape[0] for name, arr in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise SchemaError(f"All fields need the same number of rows. Received: {lengths}")
+    n = next(iter(lengths.values()))
+    fields = {name: (arr.dtype, tuple(arr.shape[1:])) for name, arr in arrays.items()}
+    row_bytes = sum(np.dtype(d).itemsize * int(np.prod(s, dtype=np.int64)) for d, s in fields.values())
+    step = max(1, _WRITE_CHUNK_BYTES * 4 // max(row_bytes, 1))
+    with Writer(path, fields, overwrite=overwrite, shard_rows=shard_rows, progress=progress, total_rows=n) as w:
+        if n == 0:
+            return
+        for start in range(0, n, step):
+            w.append({name: arr[start : start + step] for name, arr in arrays.items()})
