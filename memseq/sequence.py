@@ -1,0 +1,461 @@
+"""MemmapSequence: a Keras ``PyDataset`` that serves shuffled batches from memmap files.
+
+What a batch holds is a pure function of ``(seed, epoch, batch index)``:
+
+- the rows come from :mod:`memseq.order` (a fresh permutation of rows every epoch
+  when ``shuffle=True``, cut into consecutive batches);
+- ``augment(batch, rng)`` gets ``rng = np.random.default_rng([seed, epoch, index])``.
+
+So batches are identical whether Keras runs them in the main thread, in worker
+threads or in worker processes (fork, spawn or forkserver), in any order. The only
+mutable state is the epoch: ``on_epoch_end()`` advances it (Keras calls it), and
+``set_epoch(n)`` jumps to it (to resume a run).
+
+Keras facts this module is built around (Keras 3.15):
+
+- ``workers``, ``use_multiprocessing`` and ``max_queue_size`` belong to the
+  ``PyDataset`` constructor; ``fit(seq, workers=...)`` is a ``TypeError`` in Keras 3.
+- ``fit``/``evaluate``/``predict`` call ``on_epoch_end()`` once *before* the first
+  epoch, then once after each epoch. A fresh sequence therefore serves epoch 1 in
+  ``fit``'s first epoch. To resume exactly: ``seq.set_epoch(initial_epoch)`` then
+  ``model.fit(seq, initial_epoch=initial_epoch, ...)``.
+- The worker pool is rebuilt every epoch and gets the sequence through the pool
+  initializer: inherited under fork, pickled under spawn and forkserver. A
+  sequence pickles by reference (file paths, seed, epoch: a few KiB), never array
+  data, so workers start fast and share the page cache.
+- ``fit(shuffle=True)`` (the default) only reorders whole batches, with Python's
+  global ``random``; memseq already shuffles rows, so pass ``shuffle=False`` to
+  ``fit`` when you want runs to be reproducible.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import mmap
+import operator
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from memseq import order as order_lib
+from memseq.dataset import Column, Dataset, RawColumn
+from memseq.dataset import open as open_dataset
+from memseq.errors import BatchIndexError, SchemaError
+
+__all__ = ["MemmapSequence"]
+
+
+def _legacy_sequence_bases() -> tuple[type, ...]:
+    # tf_keras (legacy Keras 2) only accepts its own Sequence type and still takes
+    # workers= in fit(). Inherit from it too when it is installed, so the legacy
+    # `model.fit(seq, workers=4, use_multiprocessing=True)` works; never require it.
+    if importlib.util.find_spec("tf_keras") is None:
+        return ()
+    try:
+        import tf_keras
+    except Exception:  # a broken tf_keras install must not break memseq
+        return ()
+    return (tf_keras.utils.Sequence,)
+
+
+def _memmap_as_column(array: np.memmap) -> Any:
+    """An ``np.memmap`` as a read-only :class:`RawColumn` over the same bytes.
+
+    Pickling an ``np.memmap`` copies all its data (and the copy is no longer
+    file-backed); a RawColumn pickles as (path, dtype, shape, offset).
+    Copy-on-write (mode "c") and non-contiguous views keep the memmap itself.
+    """
+    if array.filename is None or array.mode == "c" or not array.flags.c_contiguous or array.ndim == 0:
+        return array
+    raw = getattr(array, "_mmap", None)
+    if raw is None:
+        return array
+    mapping_start = np.frombuffer(raw, np.uint8).ctypes.data
+    map_offset = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+    file_offset = map_offset + (array.ctypes.data - mapping_start)
+    return RawColumn(os.fspath(array.filename), array.dtype, tuple(array.shape), int(file_offset))
+
+
+def _as_columns(data: Any) -> tuple[Mapping[str, Any], str]:
+    """Resolves ``data`` to a mapping of field name -> array-like, and a short description."""
+    if isinstance(data, (str, os.PathLike)):
+        data = open_dataset(data)
+    if isinstance(data, Dataset):
+        return data, repr(data.path)
+    if not isinstance(data, Mapping):
+        raise SchemaError(
+            "data must be a dataset path, a memseq.Dataset, or a mapping of field name -> array. "
+            f"Received: {type(data).__name__}"
+        )
+    if not data:
+        raise SchemaError("data has no fields.")
+    columns = {}
+    for name, array in data.items():
+        if isinstance(array, np.memmap):
+            array = _memmap_as_column(array)
+        elif not hasattr(array, "shape") or not hasattr(array, "dtype"):
+            array = np.asarray(array)
+        if len(array.shape) < 1:
+            raise SchemaError(f"Field {name!r} needs at least one dimension (rows). Received shape: {tuple(array.shape)}")
+        columns[name] = array
+    return columns, f"<mapping of {len(columns)} fields>"
+
+
+def _parse_selection(selection: Any, role: str, available: Mapping[str, Any]) -> tuple[str, Any]:
+    """Validates x / y / sample_weight: a name, a list of names, or a dict {input: field}."""
+
+    def check(name: Any) -> str:
+        if not isinstance(name, str):
+            raise SchemaError(f"{role} must name fields with strings. Received: {name!r}")
+        if name not in available:
+            raise SchemaError(f"{role}: no field {name!r}; fields are {list(available)}.")
+        return name
+
+    if isinstance(selection, str):
+        return "single", check(selection)
+    if isinstance(selection, Mapping):
+        if not selection:
+            raise SchemaError(f"{role} is an empty dict; name at least one field.")
+        return "dict", {str(key): check(value) for key, value in selection.items()}
+    if isinstance(selection, (list, tuple)):
+        if not selection:
+            raise SchemaError(f"{role} is an empty list; name at least one field.")
+        return "tuple", [check(name) for name in selection]
+    raise SchemaError(
+        f"{role} must be a field name, a list of names or a dict {{input name: field}}. Received: {selection!r}"
+    )
+
+
+def _selected_names(kind: str, value: Any) -> list[str]:
+    if kind == "single":
+        return [value]
+    if kind == "tuple":
+        return list(value)
+    return list(value.values())
+
+
+def _pick(kind: str, value: Any, batch: Mapping[str, np.ndarray]) -> Any:
+    if kind == "single":
+        return batch[value]
+    if kind == "tuple":
+        return tuple(batch[name] for name in value)
+    return {key: batch[name] for key, name in value.items()}
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise SchemaError(f"{name} must be an int >= {minimum}. Received: {value!r}")
+    return int(value)
+
+
+def _gather(column: Any, rows: np.ndarray) -> np.ndarray:
+    if isinstance(column, Column):
+        return column.take(rows)
+    if isinstance(column, np.ndarray):
+        return np.take(column, rows, axis=0)
+    return np.asarray(column[rows])
+
+
+class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
+    """A Keras dataset of shuffled batches read straight from memory-mapped files.
+
+    Pass it to ``model.fit``, ``evaluate`` or ``predict``. Every epoch it shuffles
+    *rows* (each batch is a fresh random set of rows), deterministically from
+    ``seed``. Subclass it and override :meth:`augment` to add augmentation; it runs
+    inside Keras' worker threads or processes.
+
+    Args:
+        data: A dataset path, a :class:`memseq.Dataset`, or a mapping of field
+            name -> array-like (``np.ndarray``, ``np.memmap``, :func:`memseq.open_raw`
+            results) with equal lengths.
+        x: The model inputs: a field name, a list of names (a tuple of inputs), or
+            a dict ``{model input name: field name}``.
+        y: The targets, selected the same way; ``None`` yields inputs only (predict).
+        sample_weight: Optional per-row weights, selected the same way (needs ``y``).
+        batch_size: Rows per batch.
+        shuffle: ``True`` shuffles rows every epoch; ``False`` serves rows in stored
+            (or ``indices``) order.
+        seed: Seed of the epoch orders and of ``augment``'s rng. ``None`` draws one
+            now; it is shown in ``repr`` so the run can be repeated.
+        drop_remainder: Drop the last batch if it has fewer than ``batch_size`` rows.
+        indices: Optional 1-D row indices (or a boolean mask) to serve instead of
+            all rows: a train/validation split, for example.
+        workers: Keras worker count (``PyDataset`` option).
+        use_multiprocessing: Keras workers are processes instead of threads.
+        max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
+
+    Raises:
+        SchemaError: For unknown fields, unequal lengths, or invalid arguments.
+        BatchIndexError: If ``indices`` holds an out-of-range row.
+        DatasetNotFoundError, FormatError: If a dataset path cannot be opened.
+
+    Example:
+        >>> seq = memseq.MemmapSequence("data/train", x="image", y="label",
+        ...                             batch_size=64, seed=0, workers=4,
+        ...                             use_multiprocessing=True)
+        >>> images, labels = seq[0]
+        >>> model.fit(seq, epochs=10, shuffle=False)
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        *,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        indices: Any = None,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ):
+        super().__init__(
+            workers=_check_int(workers, "workers", 0),
+            use_multiprocessing=bool(use_multiprocessing),
+            max_queue_size=_check_int(max_queue_size, "max_queue_size", 1),
+        )
+        columns, self._description = _as_columns(data)
+        self.data = columns
+        self._x = _parse_selection(x, "x", columns)
+        self._y = None if y is None else _parse_selection(y, "y", columns)
+        if sample_weight is not None and y is None:
+            raise SchemaError("sample_weight needs y: Keras reads (x, y, sample_weight).")
+        self._sw = None if sample_weight is None else _parse_selection(sample_weight, "sample_weight", columns)
+        self._selection = (x, y, sample_weight)
+        names: list[str] = []
+        for part in (self._x, self._y, self._sw):
+            if part is not None:
+                names += [n for n in _selected_names(*part) if n not in names]
+        self._columns = {name: columns[name] for name in names}
+        lengths = {name: int(column.shape[0]) for name, column in self._columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise SchemaError(f"All selected fields need the same number of rows. Received: {lengths}")
+        self._num_source_rows = next(iter(lengths.values()))
+
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        if not isinstance(drop_remainder, (bool, np.bool_)):
+            raise SchemaError(f"drop_remainder must be True or False. Received: {drop_remainder!r}")
+        self.drop_remainder = bool(drop_remainder)
+        self.shuffle = shuffle
+        self._order = order_lib.resolve_shuffle(shuffle)
+        self.seed = secrets.randbits(32) if seed is None else _check_int(seed, "seed", 0)
+        self._indices = self._check_indices(indices)
+        self._num_rows = self._num_source_rows if self._indices is None else len(self._indices)
+        self._num_batches = order_lib.num_batches(self._num_rows, self.batch_size, self.drop_remainder)
+        if self._num_batches == 0:
+            raise SchemaError(
+                f"No batches: {self._num_rows} rows with batch_size={self.batch_size}"
+                f"{' and drop_remainder=True' if self.drop_remainder else ''}."
+            )
+        # Only call augment (and build its rng) when a subclass overrides it.
+        self._augments = type(self).augment is not MemmapSequence.augment
+        self._epoch = 0
+        self._lock = threading.Lock()
+        self._permutations: dict[int, np.ndarray] = {}
+        self._permutation(0)  # computed now, so forked workers inherit it
+
+    def _check_indices(self, indices: Any) -> np.ndarray | None:
+        if indices is None:
+            return None
+        idx = np.asarray(indices)
+        n = self._num_source_rows
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise SchemaError(f"indices as a boolean mask must have shape ({n},). Received shape: {idx.shape}")
+            return np.flatnonzero(idx)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise SchemaError(f"indices must be 1-D integers or a boolean mask. Received: {idx.dtype} {idx.shape}")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+            raise BatchIndexError(f"indices: row {bad} is out of range for {n} rows (negative indices are not allowed).")
+        return idx
+
+    # -- epochs
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being served (0 for a new sequence)."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serves epoch ``epoch`` from now on (to resume a run).
+
+        Args:
+            epoch: The epoch number, >= 0.
+
+        Example:
+            >>> seq.set_epoch(initial_epoch)
+            >>> model.fit(seq, initial_epoch=initial_epoch, epochs=10, shuffle=False)
+        """
+        self._epoch = _check_int(epoch, "epoch", 0)
+        self._permutation(self._epoch)
+
+    def on_epoch_end(self) -> None:
+        """Advances to the next epoch (a new shuffle). Keras calls this."""
+        self.set_epoch(self._epoch + 1)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        perm = self._permutations.get(epoch)
+        if perm is None:
+            with self._lock:
+                perm = self._permutations.get(epoch)
+                if perm is None:
+                    perm = self._order.permutation(self._num_rows, self.seed, epoch)
+                    # Keep the current epoch and a couple of neighbours (tf.data
+                    # pipelines may run ahead into the next epoch).
+                    while len(self._permutations) >= 3:
+                        farthest = max(self._permutations, key=lambda e: abs(e - self._epoch))
+                        del self._permutations[farthest]
+                    self._permutations[epoch] = perm
+        return perm
+
+    # -- batches
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    @property
+    def num_rows(self) -> int:
+        """Rows served per epoch (before ``drop_remainder``)."""
+        return self._num_rows
+
+    @property
+    def fields(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """The selected fields: name -> (dtype, row shape), as read from the data."""
+        return {name: (np.dtype(c.dtype), tuple(c.shape[1:])) for name, c in self._columns.items()}
+
+    def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """The row numbers of batch ``index`` of ``epoch`` (default: the current epoch).
+
+        With ``shuffle=True`` the rows of a batch are returned in ascending order:
+        the batch is still a uniformly random set of rows, and ascending reads are
+        kinder to the page cache and the disk.
+
+        Raises:
+            BatchIndexError: If ``index`` is out of range.
+        """
+        index = self._check_batch_index(index)
+        epoch = self._epoch if epoch is None else _check_int(epoch, "epoch", 0)
+        positions = self._permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = positions if self._indices is None else self._indices[positions]
+        if self._order.sorts_batches:
+            rows = np.sort(rows)
+        return rows.astype(np.int64, copy=False)
+
+    def _check_batch_index(self, index: Any) -> int:
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"Batch indices must be integers. Received: {index!r}") from None
+        if not -self._num_batches <= i < self._num_batches:
+            raise BatchIndexError(f"Batch index {i} is out of range: this sequence has {self._num_batches} batches.")
+        return i % self._num_batches
+
+    def get_batch(self, index: int, epoch: int | None = None) -> Any:
+        """Batch ``index`` of ``epoch`` (default: the current one), augmented.
+
+        The same ``(seed, epoch, index)`` always gives the same batch. The
+        sequence's own epoch is not changed.
+
+        Returns:
+            ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` when ``y`` is None;
+            each part is an array, a tuple of arrays or a dict of arrays, as
+            selected by ``x``, ``y`` and ``sample_weight``.
+        """
+        index = self._check_batch_index(index)
+        epoch = self._epoch if epoch is None else _check_int(epoch, "epoch", 0)
+        return self._structure(self.get_fields(index, epoch))
+
+    def get_fields(self, index: int, epoch: int) -> dict[str, np.ndarray]:
+        """Batch ``index`` of ``epoch`` as a dict of field name -> array, after :meth:`augment`."""
+        rows = self.batch_rows(index, epoch)
+        batch = {name: _gather(column, rows) for name, column in self._columns.items()}
+        if not self._augments:
+            return batch
+        out = self.augment(batch, np.random.default_rng([self.seed, epoch, index]))
+        if not isinstance(out, Mapping) or any(name not in out for name in self._columns):
+            raise SchemaError(
+                f"{type(self).__name__}.augment must return the batch dict with the fields "
+                f"{list(self._columns)}. Received: {type(out).__name__}"
+                + (f" with keys {list(out)}" if isinstance(out, Mapping) else "")
+            )
+        return dict(out)
+
+    def _structure(self, batch: Mapping[str, np.ndarray]) -> Any:
+        x = _pick(*self._x, batch)
+        if self._y is None:
+            # A 1-tuple: Keras reads a bare tuple of inputs as (x, y, ...).
+            return (x,)
+        y = _pick(*self._y, batch)
+        if self._sw is None:
+            return x, y
+        return x, y, _pick(*self._sw, batch)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.get_batch(index)
+
+    def augment(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Transforms one batch; override it to add augmentation. Identity by default.
+
+        Called once per batch inside Keras' workers, with this batch's rows of every
+        selected field. Use only ``rng`` for randomness (never ``np.random``'s
+        global state: Keras does not reseed workers, so it would repeat across
+        them): it is seeded from ``(seed, epoch, batch index)``, so results do not
+        depend on worker count, worker kind or scheduling.
+
+        Args:
+            batch: Field name -> numpy array of this batch's rows (fresh arrays you
+                may modify in place).
+            rng: A ``numpy.random.Generator`` for this batch.
+
+        Returns:
+            The batch dict (the same or a new one) with every selected field.
+
+        Example:
+            >>> class Flipped(memseq.MemmapSequence):
+            ...     def augment(self, batch, rng):
+            ...         batch["image"] = memseq.augment.random_flip(batch["image"], rng)
+            ...         return batch
+        """
+        return batch
+
+    # -- pickling: by reference, permutations recomputed in the worker
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_permutations"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._permutation(self._epoch)
+
+    def __repr__(self) -> str:
+        x, y, sw = self._selection
+        parts = [f"data={self._description}", f"x={x!r}", f"y={y!r}"]
+        if sw is not None:
+            parts.append(f"sample_weight={sw!r}")
+        parts += [
+            f"batch_size={self.batch_size}",
+            f"shuffle={self.shuffle!r}",
+            f"seed={self.seed}",
+            f"drop_remainder={self.drop_remainder}",
+            f"rows={self._num_rows}",
+            f"batches={self._num_batches}",
+            f"epoch={self._epoch}",
+            f"workers={self._workers}",
+            f"use_multiprocessing={self._use_multiprocessing}",
+        ]
+        return f"{type(self).__name__}({', '.join(parts)})"
