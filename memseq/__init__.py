@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from memseq import augment
 from memseq.dataset import Column, Dataset, open, open_raw
 from memseq.errors import (
     BatchIndexError,
@@ -30,6 +31,7 @@ __all__ = [
     "SchemaError",
     "UnsafePathError",
     "Writer",
+    "augment",
     "open",
     "open_raw",
     "save",
