@@ -32,11 +32,20 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from memseq import format as fmt
-from memseq.errors import BatchIndexError, CorruptFileError, DatasetNotFoundError, FormatError, SchemaError
+from memseq.errors import (
+    BatchIndexError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    FormatError,
+    MemseqError,
+    SchemaError,
+)
 
 __all__ = ["Column", "Dataset", "open", "open_raw"]
 
 _open_file = open  # ``open`` below is memseq's public function.
+# How often to start opening a dataset again that was replaced while it was being opened.
+_OPEN_ATTEMPTS = 3
 
 
 class _MappedFile:
@@ -95,33 +104,56 @@ class _MappedFile:
             pass
 
 
-def _row_indices(key: Any, num_rows: int, *, what: str) -> np.ndarray:
-    """Normalises integer or boolean-mask indices to a flat int64 array in [0, num_rows)."""
+def _row_indices(key: Any, num_rows: int, *, what: str) -> tuple[np.ndarray, bool]:
+    """Normalises integer or boolean-mask indices to a flat int64 array in [0, num_rows).
+
+    Returns the indices and whether they are in ascending order. (Batches usually
+    arrive sorted: then the bounds come from the ends, without two more passes.)
+    """
     idx = np.asarray(key)
     if idx.dtype == bool:
         if idx.shape != (num_rows,):
             raise BatchIndexError(
                 f"{what}: a boolean mask must have shape ({num_rows},). Received shape: {idx.shape}"
             )
-        return np.flatnonzero(idx)
+        return np.flatnonzero(idx), True
     if idx.size == 0:
-        return np.empty(0, np.int64)
+        return np.empty(0, np.int64), True
     if idx.dtype.kind not in "iu":
         raise BatchIndexError(f"{what}: row indices must be integers or a boolean mask. Received dtype: {idx.dtype}")
     if idx.ndim != 1:
         raise BatchIndexError(f"{what}: row indices must be one-dimensional. Received shape: {idx.shape}")
     idx = idx.astype(np.int64, copy=False)
-    lo, hi = int(idx.min()), int(idx.max())
+    ascending = _is_sorted(idx)
+    lo, hi = (int(idx[0]), int(idx[-1])) if ascending else (int(idx.min()), int(idx.max()))
     if lo < -num_rows or hi >= num_rows:
         bad = lo if lo < -num_rows else hi
         raise BatchIndexError(f"{what}: row index {bad} is out of range for {num_rows} rows.")
     if lo < 0:
         idx = np.where(idx < 0, idx + num_rows, idx)
-    return idx
+        ascending = _is_sorted(idx)
+    return idx, ascending
+
+
+# Per-thread scratch buffer for gathers of unsorted rows, reused between calls. Gathers
+# larger than this use a fresh temporary instead, so the scratch never pins much memory.
+_SCRATCH_MAX_BYTES = 64 * 2**20
+_scratch_local = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array of ``shape`` and ``dtype``, from this thread's reusable buffer."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > _SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
+    buf = getattr(_scratch_local, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _scratch_local.buf = np.empty(nbytes, np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def _is_sorted(idx: np.ndarray) -> bool:
-    return idx.size < 2 or bool(np.all(idx[1:] >= idx[:-1]))
+    return idx.size < 2 or bool((idx[1:] >= idx[:-1]).all())  # the method: 1 us faster than np.all
 
 
 class Column:
@@ -234,7 +266,7 @@ class Column:
             BatchIndexError: If an index is out of range or not an integer.
             CorruptFileError: If a file was truncated since it was opened.
         """
-        idx = _row_indices(indices, self._num_rows, what=self.name)
+        idx, ascending = _row_indices(indices, self._num_rows, what=self.name)
         if out is None:
             out = np.empty((len(idx), *self.row_shape), self.dtype)
         elif out.shape != (len(idx), *self.row_shape) or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -242,14 +274,22 @@ class Column:
                 f"{self.name}: out must be a C-contiguous {self.dtype} array of shape "
                 f"{(len(idx), *self.row_shape)}. Received: {out.dtype} {out.shape}"
             )
-        if _is_sorted(idx):
-            self._gather_sorted(idx, out)
-        else:
-            order = np.argsort(idx, kind="stable")
-            tmp = np.empty_like(out)
-            self._gather_sorted(idx[order], tmp)
-            out[order] = tmp
+        order = None if ascending else np.argsort(idx, kind="stable")
+        self._take_valid(idx if order is None else idx[order], order, out)
         return out
+
+    def _take_valid(self, sorted_idx: np.ndarray, order: np.ndarray | None, out: np.ndarray) -> None:
+        """Fills ``out`` with rows ``sorted_idx[k]`` placed at ``order[k]`` (or at k if order is None)."""
+        if order is None:
+            self._gather_sorted(sorted_idx, out)
+            return
+        # Read in ascending order into a scratch buffer, then permute into ``out``. The
+        # scratch is reused: a second fresh batch-sized allocation per call makes glibc
+        # return the memory to the kernel after every batch and fault it in again
+        # (measured: 1,500 page faults and 10x slower per 3 MiB batch).
+        tmp = _scratch(out.shape, out.dtype)
+        self._gather_sorted(sorted_idx, tmp)
+        out[order] = tmp
 
     def _gather_sorted(self, idx: np.ndarray, out: np.ndarray) -> None:
         """Fills ``out`` with rows ``idx`` (ascending, in range): the hot path."""
@@ -259,7 +299,7 @@ class Column:
             part.check_size()
             # mode="clip" skips numpy's per-element bounds checks (indices are
             # already validated): twice as fast as the default mode="raise".
-            np.take(part.array, idx, axis=0, out=out, mode="clip")
+            part.array.take(idx, axis=0, out=out, mode="clip")
             return
         bounds = np.searchsorted(idx, self._starts)
         for p, part in enumerate(parts):
@@ -267,7 +307,7 @@ class Column:
             if a == b:
                 continue
             part.check_size()
-            np.take(part.array, idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
+            part.array.take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
 
     def _read_range(self, start: int, stop: int) -> np.ndarray:
         """Copies rows [start, stop) into a new array."""
@@ -300,14 +340,20 @@ class _DatasetColumn(Column):
         return self._dataset._files()[self.name]
 
     def __reduce__(self):
-        return (_column_of, (self._dataset, self.name))
+        # The column's own metadata travels along, so unpickling does not open the
+        # dataset: that happens on first read (like an unpickled Dataset), and a
+        # missing or replaced dataset is reported there, not inside unpickling.
+        return (_column_of, (self._dataset, self.name, self.dtype.str, self.row_shape, self._part_rows))
 
     def __repr__(self) -> str:
         return f"<memseq.Column {self.name!r} of {self._dataset.path!r} shape={self.shape} dtype={self.dtype}>"
 
 
-def _column_of(dataset: "Dataset", name: str) -> Column:
-    return dataset[name]
+def _column_of(dataset: "Dataset", name: str, dtype: str, row_shape: tuple[int, ...], part_rows: Sequence[int]) -> Column:
+    column = _DatasetColumn.__new__(_DatasetColumn)
+    Column.__init__(column, name, np.dtype(dtype), row_shape, part_rows)
+    column._dataset = dataset
+    return column
 
 
 class RawColumn(Column):
@@ -443,29 +489,49 @@ class Dataset(Mapping):
             if self._mapped is not None:
                 return
             manifest_path = os.path.join(self.path, fmt.MANIFEST_NAME)
-            manifest = fmt.read_manifest(self.path)
-            with _open_file(manifest_path, "rb") as f:
-                crc = zlib.crc32(f.read())
-            if self._manifest_crc is not None and crc != self._manifest_crc:
-                raise CorruptFileError(
-                    f"{manifest_path}: the dataset changed since this Dataset object was pickled; "
-                    "open it again in the parent process."
-                )
-            mapped: dict[str, list[_MappedFile]] = {name: [] for name in manifest.fields}
-            try:
-                for shard in manifest.shards:
-                    for name, spec in manifest.fields.items():
-                        mapped[name].append(self._open_data_file(manifest, shard, spec))
-            except BaseException:
+            # An overwrite swaps the whole directory in one step. If that happens while
+            # we read the manifest and open the files one by one, the old manifest could
+            # be paired with some of the new files: fingerprint the manifest before and
+            # after opening, and start again if it changed.
+            for _ in range(_OPEN_ATTEMPTS):
+                crc = _manifest_fingerprint(manifest_path)
+                if self._manifest_crc is not None and crc is not None and crc != self._manifest_crc:
+                    raise CorruptFileError(
+                        f"{manifest_path}: the dataset changed since this Dataset object was pickled; "
+                        "open it again in the parent process."
+                    )
+                try:
+                    manifest, mapped = self._open_all()
+                except MemseqError:
+                    if _manifest_fingerprint(manifest_path) != crc:
+                        continue  # replaced while opening: the error may be an artefact of that
+                    raise
+                if _manifest_fingerprint(manifest_path) == crc:
+                    break
                 for files in mapped.values():
                     for f in files:
                         f.close()
-                raise
+            else:
+                raise CorruptFileError(f"{manifest_path}: the dataset kept changing while it was being opened.")
             self.manifest = manifest
             self.fields = dict(manifest.fields)
             self._columns = {name: _DatasetColumn(self, name) for name in manifest.fields}
             self._manifest_crc = crc
             self._mapped = mapped
+
+    def _open_all(self) -> tuple[fmt.Manifest, dict[str, list[_MappedFile]]]:
+        manifest = fmt.read_manifest(self.path)
+        mapped: dict[str, list[_MappedFile]] = {name: [] for name in manifest.fields}
+        try:
+            for shard in manifest.shards:
+                for name, spec in manifest.fields.items():
+                    mapped[name].append(self._open_data_file(manifest, shard, spec))
+        except BaseException:
+            for files in mapped.values():
+                for f in files:
+                    f.close()
+            raise
+        return manifest, mapped
 
     def _open_data_file(self, manifest: fmt.Manifest, shard: fmt.ShardSpec, spec: fmt.FieldSpec) -> _MappedFile:
         rel = shard.files[spec.name].path
@@ -527,6 +593,11 @@ class Dataset(Mapping):
     def __contains__(self, name: object) -> bool:
         return name in self.fields
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """``ds[name]`` if the field exists, else ``default``."""
+        # Mapping.get catches only KeyError; an unknown field raises SchemaError.
+        return self._columns.get(name, default)
+
     def keys(self) -> KeysView:
         return self._columns.keys()
 
@@ -573,18 +644,14 @@ class Dataset(Mapping):
         """
         names = list(self.fields) if fields is None else list(fields)
         columns = [self[name] for name in names]
-        idx = _row_indices(indices, self.num_rows, what=self.path)
-        if _is_sorted(idx):
-            return {name: col.take(idx) for name, col in zip(names, columns)}
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
+        # Validate and sort the indices once for all fields.
+        idx, ascending = _row_indices(indices, self.num_rows, what=self.path)
+        order = None if ascending else np.argsort(idx, kind="stable")
+        sorted_idx = idx if order is None else idx[order]
         out = {}
         for name, col in zip(names, columns):
-            tmp = np.empty((len(idx), *col.row_shape), col.dtype)
-            col._gather_sorted(sorted_idx, tmp)
-            result = np.empty_like(tmp)
-            result[order] = tmp
-            out[name] = result
+            out[name] = np.empty((len(idx), *col.row_shape), col.dtype)
+            col._take_valid(sorted_idx, order, out[name])
         return out
 
     def verify(self) -> None:
@@ -609,6 +676,15 @@ class Dataset(Mapping):
                         f"{path}: checksum mismatch for field {name!r}: manifest says {entry.checksum}, "
                         f"the file has {actual}. The file is corrupt."
                     )
+
+
+def _manifest_fingerprint(manifest_path: str) -> int | None:
+    """CRC-32 of the manifest's bytes, or None if it cannot be read (read_manifest reports why)."""
+    try:
+        with _open_file(manifest_path, "rb") as f:
+            return zlib.crc32(f.read())
+    except OSError:
+        return None
 
 
 def _reopen_dataset(path: str, fingerprint: int | None) -> Dataset:

@@ -231,7 +231,8 @@ def check_dtype(dtype: Any, *, field: str) -> np.dtype:
     """
     try:
         dt = np.dtype(dtype)
-    except TypeError as e:
+    except (TypeError, ValueError, SyntaxError) as e:
+        # numpy parses comma-separated dtype strings with ast: "i4,(" is a SyntaxError.
         raise SchemaError(f"Field {field!r}: not a dtype. Received: {dtype!r}") from e
     if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
         raise SchemaError(
@@ -354,12 +355,14 @@ def read_manifest(directory: str) -> Manifest:
     try:
         with open(path, "rb") as f:
             raw = f.read(_MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
         if not os.path.isdir(directory):
             raise DatasetNotFoundError(f"No memseq dataset at {directory!r}: no such directory.") from e
         raise DatasetNotFoundError(
             f"{directory!r} is not a memseq dataset (or its write never committed): {MANIFEST_NAME} is missing."
         ) from e
+    except IsADirectoryError as e:
+        raise FormatError(f"{path}: is a directory, not a memseq manifest.") from e
     if len(raw) > _MAX_MANIFEST_BYTES:
         raise FormatError(f"{path}: larger than {_MAX_MANIFEST_BYTES} bytes; not a memseq manifest.")
     try:
@@ -398,7 +401,7 @@ def read_manifest(directory: str) -> Manifest:
         shape = _expect(entry, "shape", list, where, path)
         try:
             dtype = np.dtype(dtype_str)
-        except TypeError as e:
+        except (TypeError, ValueError, SyntaxError) as e:
             raise FormatError(f"{path}: {where}['dtype'] is not a dtype. Received: {dtype_str!r}") from e
         try:
             fields[name] = field_spec(name, dtype, shape)

@@ -373,12 +373,13 @@ class Writer:
 
     def __del__(self):
         if not getattr(self, "_closed", True):
+            # Clean up first: with warnings turned into errors, warn() raises here.
+            self.abort()
             warnings.warn(
                 f"memseq.Writer for {self.path} was garbage-collected without close(); nothing was committed.",
                 ResourceWarning,
                 stacklevel=2,
             )
-            self.abort()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

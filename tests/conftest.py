@@ -1,0 +1,51 @@
+"""Shared test helpers: running Python in a fresh subprocess, exact array comparison."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for child interpreters: this checkout's memseq first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """Runs a Python source string in a fresh interpreter (cwd=tmp_path); returns the CompletedProcess."""
+    counter = iter(range(10**6))
+
+    def run(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        script = tmp_path / f"_script_{next(counter)}.py"
+        script.write_text(textwrap.dedent(code))
+        return subprocess.run(
+            [sys.executable, str(script), *map(str, args)],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+def assert_same_array(actual, expected) -> None:
+    """Exact equality: dtype, shape and every byte (NaN payloads and -0.0 included)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
