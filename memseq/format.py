@@ -446,8 +446,12 @@ def read_manifest(directory: str) -> Manifest:
 
 
 def manifest_to_json(manifest: Manifest) -> str:
-    """Serialises a manifest the way memseq writes it (sorted keys, indented, final newline)."""
-    return json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
+    """Serialises a manifest the way memseq writes it (indented, final newline).
+
+    Keys keep their order: the fixed order of :meth:`Manifest.to_json`, and fields
+    in the order they were declared, which is the order a Dataset lists them in.
+    """
+    return json.dumps(manifest.to_json(), indent=2) + "\n"
 
 
 def format_checksum(crc: int) -> str:

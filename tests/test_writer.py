@@ -532,3 +532,10 @@ def test_atomic_exchange_swaps_two_directories(tmp_path):
     if not writer_mod._exchange(str(tmp_path / "a"), str(tmp_path / "b")):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this filesystem")
     assert os.listdir(tmp_path / "b") == ["from-a"] and os.listdir(tmp_path / "a") == []
+
+
+def test_fields_keep_the_order_they_were_written_in(tmp_path):
+    memseq.save(tmp_path / "ds", {"x": np.zeros((3, 2)), "label": np.arange(3), "a": np.ones(3, bool)})
+    ds = memseq.open(tmp_path / "ds")
+    assert list(ds) == ["x", "label", "a"]
+    assert list(ds.fields) == ["x", "label", "a"]
