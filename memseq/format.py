@@ -356,6 +356,10 @@ def read_manifest(directory: str) -> Manifest:
         with open(path, "rb") as f:
             raw = f.read(_MAX_MANIFEST_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError) as e:
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise DatasetNotFoundError(
+                f"No memseq dataset at {directory!r}: it is a file; a dataset is a directory with a {MANIFEST_NAME}."
+            ) from e
         if not os.path.isdir(directory):
             raise DatasetNotFoundError(f"No memseq dataset at {directory!r}: no such directory.") from e
         raise DatasetNotFoundError(

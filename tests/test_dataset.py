@@ -641,3 +641,10 @@ def test_concurrent_unsorted_gathers_from_threads_are_correct(tmp_path):
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(work, range(8)))
+
+
+def test_open_on_a_regular_file_says_it_is_a_file(tmp_path):
+    target = tmp_path / "data.npy"
+    np.save(target, np.arange(3))
+    with pytest.raises(memseq.DatasetNotFoundError, match="it is a file; a dataset is a directory"):
+        memseq.open(target)
