@@ -58,12 +58,12 @@ from typing import Any
 
 import numpy as np
 
+from memseq import _commit
 from memseq import format as fmt
 from memseq.dataset import Dataset, open_raw
 from memseq.dataset import open as open_dataset
 from memseq.errors import (
     CorruptFileError,
-    DatasetExistsError,
     DatasetNotFoundError,
     FormatError,
     MemseqError,
@@ -94,7 +94,6 @@ __all__ = [
 _UNIT_BYTES = 32 * 2**20
 # Inside a unit, rows are read and written in pieces of about this many bytes.
 _CHUNK_BYTES = 8 * 2**20
-_TMP_MARKER = ".memseq-tmp-"
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -978,14 +977,6 @@ def _write_unit(unit: tuple[int, int, int], progress: Callable[[int], None] | No
     return {name: (crcs[name], (stop - start) * spec.row_nbytes) for name, spec in plan.fields.items()}
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _combine_sources(sources: Iterable[Source]) -> tuple[list[Source], dict[str, fmt.FieldSpec], dict[str, int]]:
     sources = list(sources)
     if not sources:
@@ -1005,18 +996,6 @@ def _combine_sources(sources: Iterable[Source]) -> tuple[list[Source], dict[str,
         rows = ", ".join(f"{s.description} ({', '.join(s.fields)}): {s.num_rows}" for s in sources)
         raise SchemaError(f"All sources need the same number of rows. Received: {rows}")
     return sources, fields, owner
-
-
-def _check_destination(dst: str, overwrite: bool) -> None:
-    if not os.path.lexists(dst):
-        return
-    if not overwrite:
-        raise DatasetExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it.")
-    if not os.path.isdir(dst) or not os.path.isfile(os.path.join(dst, fmt.MANIFEST_NAME)):
-        raise DatasetExistsError(
-            f"{dst} exists and is not a memseq dataset (no {fmt.MANIFEST_NAME}); memseq only overwrites "
-            "its own datasets. Remove it yourself if it should go."
-        )
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -1067,13 +1046,10 @@ def convert(
         raise SchemaError(f"jobs must be an int >= 1. Received: {jobs!r}")
     if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
         raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
-    _check_destination(dst, overwrite)
+    _commit.check_target(dst, overwrite)
     num_rows = sources[0].num_rows
 
-    parent, name = os.path.split(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}{_TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-    os.mkdir(tmp)
+    tmp = _commit.make_temp_dir(dst)
     bar = None
     try:
         plan = _Plan(
@@ -1102,7 +1078,7 @@ def convert(
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_rows, unit="rows", unit_scale=True, desc=f"converting {name}", disable=None if progress is None else not progress)
+        bar = tqdm(total=num_rows, unit="rows", unit_scale=True, desc=f"converting {os.path.basename(dst)}", disable=None if progress is None else not progress)
         results: dict[tuple[int, int, int], dict[str, tuple[int, int]]] = {}
         if jobs == 1 or len(units) <= 1:
             _init_worker(plan)
@@ -1157,17 +1133,11 @@ def convert(
                     os.close(fd)
                 entries[field] = fmt.FileEntry(plan.rel_path(s, field), fmt.format_checksum(crc))
             if shard.directory:
-                _fsync_dir(os.path.join(tmp, shard.directory))
+                _commit.fsync_dir(os.path.join(tmp, shard.directory))
             shard_specs.append(fmt.ShardSpec(shard.stop - shard.start, entries))
         manifest = fmt.Manifest(num_rows, dict(fields), tuple(shard_specs))
-        manifest_tmp = os.path.join(tmp, fmt.MANIFEST_NAME + ".tmp")
-        with open(manifest_tmp, "x", encoding="utf-8") as f:
-            f.write(fmt.manifest_to_json(manifest))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(manifest_tmp, os.path.join(tmp, fmt.MANIFEST_NAME))
-        _fsync_dir(tmp)
-        _publish(tmp, dst, overwrite)
+        _commit.write_manifest(tmp, manifest)
+        _commit.publish(tmp, dst, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1175,32 +1145,6 @@ def convert(
         if bar is not None:
             bar.close()
     return open_dataset(dst)
-
-
-def _publish(tmp: str, dst: str, overwrite: bool) -> None:
-    parent = os.path.dirname(dst)
-    _check_destination(dst, overwrite)
-    if os.path.lexists(dst):
-        # Replace an old dataset: move it aside, move the new one in, delete the old
-        # one. If the process dies in between, the old dataset survives under a
-        # ".<name>.memseq-tmp-...-old" name next to dst.
-        old = tmp + "-old"
-        os.rename(dst, old)
-        try:
-            os.rename(tmp, dst)
-        except BaseException:
-            os.rename(old, dst)
-            raise
-        _fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    try:
-        os.rename(tmp, dst)
-    except OSError as e:
-        if os.path.lexists(dst):
-            raise DatasetExistsError(f"{dst} appeared while converting; nothing was written there.") from e
-        raise
-    _fsync_dir(parent)
 
 
 def write_classes(path: str | os.PathLike, classes: Sequence[str], dst: str | os.PathLike | None = None) -> None:

@@ -21,19 +21,17 @@ temporary files are removed.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import shutil
-import uuid
 import warnings
 import zlib
 from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
+from memseq import _commit
 from memseq import format as fmt
-from memseq.errors import DatasetExistsError, MemseqError, SchemaError
+from memseq.errors import MemseqError, SchemaError
 
 __all__ = ["Writer", "save"]
 
@@ -41,35 +39,6 @@ __all__ = ["Writer", "save"]
 # converting a huge input (say a 2 GB memmap handed to save()) never needs a
 # whole-field copy in memory.
 _WRITE_CHUNK_BYTES = 16 * 2**20
-_TMP_MARKER = ".memseq-tmp-"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swaps two paths (Linux renameat2). Returns False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), a, None, b)
 
 
 def _normalize_fields(fields: Mapping[str, Any]) -> dict[str, fmt.FieldSpec]:
@@ -168,11 +137,8 @@ class Writer:
             raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
         self.overwrite = bool(overwrite)
         self.shard_rows = shard_rows
-        self._check_target()
-        parent, name = os.path.split(self.path)
-        os.makedirs(parent, exist_ok=True)
-        self._tmp = os.path.join(parent, f".{name}{_TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        os.mkdir(self._tmp)
+        _commit.check_target(self.path, self.overwrite)
+        self._tmp = _commit.make_temp_dir(self.path)
         self._shards: list[fmt.ShardSpec] = []
         self._current: dict[str, _FieldFile] | None = None
         self._current_dir = ""
@@ -181,18 +147,7 @@ class Writer:
         if progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_rows, unit="rows", desc=f"writing {name}", unit_scale=True)
-
-    def _check_target(self) -> None:
-        if not os.path.lexists(self.path):
-            return
-        if not self.overwrite:
-            raise DatasetExistsError(f"{self.path} already exists; pass overwrite=True to replace it.")
-        if not os.path.isdir(self.path) or not os.path.isfile(os.path.join(self.path, fmt.MANIFEST_NAME)):
-            raise DatasetExistsError(
-                f"{self.path} exists and is not a memseq dataset (no {fmt.MANIFEST_NAME}); "
-                "memseq only overwrites its own datasets. Remove it yourself if it should go."
-            )
+            self._bar = tqdm(total=total_rows, unit="rows", desc=f"writing {os.path.basename(self.path)}", unit_scale=True)
 
     @property
     def num_rows(self) -> int:
@@ -295,7 +250,7 @@ class Writer:
             entries[name] = fmt.FileEntry(rel, f.finish())
             rows = f.rows
         if self._current_dir:
-            _fsync_dir(os.path.join(self._tmp, self._current_dir))
+            _commit.fsync_dir(os.path.join(self._tmp, self._current_dir))
         self._shards.append(fmt.ShardSpec(rows, entries))
 
     # -- committing
@@ -313,42 +268,14 @@ class Writer:
                 self._shard_files()  # an empty dataset still has one (empty) shard
                 self._finish_shard()
             manifest = fmt.Manifest(sum(s.num_rows for s in self._shards), dict(self.fields), tuple(self._shards))
-            manifest_tmp = os.path.join(self._tmp, fmt.MANIFEST_NAME + ".tmp")
-            with open(manifest_tmp, "x", encoding="utf-8") as f:
-                f.write(fmt.manifest_to_json(manifest))
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(manifest_tmp, os.path.join(self._tmp, fmt.MANIFEST_NAME))
-            _fsync_dir(self._tmp)
-            self._publish()
+            _commit.write_manifest(self._tmp, manifest)
+            _commit.publish(self._tmp, self.path, self.overwrite)
         except BaseException:
             self.abort()
             raise
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-
-    def _publish(self) -> None:
-        parent = os.path.dirname(self.path)
-        self._check_target()
-        if os.path.lexists(self.path):
-            if not _exchange(self._tmp, self.path):
-                # No atomic exchange on this filesystem: two renames, with a short
-                # window in which the path is missing (the old data sit at ``old``).
-                old = self._tmp + "-old"
-                os.rename(self.path, old)
-                os.rename(self._tmp, self.path)
-                os.rename(old, self._tmp)
-            _fsync_dir(parent)
-            shutil.rmtree(self._tmp, ignore_errors=True)  # the old dataset, now here
-        else:
-            try:
-                os.rename(self._tmp, self.path)
-            except OSError as e:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise DatasetExistsError(f"{self.path} appeared while writing; nothing was committed.") from e
-                raise
-            _fsync_dir(parent)
 
     def abort(self) -> None:
         """Discards everything written; the target path is left as it was."""

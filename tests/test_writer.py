@@ -517,7 +517,7 @@ def test_garbage_collected_writer_cleans_up_even_when_warnings_are_errors(tmp_pa
 
 def test_overwrite_without_atomic_exchange_falls_back_to_renames(tmp_path, monkeypatch):
     # Filesystems without renameat2(RENAME_EXCHANGE): two renames, same end result.
-    monkeypatch.setattr(writer_mod, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(memseq._commit, "exchange", lambda a, b: False)
     path = tmp_path / "ds"
     memseq.save(path, {"x": np.arange(5)})
     memseq.save(path, {"x": np.arange(3) + 7}, overwrite=True)
@@ -529,7 +529,7 @@ def test_atomic_exchange_swaps_two_directories(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "from-a").write_text("a")
     (tmp_path / "b").mkdir()
-    if not writer_mod._exchange(str(tmp_path / "a"), str(tmp_path / "b")):
+    if not memseq._commit.exchange(str(tmp_path / "a"), str(tmp_path / "b")):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this filesystem")
     assert os.listdir(tmp_path / "b") == ["from-a"] and os.listdir(tmp_path / "a") == []
 
