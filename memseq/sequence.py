@@ -37,7 +37,7 @@ import os
 import secrets
 import threading
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -428,6 +428,32 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             ...         return batch
         """
         return batch
+
+    def to_tf_dataset(self, **kwargs: Any) -> Any:
+        """This sequence's batches as a ``tf.data.Dataset`` (see :func:`memseq.tfdata.to_tf_dataset`).
+
+        Same batches in the same order as the sequence for the same seed and
+        epoch. The first iteration serves the current epoch, each further
+        iteration (each ``fit`` epoch) the next one; the sequence is not modified.
+        Batches are built in parallel by tf.data threads, ``augment`` included.
+
+        Args:
+            **kwargs: Keyword arguments of :func:`memseq.tfdata.to_tf_dataset`:
+                ``output_signature`` (for an ``augment`` that changes dtypes or
+                shapes), ``deterministic``, ``input_context`` (distributed input),
+                ``epoch``, ``num_parallel_calls``.
+
+        Returns:
+            A ``tf.data.Dataset`` whose elements have the structure of ``seq[i]``:
+            ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` when ``y`` is None.
+
+        Example:
+            >>> seq = memseq.MemmapSequence("data/train", x="image", y="label", batch_size=256, seed=0)
+            >>> model.fit(seq.to_tf_dataset(), epochs=3)
+        """
+        import memseq.tfdata
+
+        return memseq.tfdata.to_tf_dataset(self, **kwargs)
 
     # -- pickling: by reference, permutations recomputed in the worker
 

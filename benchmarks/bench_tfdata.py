@@ -1,0 +1,363 @@
+#!/usr/bin/env python
+"""Benchmark: memseq's tf.data adapter against the usual ways to feed memmaps to TensorFlow.
+
+One shuffled epoch of a ~2 GB dataset (64x64x3 uint8 images + int64 labels, hot page
+cache), batch 256, samples/s of:
+
+  (a) memseq     ``seq.to_tf_dataset()``, iterated in Python
+  (b) generator  the seed article: ``tf.data.Dataset.from_generator`` over an
+                 ``np.memmap`` with a per-epoch ``np.random`` permutation, yielding
+                 ``mm[np.sort(perm[i*bs:(i+1)*bs])]`` (plus ``prefetch``)
+  (c) keras      Keras' own PyDataset -> tf.data path (``PyDatasetAdapter`` over a
+                 MemmapSequence with ``workers=2``, threads), epochs begun and ended
+                 as ``fit`` does
+  (d) numpy      ``seq.get_batch(i)`` in a plain Python loop, no TensorFlow dataset
+
+and ``model.fit(seq.to_tf_dataset())`` for a tiny model against the model-only ceiling
+(the same model fitted on one cached batch repeated).
+
+(a') "recycled" is an experiment, not memseq's behaviour: (a) with memseq's batch
+buffers taken from a free list and reused once nothing references them any more
+(TensorFlow holds a reference to every numpy array it adopts without copying). On
+machines where freshly allocated pages are expensive to fault in (VMs with free page
+reporting), it shows what the per-batch allocations cost.
+
+Every approach runs in its own fresh subprocess (TensorFlow's ``from_generator`` sets
+glibc malloc's mmap threshold process-wide, which slows numpy afterwards: the
+generator worker also times the numpy loop after it, reported as (d')). Rounds of
+subprocesses are interleaved so that noise from other work on the machine hits every
+approach alike; the table shows medians over all timed passes.
+
+Usage::
+
+    flock /tmp/memseq-bench.lock python benchmarks/bench_tfdata.py [--dir DIR] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_DIR = os.path.join(tempfile.gettempdir(), "memseq-bench-tfdata")
+ROW_SHAPE = (64, 64, 3)
+APPROACHES = ("memseq", "generator", "keras", "numpy", "recycled")
+TARGETS = {  # (numerator, denominator, minimum ratio)
+    "memseq / generator": ("memseq", "generator", 5.0),
+    "memseq / keras": ("memseq", "keras", 2.0),
+    "memseq / numpy": ("memseq", "numpy", 0.8),
+    "recycled / numpy (experiment)": ("recycled", "numpy", 0.8),
+    "fit(memseq) / fit(ceiling)": ("fit_memseq", "fit_ceiling", 0.85),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", default=DEFAULT_DIR, help=f"dataset directory, built if missing (default {DEFAULT_DIR})")
+    p.add_argument("--rows", type=int, default=163_840, help="rows of 64x64x3 uint8 (default 163840, ~2.0 GB)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of one subprocess per approach")
+    p.add_argument("--passes", type=int, default=2, help="timed epochs per subprocess")
+    p.add_argument("--fit-epochs", type=int, default=3, help="timed fit epochs per model (0 skips the fit part)")
+    p.add_argument("--only", choices=APPROACHES, action="append", help="run only these approaches")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- dataset
+
+
+def ensure_dataset(path: str, rows: int) -> None:
+    import memseq
+
+    if os.path.exists(path):
+        ds = memseq.open(path)
+        fields = {name: (spec.dtype, spec.shape) for name, spec in ds.fields.items()}
+        want = {"image": (np.dtype(np.uint8), ROW_SHAPE), "label": (np.dtype(np.int64), ())}
+        if len(ds) == rows and fields == want and ds.num_shards == 1:
+            return
+        raise SystemExit(f"{path} exists but is not a {rows}-row image/label dataset; pass another --dir.")
+    print(f"building {rows} rows ({rows * np.prod(ROW_SHAPE) / 1e9:.2f} GB) in {path} ...", flush=True)
+    t = time.perf_counter()
+    rng = np.random.default_rng(0)
+    with memseq.Writer(path, fields={"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}) as w:
+        for start in range(0, rows, 8192):
+            n = min(8192, rows - start)
+            w.append({"image": rng.integers(0, 256, (n, *ROW_SHAPE), dtype=np.uint8), "label": rng.integers(0, 10, n)})
+    print(f"built in {time.perf_counter() - t:.1f} s", flush=True)
+
+
+def warm_page_cache(path: str) -> float:
+    """Reads every file once so the benchmark runs on a hot page cache. Returns GB read."""
+    total = 0
+    buf = bytearray(16 << 20)
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    total += n
+    return total / 1e9
+
+
+# -- workers (each in its own process)
+
+
+def _sequence(args, **kwargs):
+    import memseq
+
+    return memseq.MemmapSequence(args.dir, x="image", y="label", batch_size=args.batch_size, seed=0, **kwargs)
+
+
+def _iterate(ds) -> int:
+    samples = 0
+    for _x, y in ds:
+        samples += int(y.shape[0])
+    return samples
+
+
+def _numpy_loop(seq, epoch: int) -> int:
+    samples = 0
+    for i in range(len(seq)):
+        _x, y = seq.get_batch(i, epoch)
+        samples += len(y)
+    return samples
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    samples = fn()
+    return samples / (time.perf_counter() - t)
+
+
+class _Recycler:
+    """Aligned buffers from a free list, reused only once nothing else references them."""
+
+    def __init__(self, capacity: int = 64):
+        self.buffers: list[np.ndarray] = []
+        self.capacity = capacity
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        # Runs under the GIL (inside numpy_function), so the scan is atomic.
+        for raw in self.buffers:
+            # References: the list, the loop variable, getrefcount's argument.
+            if raw.nbytes >= nbytes + 64 and sys.getrefcount(raw) == 3:
+                break
+        else:
+            raw = np.empty(nbytes + 64, np.uint8)
+            if len(self.buffers) < self.capacity:
+                self.buffers.append(raw)
+        start = -raw.ctypes.data % 64
+        return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def worker(args) -> dict:
+    name = args.worker
+    out: dict = {}
+    if name == "numpy":  # no TensorFlow dataset in this process
+        seq = _sequence(args)
+        _numpy_loop(seq, 99)  # warm-up
+        out["numpy"] = [_timed(lambda e=e: _numpy_loop(seq, e)) for e in range(args.passes)]
+        return out
+
+    import tensorflow as tf
+
+    if name == "memseq":
+        seq = _sequence(args)
+        ds = seq.to_tf_dataset()
+        for _ in ds.take(20):  # warm-up: traces the functions, starts the threads
+            pass
+        out["memseq"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
+    elif name == "recycled":
+        import memseq.tfdata
+
+        memseq.tfdata._aligned_empty = _Recycler().empty
+        seq = _sequence(args)
+        ds = seq.to_tf_dataset()
+        for _ in ds.take(20):
+            pass
+        out["recycled"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
+    elif name == "generator":
+        image = np.load(os.path.join(args.dir, "image.npy"), mmap_mode="r")
+        label = np.load(os.path.join(args.dir, "label.npy"), mmap_mode="r")
+        bs, n = args.batch_size, len(image)
+
+        def gen():
+            perm = np.random.permutation(n)
+            for i in range(-(-n // bs)):
+                idx = np.sort(perm[i * bs : (i + 1) * bs])
+                yield image[idx], label[idx]
+
+        ds = tf.data.Dataset.from_generator(
+            gen,
+            output_signature=(
+                tf.TensorSpec((None, *ROW_SHAPE), tf.uint8),
+                tf.TensorSpec((None,), tf.int64),
+            ),
+        ).prefetch(tf.data.AUTOTUNE)
+        for _ in ds.take(20):
+            pass
+        out["generator"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
+        # The same numpy loop as (d), now in a process that made a from_generator dataset.
+        seq = _sequence(args)
+        out["numpy_after_generator"] = [_timed(lambda e=e: _numpy_loop(seq, e)) for e in range(args.passes)]
+    elif name == "keras":
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+        seq = _sequence(args, workers=2)
+        adapter = PyDatasetAdapter(seq, shuffle=False)
+        ds = adapter.get_tf_dataset()
+
+        def epoch() -> int:
+            adapter.on_epoch_begin()
+            try:
+                return _iterate(ds)
+            finally:
+                adapter.on_epoch_end()
+
+        epoch()  # warm-up epoch
+        out["keras"] = [_timed(epoch) for _ in range(args.passes)]
+    elif name == "fit":
+        import keras
+
+        seq = _sequence(args)
+        x0, y0 = seq.get_batch(0, 0)
+
+        def make_model():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential(
+                [
+                    keras.Input(ROW_SHAPE),
+                    keras.layers.Rescaling(1 / 255),
+                    keras.layers.GlobalAveragePooling2D(),
+                    keras.layers.Dense(10),
+                ]
+            )
+            model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            return model
+
+        inputs = {
+            "fit_memseq": seq.to_tf_dataset(),
+            # The model-only ceiling: one batch, already in memory, repeated.
+            "fit_ceiling": tf.data.Dataset.from_tensors((x0, y0)).repeat(len(seq)),
+        }
+        models = {key: make_model() for key in inputs}
+        for key, ds in inputs.items():  # warm-up: trace and build
+            models[key].fit(ds.take(10), epochs=1, verbose=0, shuffle=False)
+        for key in inputs:
+            out[key] = []
+        samples = seq.num_rows
+        for _ in range(args.fit_epochs):
+            for key, ds in inputs.items():
+                t = time.perf_counter()
+                models[key].fit(ds, epochs=1, verbose=0, shuffle=False)
+                out[key].append(samples / (time.perf_counter() - t))
+    else:
+        raise SystemExit(f"unknown worker {name!r}")
+    return out
+
+
+def run_worker(args, name: str) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        name,
+        "--dir",
+        args.dir,
+        "--rows",
+        str(args.rows),
+        "--batch-size",
+        str(args.batch_size),
+        "--passes",
+        str(args.passes),
+        "--fit-epochs",
+        str(args.fit_epochs),
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {name} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    ensure_dataset(args.dir, args.rows)
+    gb = warm_page_cache(args.dir)
+    approaches = args.only or list(APPROACHES)
+    load_before = os.getloadavg()
+    results: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    for r in range(args.rounds):
+        # Alternate the order between rounds so no approach always runs first.
+        for name in approaches if r % 2 == 0 else approaches[::-1]:
+            for key, values in run_worker(args, name).items():
+                results.setdefault(key, []).extend(values)
+    if args.fit_epochs > 0 and not args.only:
+        for key, values in run_worker(args, "fit").items():
+            results.setdefault(key, []).extend(values)
+    elapsed = time.perf_counter() - t0
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    print()
+    print(
+        f"memseq tf.data benchmark: {args.rows} rows x {ROW_SHAPE} uint8 + int64 label ({gb:.2f} GB, hot page cache), "
+        f"batch {args.batch_size}, shuffled"
+    )
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, tensorflow {tf.__version__}, keras {keras.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after, "
+        f"{args.rounds} rounds x {args.passes} passes, {elapsed:.0f} s"
+    )
+    labels = {
+        "memseq": "(a) seq.to_tf_dataset()",
+        "recycled": "(a') same, buffers recycled (experiment)",
+        "generator": "(b) from_generator over np.memmap (seed article)",
+        "keras": "(c) Keras PyDatasetAdapter, workers=2",
+        "numpy": "(d) numpy loop, seq.get_batch (own process)",
+        "numpy_after_generator": "(d') numpy loop after a from_generator dataset",
+        "fit_memseq": "fit(seq.to_tf_dataset()), tiny model",
+        "fit_ceiling": "fit(one cached batch repeated), same model",
+    }
+    print()
+    print(f"{'':52s} {'median samples/s':>16s} {'batches/s':>10s}   all passes (k samples/s)")
+    for key, label in labels.items():
+        if key in results:
+            values = results[key]
+            med = statistics.median(values)
+            print(
+                f"{label:52s} {med:16,.0f} {med / args.batch_size:10,.0f}   "
+                + " ".join(f"{v / 1e3:.0f}" for v in values)
+            )
+    print()
+    print(f"{'ratio':32s} {'value':>7s} {'target':>8s}")
+    for label, (num, den, minimum) in TARGETS.items():
+        if num in results and den in results:
+            ratio = statistics.median(results[num]) / statistics.median(results[den])
+            ok = ratio >= minimum
+            print(f"{label:32s} {ratio:7.2f} {'>= ' + str(minimum):>8s}  {'met' if ok else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""tf.data adapter: a :class:`~memseq.MemmapSequence` as a ``tf.data.Dataset``.
+
+``to_tf_dataset(seq)`` (or ``seq.to_tf_dataset()``) returns a dataset that serves
+the same batches as ``seq[i]``, in the same order, for the same ``(seed, epoch)``:
+
+- **Random access, no generator.** The pipeline is
+  ``from_tensors(epoch counter) -> flat_map(range(len(seq))) ->
+  map(numpy_function(build batch i), num_parallel_calls=AUTOTUNE) -> prefetch(AUTOTUNE)``,
+  so batches are built in parallel by tf.data's threads (numpy's gathers from the
+  memory map release the GIL). A batch is ``seq.get_fields(i, epoch)`` (rows, then
+  ``augment``); a sequence that does not override ``augment`` or ``get_fields``
+  gathers ``seq.batch_rows(i, epoch)`` straight into 64-byte-aligned arrays, which
+  TensorFlow adopts without a copy. ``tf.data.Dataset.from_generator`` is never
+  used: it funnels every batch through one Python generator, and creating one makes
+  TensorFlow set glibc malloc's mmap threshold process-wide, which slows every large
+  numpy allocation afterwards (see DESIGN.md).
+- **Epochs.** The first iteration of the dataset (the first ``iter(ds)``) serves
+  ``seq.epoch`` as it was when the dataset was made (or ``epoch=``), each further
+  iteration the next epoch, so ``model.fit(ds, epochs=3)`` sees three different
+  shuffles. The counter lives in the pipeline (a Python counter read by a
+  ``numpy_function`` when an iteration asks for its first batch); the sequence
+  itself is never mutated. Concurrent iterations take epochs in the order they
+  ask for their first batch.
+- **Schema.** ``element_spec`` comes from ``seq.fields`` (dtype and row shape of
+  every field; the batch dimension is ``None``) without reading a batch. If a
+  subclass's ``augment`` changes a field's dtype or row shape, pass
+  ``output_signature=``: the same nested structure as a batch, of
+  ``tf.TensorSpec``. Each batch is checked against the signature in the worker, and
+  a mismatch raises a :class:`~memseq.SchemaError` naming the field.
+- **Structure.** Elements have the structure of ``seq[i]``: ``(x, y)``,
+  ``(x, y, sample_weight)``, and ``(x,)`` when ``y`` is None (a 1-tuple, which
+  ``model.predict`` and ``model.fit`` read as inputs only; a bare tuple of several
+  inputs would be read as ``(x, y)``). Each part is a tensor, a tuple or a dict,
+  as selected by ``x``/``y``/``sample_weight``.
+- **Distributed.** With ``input_context`` (a ``tf.distribute.InputContext``), each
+  input pipeline serves its replicas' shares of every global batch, with the
+  per-replica batch size; see :func:`to_tf_dataset`, :func:`dataset_fn` and
+  :func:`distribute`.
+
+Keras notes (Keras 3.15): ``fit`` makes a new iterator per epoch, so each ``fit``
+epoch is the next memseq epoch. Under a ``tf.distribute`` strategy, ``fit`` first
+pulls one batch from a throwaway iteration to build the model, so training starts
+at the dataset's second epoch. Legacy ``tf_keras`` keeps one iterator for a whole
+``fit`` on a distributed dataset (and needs ``steps_per_epoch``): add ``.repeat()``,
+each pass is then the next epoch.
+
+TensorFlow is imported inside the functions of this module only, so
+``import memseq`` stays free of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from memseq.errors import SchemaError
+
+__all__ = ["dataset_fn", "distribute", "to_tf_dataset"]
+
+
+class _EpochCounter:
+    """Hands out consecutive epoch numbers, one per iteration of a dataset.
+
+    Read through a ``numpy_function`` at the start of every iteration; a lock
+    because tf.data may run iterations on several threads.
+    """
+
+    def __init__(self, first: int):
+        self._next = first
+        self._lock = threading.Lock()
+
+    def __call__(self) -> np.int64:
+        with self._lock:
+            epoch = self._next
+            self._next += 1
+        return np.int64(epoch)
+
+
+def _signature(seq: Any, output_signature: Any) -> tuple[Any, dict[str, Any]]:
+    """The batch structure with field names as leaves, and field name -> tf.TensorSpec."""
+    import tensorflow as tf
+
+    fields = seq.fields
+    # seq._structure turns a dict of fields into the structure of seq[i]: fed with
+    # field names it gives the template whose leaves tell which field goes where.
+    template = seq._structure({name: name for name in fields})
+    if output_signature is None:
+        return template, {
+            name: tf.TensorSpec((None, *row_shape), tf.as_dtype(dtype)) for name, (dtype, row_shape) in fields.items()
+        }
+    try:
+        tf.nest.assert_same_structure(template, output_signature, check_types=False)
+    except (ValueError, TypeError) as e:
+        raise SchemaError(
+            f"output_signature must have the structure of a batch, {_describe(template)}. "
+            f"Received: {output_signature!r}"
+        ) from e
+    specs: dict[str, Any] = {}
+    for name, spec in zip(tf.nest.flatten(template), tf.nest.flatten(output_signature)):
+        if not isinstance(spec, tf.TensorSpec):
+            raise SchemaError(f"output_signature: field {name!r} needs a tf.TensorSpec. Received: {spec!r}")
+        if spec.shape.rank is None or spec.shape.rank < 1:
+            raise SchemaError(
+                f"output_signature: field {name!r} needs a shape with a batch dimension first, "
+                f"e.g. (None, 64, 64, 3). Received: {spec.shape}"
+            )
+        if name in specs and specs[name] != spec:
+            raise SchemaError(
+                f"output_signature: field {name!r} appears twice with different specs: {specs[name]} and {spec}."
+            )
+        specs[name] = spec
+    return template, {name: specs[name] for name in fields}
+
+
+def _describe(template: Any) -> str:
+    import tensorflow as tf
+
+    return repr(tf.nest.map_structure(lambda name: f"<{name}>", template)).replace("'", "")
+
+
+def _checker(specs: dict[str, Any]) -> Callable[[str, np.ndarray], None]:
+    """Checks a field array against its spec (dtype, shape) in the worker: a clear error, not a crash."""
+    expected = {
+        name: (np.dtype(spec.dtype.as_numpy_dtype), tuple(spec.shape.as_list())) for name, spec in specs.items()
+    }
+
+    def check(name: str, array: np.ndarray) -> None:
+        dtype, shape = expected[name]
+        if (
+            array.dtype != dtype
+            or array.ndim != len(shape)
+            or any(want is not None and want != got for want, got in zip(shape, array.shape))
+        ):
+            raise SchemaError(
+                f"Field {name!r}: the batch has {array.dtype} {array.shape}, the dataset's signature says "
+                f"{dtype} {tuple(shape)}. If augment() changes dtypes or shapes, pass "
+                "to_tf_dataset(output_signature=...) with the new specs."
+            )
+
+    return check
+
+
+# TensorFlow wraps a returned numpy array without copying only if its data is
+# aligned to EIGEN_MAX_ALIGN_BYTES (64 on AVX-512 builds); otherwise it copies the
+# batch while holding the GIL, which stalls every other pipeline thread (measured:
+# 3,100 vs 7,700 batches/s of 3 MiB). So batches are built in 64-byte-aligned
+# buffers, or copied into one by numpy, which releases the GIL while copying.
+_ALIGN = 64
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A new C-contiguous array whose data starts on a ``_ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` itself if TensorFlow can wrap it without a copy, else an aligned copy."""
+    if array.flags.c_contiguous and array.ctypes.data % _ALIGN == 0:
+        return array
+    out = _aligned_empty(array.shape, array.dtype)
+    np.copyto(out, array)
+    return out
+
+
+def _gather(column: Any, rows: np.ndarray, row_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Rows of one column (a Column, an ndarray or any array-like) in a new aligned array."""
+    from memseq.dataset import Column
+
+    if isinstance(column, Column) and column.dtype == dtype:
+        out = _aligned_empty((len(rows), *row_shape), dtype)
+        return column.take(rows, out=out)
+    if isinstance(column, np.ndarray) and column.dtype == dtype and column.shape[1:] == row_shape:
+        out = _aligned_empty((len(rows), *row_shape), dtype)
+        # rows come from seq.batch_rows, so they are in range: skip numpy's bounds checks.
+        return np.take(column, rows, axis=0, out=out, mode="clip")
+    return _aligned(np.asarray(column[rows]))
+
+
+def _share(seq: Any, input_context: Any) -> tuple[int, int, int]:
+    """(first replica, replicas per pipeline, replicas in sync) of this input pipeline."""
+    num_replicas = int(input_context.num_replicas_in_sync)
+    num_pipelines = int(input_context.num_input_pipelines)
+    pipeline = int(input_context.input_pipeline_id)
+    if num_replicas < 1 or num_pipelines < 1 or num_replicas % num_pipelines or not 0 <= pipeline < num_pipelines:
+        raise SchemaError(
+            f"input_context: {num_replicas} replicas do not split evenly over {num_pipelines} input pipelines "
+            f"(pipeline id {pipeline})."
+        )
+    if seq.batch_size % num_replicas:
+        raise SchemaError(
+            f"With input_context, the sequence's batch_size is the global batch size and must divide by the "
+            f"number of replicas ({num_replicas}). Received: batch_size={seq.batch_size}"
+        )
+    per_pipeline = num_replicas // num_pipelines
+    return pipeline * per_pipeline, per_pipeline, num_replicas
+
+
+class _Loader:
+    """Builds one element: ``(epoch, element index) -> list of field arrays``, run by tf.data threads.
+
+    Every array it returns is new and never written again by memseq: TensorFlow
+    may use a returned array's buffer as the tensor's memory without copying, so
+    handing it a buffer that is reused later would corrupt batches in flight.
+    """
+
+    def __init__(self, seq: Any, names: list[str], specs: dict[str, Any], share: tuple[int, int, int] | None):
+        from memseq.sequence import MemmapSequence
+
+        self.seq = seq
+        self.names = names
+        self.fields = seq.fields
+        self.columns = {name: seq.data[name] for name in names}
+        self.share = share
+        self.augments = type(seq).augment is not MemmapSequence.augment
+        # Without augment (and without an overridden get_fields) rows are gathered
+        # straight into aligned buffers; otherwise get_fields does the work.
+        self.direct = not self.augments and type(seq).get_fields is MemmapSequence.get_fields
+        self.check = _checker(specs)
+
+    def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            name: _gather(column, rows, self.fields[name][1], self.fields[name][0])
+            for name, column in self.columns.items()
+        }
+
+    def __call__(self, epoch: np.int64, element: np.int64) -> list[np.ndarray]:
+        seq, epoch, element = self.seq, int(epoch), int(element)
+        if self.share is not None:
+            first_replica, per_pipeline, num_replicas = self.share
+            index, replica = divmod(element, per_pipeline)
+            replica += first_replica
+            batch = self.gather(seq.batch_rows(index, epoch)[replica::num_replicas])
+            if self.augments:
+                batch = seq.augment(batch, np.random.default_rng([seq.seed, epoch, index, replica]))
+                if not isinstance(batch, Mapping) or any(name not in batch for name in self.names):
+                    raise SchemaError(
+                        f"{type(seq).__name__}.augment must return the batch dict with the fields "
+                        f"{self.names}. Received: {type(batch).__name__}"
+                    )
+        elif self.direct:
+            batch = self.gather(seq.batch_rows(element, epoch))
+        else:
+            batch = seq.get_fields(element, epoch)
+        out = []
+        for name in self.names:
+            array = batch[name]
+            self.check(name, array)
+            out.append(_aligned(array))
+        return out
+
+
+def to_tf_dataset(
+    seq: Any,
+    *,
+    output_signature: Any = None,
+    deterministic: bool = True,
+    input_context: Any = None,
+    epoch: int | None = None,
+    num_parallel_calls: int | None = None,
+) -> Any:
+    """A ``tf.data.Dataset`` serving the batches of ``seq``.
+
+    Same batches, same order as the sequence for the same ``(seed, epoch)``. The
+    first iteration serves ``epoch`` (default: ``seq.epoch`` now), each further
+    iteration (each new iterator, i.e. each ``fit`` epoch) the next epoch. The
+    sequence is not modified. ``augment`` runs inside the pipeline, in parallel,
+    with the same rng as in the sequence, so batches are bit-identical to
+    ``seq.get_batch(i, epoch)``.
+
+    Distributed input (``input_context``): global batch ``s`` of an epoch is
+    ``seq.batch_rows(s, epoch)`` (``seq.batch_size`` is the *global* batch size,
+    which must divide by the number of replicas). Its rows, in ascending order, are
+    dealt round-robin to the ``R`` replicas: replica ``r`` gets ``rows[r::R]``, i.e.
+    ``input_context.get_per_replica_batch_size(seq.batch_size)`` rows of a full
+    batch, each share a random subset spread over the whole row range. Input
+    pipeline ``p`` serves the shares of its replicas
+    ``p * R/P ... (p+1) * R/P - 1`` for every step, in that order, so each step
+    trains on exactly the rows of the sequence's global batch ``s`` and every row is
+    served once per epoch across all pipelines. Every pipeline serves the same number
+    of steps (``len(seq)``). ``augment`` runs once per share with
+    ``rng = np.random.default_rng([seed, epoch, s, r])``. With
+    ``drop_remainder=False``, a last batch of fewer than ``R`` rows leaves some
+    replicas an empty share; ``drop_remainder=True`` avoids that.
+
+    Args:
+        seq: A :class:`memseq.MemmapSequence`.
+        output_signature: Optional nested structure of ``tf.TensorSpec`` with the
+            structure of a batch (like ``seq[0]``), for subclasses whose
+            ``augment`` changes dtypes or row shapes. Default: taken from
+            ``seq.fields``, batch dimension ``None``.
+        deterministic: ``True`` serves batches in the sequence's order. ``False``
+            lets tf.data hand out whichever batch is ready first (faster when
+            batch times vary; the set of batches per epoch is unchanged).
+        input_context: A ``tf.distribute.InputContext`` (as passed to the function
+            given to ``strategy.distribute_datasets_from_function``): serve only
+            this input pipeline's share, with the per-replica batch size.
+        epoch: The epoch of the first iteration. Default: ``seq.epoch``.
+        num_parallel_calls: Batches built in parallel. Default:
+            ``tf.data.AUTOTUNE``.
+
+    Returns:
+        A ``tf.data.Dataset`` of batches, with ``len(seq)`` elements per iteration
+        (``len(seq) * R/P`` with ``input_context``).
+
+    Raises:
+        SchemaError: If ``seq`` is not a MemmapSequence, an argument is invalid,
+            ``output_signature`` does not fit the batch structure, or the global
+            batch size does not divide by the number of replicas. While iterating,
+            a batch that does not match the signature fails the iteration with a
+            ``tf.errors.OpError`` whose message is the SchemaError's.
+
+    Example:
+        >>> seq = memseq.MemmapSequence("data/train", x="image", y="label",
+        ...                             batch_size=256, seed=0)
+        >>> ds = memseq.tfdata.to_tf_dataset(seq)   # or seq.to_tf_dataset()
+        >>> model.fit(ds, epochs=3)                 # epochs 0, 1, 2 of seq
+        >>> strategy = tf.distribute.MirroredStrategy()
+        >>> dist = memseq.tfdata.distribute(seq, strategy)
+    """
+    import tensorflow as tf
+
+    from memseq.sequence import MemmapSequence
+
+    if not isinstance(seq, MemmapSequence):
+        raise SchemaError(f"to_tf_dataset needs a memseq.MemmapSequence. Received: {type(seq).__name__}")
+    if not isinstance(deterministic, (bool, np.bool_)):
+        raise SchemaError(f"deterministic must be True or False. Received: {deterministic!r}")
+    first_epoch = seq.epoch if epoch is None else epoch
+    if isinstance(first_epoch, (bool, np.bool_)) or not isinstance(first_epoch, (int, np.integer)) or first_epoch < 0:
+        raise SchemaError(f"epoch must be an int >= 0. Received: {epoch!r}")
+    if num_parallel_calls is None:
+        num_parallel_calls = tf.data.AUTOTUNE
+    elif (
+        isinstance(num_parallel_calls, (bool, np.bool_))
+        or not isinstance(num_parallel_calls, (int, np.integer))
+        or (num_parallel_calls < 1 and num_parallel_calls != tf.data.AUTOTUNE)
+    ):
+        raise SchemaError(
+            f"num_parallel_calls must be an int >= 1 or tf.data.AUTOTUNE. Received: {num_parallel_calls!r}"
+        )
+
+    template, specs = _signature(seq, output_signature)
+    names = list(specs)
+    dtypes = [specs[name].dtype for name in names]
+    num_batches = len(seq)
+
+    if input_context is None:
+        share = None
+        per_step = 1
+    else:
+        share = _share(seq, input_context)
+        per_step = share[1]
+    load = _Loader(seq, names, specs, share)
+
+    @tf.autograph.experimental.do_not_convert
+    def build(epoch: Any, element: Any) -> Any:
+        arrays = tf.numpy_function(load, [epoch, element], dtypes, stateful=False, name="memseq_batch")
+        by_name = {}
+        for name, array in zip(names, arrays):
+            array.set_shape(specs[name].shape)
+            by_name[name] = array
+        return tf.nest.map_structure(lambda name: by_name[name], template)
+
+    counter = _EpochCounter(int(first_epoch))
+    num_elements = num_batches * per_step
+
+    @tf.autograph.experimental.do_not_convert
+    def next_epoch(_: Any) -> Any:
+        return tf.numpy_function(counter, [], tf.int64, stateful=True, name="memseq_epoch")
+
+    @tf.autograph.experimental.do_not_convert
+    def elements(epoch: Any) -> Any:
+        return tf.data.Dataset.zip(tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.range(num_elements))
+
+    # One element per iteration, read when the iteration asks for its first batch:
+    # the epoch number. Then (epoch, element index) for every element of the epoch.
+    ds = tf.data.Dataset.from_tensors(np.int64(0)).map(next_epoch).flat_map(elements)
+    ds = ds.map(build, num_parallel_calls=num_parallel_calls, deterministic=bool(deterministic))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_elements))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if input_context is not None:
+        options = tf.data.Options()
+        # Already sharded by input pipeline: tf.distribute must not shard again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+    return ds
+
+
+def dataset_fn(seq: Any, **kwargs: Any) -> Callable[[Any], Any]:
+    """A function of a ``tf.distribute.InputContext`` for ``distribute_datasets_from_function``.
+
+    Args:
+        seq: A :class:`memseq.MemmapSequence`; its ``batch_size`` is the global batch size.
+        **kwargs: Further arguments of :func:`to_tf_dataset`.
+
+    Returns:
+        ``lambda input_context: to_tf_dataset(seq, input_context=input_context, **kwargs)``.
+
+    Example:
+        >>> dist = strategy.distribute_datasets_from_function(memseq.tfdata.dataset_fn(seq))
+    """
+
+    def make(input_context: Any) -> Any:
+        return to_tf_dataset(seq, input_context=input_context, **kwargs)
+
+    return make
+
+
+def distribute(seq: Any, strategy: Any, **kwargs: Any) -> Any:
+    """``strategy.distribute_datasets_from_function`` over the sequence's batches.
+
+    Each input pipeline (one per worker) serves its replicas' shares of every
+    global batch; see :func:`to_tf_dataset` for how the shares are cut.
+
+    Args:
+        seq: A :class:`memseq.MemmapSequence`; its ``batch_size`` is the global batch size.
+        strategy: A ``tf.distribute.Strategy`` (``MirroredStrategy``,
+            ``MultiWorkerMirroredStrategy``, ...).
+        **kwargs: Further arguments of :func:`to_tf_dataset`.
+
+    Returns:
+        A ``tf.distribute.DistributedDataset``; pass it to ``model.fit`` or iterate it.
+
+    Example:
+        >>> with strategy.scope():
+        ...     model = make_model()
+        >>> model.fit(memseq.tfdata.distribute(seq, strategy), epochs=3)
+    """
+    return strategy.distribute_datasets_from_function(dataset_fn(seq, **kwargs))
