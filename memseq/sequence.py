@@ -43,6 +43,7 @@ import keras
 import numpy as np
 
 from memseq import order as order_lib
+from memseq._buffers import BufferPool
 from memseq.dataset import Column, Dataset, RawColumn
 from memseq.dataset import open as open_dataset
 from memseq.errors import BatchIndexError, SchemaError
@@ -153,11 +154,14 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _gather(column: Any, rows: np.ndarray) -> np.ndarray:
-    if isinstance(column, Column):
-        return column.take(rows)
-    if isinstance(column, np.ndarray):
-        return np.take(column, rows, axis=0)
+def _gather(column: Any, rows: np.ndarray, buffers: BufferPool) -> np.ndarray:
+    """Rows ``rows`` (valid, from the sequence's order) of one column, in a recycled buffer."""
+    if isinstance(column, (Column, np.ndarray)):
+        out = buffers.empty((len(rows), *column.shape[1:]), column.dtype)
+        if isinstance(column, Column):
+            return column.take(rows, out=out)
+        # mode="clip" skips numpy's bounds checks: the rows are already validated.
+        return np.take(column, rows, axis=0, out=out, mode="clip")
     return np.asarray(column[rows])
 
 
@@ -259,6 +263,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         # Only call augment (and build its rng) when a subclass overrides it.
         self._augments = type(self).augment is not MemmapSequence.augment
         self._epoch = 0
+        # Batch arrays are recycled once nothing references them (see memseq._buffers).
+        self._buffers = BufferPool()
         self._lock = threading.Lock()
         self._permutations: dict[int, np.ndarray] = {}
         self._permutation(0)  # computed now, so forked workers inherit it
@@ -378,8 +384,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
 
     def get_fields(self, index: int, epoch: int) -> dict[str, np.ndarray]:
         """Batch ``index`` of ``epoch`` as a dict of field name -> array, after :meth:`augment`."""
-        rows = self.batch_rows(index, epoch)
-        batch = {name: _gather(column, rows) for name, column in self._columns.items()}
+        batch = self.read_rows(self.batch_rows(index, epoch))
         if not self._augments:
             return batch
         out = self.augment(batch, np.random.default_rng([self.seed, epoch, index]))
@@ -390,6 +395,15 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
                 + (f" with keys {list(out)}" if isinstance(out, Mapping) else "")
             )
         return dict(out)
+
+    def read_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The selected fields' values at ``rows`` (valid row numbers, e.g. from :meth:`batch_rows`), not augmented.
+
+        The arrays are 64-byte aligned (TensorFlow can use them without a copy) and
+        are the caller's until dropped; memseq reuses their memory only once nothing
+        references them any more.
+        """
+        return {name: _gather(column, rows, self._buffers) for name, column in self._columns.items()}
 
     def _structure(self, batch: Mapping[str, np.ndarray]) -> Any:
         x = _pick(*self._x, batch)

@@ -8,9 +8,8 @@ the same batches as ``seq[i]``, in the same order, for the same ``(seed, epoch)`
   map(numpy_function(build batch i), num_parallel_calls=AUTOTUNE) -> prefetch(AUTOTUNE)``,
   so batches are built in parallel by tf.data's threads (numpy's gathers from the
   memory map release the GIL). A batch is ``seq.get_fields(i, epoch)`` (rows, then
-  ``augment``); a sequence that does not override ``augment`` or ``get_fields``
-  gathers ``seq.batch_rows(i, epoch)`` straight into 64-byte-aligned arrays, which
-  TensorFlow adopts without a copy. ``tf.data.Dataset.from_generator`` is never
+  ``augment``), gathered into the sequence's recycled 64-byte-aligned buffers,
+  which TensorFlow adopts without a copy. ``tf.data.Dataset.from_generator`` is never
   used: it funnels every batch through one Python generator, and creating one makes
   TensorFlow set glibc malloc's mmap threshold process-wide, which slows every large
   numpy allocation afterwards (see DESIGN.md).
@@ -56,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from memseq._buffers import ALIGN
 from memseq.errors import SchemaError
 
 __all__ = ["dataset_fn", "distribute", "to_tf_dataset"]
@@ -143,44 +143,19 @@ def _checker(specs: dict[str, Any]) -> Callable[[str, np.ndarray], None]:
     return check
 
 
-# TensorFlow wraps a returned numpy array without copying only if its data is
-# aligned to EIGEN_MAX_ALIGN_BYTES (64 on AVX-512 builds); otherwise it copies the
-# batch while holding the GIL, which stalls every other pipeline thread (measured:
-# 3,100 vs 7,700 batches/s of 3 MiB). So batches are built in 64-byte-aligned
-# buffers, or copied into one by numpy, which releases the GIL while copying.
-_ALIGN = 64
+def _aligned(array: np.ndarray, buffers: Any) -> np.ndarray:
+    """``array`` itself if TensorFlow can wrap it without a copy, else an aligned copy.
 
-
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A new C-contiguous array whose data starts on a ``_ALIGN``-byte boundary."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def _aligned(array: np.ndarray) -> np.ndarray:
-    """``array`` itself if TensorFlow can wrap it without a copy, else an aligned copy."""
-    if array.flags.c_contiguous and array.ctypes.data % _ALIGN == 0:
+    TensorFlow wraps a returned numpy array without copying only if its data is
+    aligned to 64 bytes (EIGEN_MAX_ALIGN_BYTES); otherwise it copies the batch while
+    holding the GIL, stalling every other pipeline thread (measured: 3,100 vs 7,700
+    batches/s of 3 MiB). numpy releases the GIL while it copies.
+    """
+    if array.flags.c_contiguous and array.ctypes.data % ALIGN == 0:
         return array
-    out = _aligned_empty(array.shape, array.dtype)
+    out = buffers.empty(array.shape, array.dtype)
     np.copyto(out, array)
     return out
-
-
-def _gather(column: Any, rows: np.ndarray, row_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Rows of one column (a Column, an ndarray or any array-like) in a new aligned array."""
-    from memseq.dataset import Column
-
-    if isinstance(column, Column) and column.dtype == dtype:
-        out = _aligned_empty((len(rows), *row_shape), dtype)
-        return column.take(rows, out=out)
-    if isinstance(column, np.ndarray) and column.dtype == dtype and column.shape[1:] == row_shape:
-        out = _aligned_empty((len(rows), *row_shape), dtype)
-        # rows come from seq.batch_rows, so they are in range: skip numpy's bounds checks.
-        return np.take(column, rows, axis=0, out=out, mode="clip")
-    return _aligned(np.asarray(column[rows]))
 
 
 def _share(seq: Any, input_context: Any) -> tuple[int, int, int]:
@@ -205,9 +180,10 @@ def _share(seq: Any, input_context: Any) -> tuple[int, int, int]:
 class _Loader:
     """Builds one element: ``(epoch, element index) -> list of field arrays``, run by tf.data threads.
 
-    Every array it returns is new and never written again by memseq: TensorFlow
-    may use a returned array's buffer as the tensor's memory without copying, so
-    handing it a buffer that is reused later would corrupt batches in flight.
+    TensorFlow may use a returned array's buffer as the tensor's memory without
+    copying. The arrays come from the sequence's buffer pool, which reuses a buffer
+    only once nothing (TensorFlow's tensor included) references it, so a batch in
+    flight is never overwritten.
     """
 
     def __init__(self, seq: Any, names: list[str], specs: dict[str, Any], share: tuple[int, int, int] | None):
@@ -215,28 +191,19 @@ class _Loader:
 
         self.seq = seq
         self.names = names
-        self.fields = seq.fields
-        self.columns = {name: seq.data[name] for name in names}
         self.share = share
         self.augments = type(seq).augment is not MemmapSequence.augment
-        # Without augment (and without an overridden get_fields) rows are gathered
-        # straight into aligned buffers; otherwise get_fields does the work.
-        self.direct = not self.augments and type(seq).get_fields is MemmapSequence.get_fields
         self.check = _checker(specs)
-
-    def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return {
-            name: _gather(column, rows, self.fields[name][1], self.fields[name][0])
-            for name, column in self.columns.items()
-        }
 
     def __call__(self, epoch: np.int64, element: np.int64) -> list[np.ndarray]:
         seq, epoch, element = self.seq, int(epoch), int(element)
-        if self.share is not None:
+        if self.share is None:
+            batch = seq.get_fields(element, epoch)
+        else:
             first_replica, per_pipeline, num_replicas = self.share
             index, replica = divmod(element, per_pipeline)
             replica += first_replica
-            batch = self.gather(seq.batch_rows(index, epoch)[replica::num_replicas])
+            batch = seq.read_rows(seq.batch_rows(index, epoch)[replica::num_replicas])
             if self.augments:
                 batch = seq.augment(batch, np.random.default_rng([seq.seed, epoch, index, replica]))
                 if not isinstance(batch, Mapping) or any(name not in batch for name in self.names):
@@ -244,15 +211,11 @@ class _Loader:
                         f"{type(seq).__name__}.augment must return the batch dict with the fields "
                         f"{self.names}. Received: {type(batch).__name__}"
                     )
-        elif self.direct:
-            batch = self.gather(seq.batch_rows(element, epoch))
-        else:
-            batch = seq.get_fields(element, epoch)
         out = []
         for name in self.names:
             array = batch[name]
             self.check(name, array)
-            out.append(_aligned(array))
+            out.append(_aligned(array, seq._buffers))
         return out
 
 
