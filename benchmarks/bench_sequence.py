@@ -169,6 +169,11 @@ def bench_fit(ds: memseq.Dataset, batches: int, epochs: int) -> dict[str, float]
         tiny_model().fit(seq, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
         return len(rows)
 
+    def memseq_tfdata_fit(cb, epochs):
+        seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0, indices=rows)
+        tiny_model().fit(seq.to_tf_dataset(), epochs=epochs, verbose=0, callbacks=[cb])
+        return len(rows)
+
     x_ram = ds["image"][:]
     y_ram = ds["label"][:]
 
@@ -199,8 +204,14 @@ def bench_fit(ds: memseq.Dataset, batches: int, epochs: int) -> dict[str, float]
         tiny_model().fit(NaivePyDataset(workers=2), epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
         return len(rows)
 
-    results = {"MemmapSequence workers=2": [], "in-RAM numpy arrays": [], "model-only ceiling": [], "naive PyDataset workers=2": []}
-    fns = [memseq_fit, ram_fit, ceiling_fit, naive_fit]
+    results = {
+        "MemmapSequence workers=2": [],
+        "in-RAM numpy arrays": [],
+        "model-only ceiling": [],
+        "naive PyDataset workers=2": [],
+        "seq.to_tf_dataset()": [],
+    }
+    fns = [memseq_fit, ram_fit, ceiling_fit, naive_fit, memseq_tfdata_fit]
     for _ in range(2):
         for name, fn in zip(results, fns):
             results[name].append(fit_rate(fn, epochs))
@@ -235,6 +246,8 @@ def main(argv=None) -> int:
     base = f["in-RAM numpy arrays"]
     print(f"  MemmapSequence / in-RAM    {f['MemmapSequence workers=2'] / base:7.2f}x   (target >= 0.9)")
     print(f"  naive / in-RAM             {f['naive PyDataset workers=2'] / base:7.2f}x")
+    print(f"  to_tf_dataset / in-RAM     {f['seq.to_tf_dataset()'] / base:7.2f}x")
+    print(f"  to_tf_dataset / ceiling    {f['seq.to_tf_dataset()'] / f['model-only ceiling']:7.2f}x")
     print(f"  in-RAM / ceiling           {base / f['model-only ceiling']:7.2f}x")
     return 0
 

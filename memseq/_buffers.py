@@ -61,7 +61,7 @@ class BufferPool:
         >>> out = pool.empty((256, 64, 64, 3), np.uint8)   # aligned, maybe recycled
     """
 
-    def __init__(self, max_bytes: int = 256 * 2**20):
+    def __init__(self, max_bytes: int = 128 * 2**20):
         self.max_bytes = max_bytes
         self._buffers: dict[tuple, list[np.ndarray]] = {}
         self._bytes = 0
