@@ -16,12 +16,6 @@ cache), batch 256, samples/s of:
 and ``model.fit(seq.to_tf_dataset())`` for a tiny model against the model-only ceiling
 (the same model fitted on one cached batch repeated).
 
-(a') "recycled" is an experiment, not memseq's behaviour: (a) with memseq's batch
-buffers taken from a free list and reused once nothing references them any more
-(TensorFlow holds a reference to every numpy array it adopts without copying). On
-machines where freshly allocated pages are expensive to fault in (VMs with free page
-reporting), it shows what the per-batch allocations cost.
-
 Every approach runs in its own fresh subprocess (TensorFlow's ``from_generator`` sets
 glibc malloc's mmap threshold process-wide, which slows numpy afterwards: the
 generator worker also times the numpy loop after it, reported as (d')). Rounds of
@@ -49,12 +43,11 @@ import numpy as np
 
 DEFAULT_DIR = os.path.join(tempfile.gettempdir(), "memseq-bench-tfdata")
 ROW_SHAPE = (64, 64, 3)
-APPROACHES = ("memseq", "generator", "keras", "numpy", "recycled")
+APPROACHES = ("memseq", "generator", "keras", "numpy")
 TARGETS = {  # (numerator, denominator, minimum ratio)
     "memseq / generator": ("memseq", "generator", 5.0),
     "memseq / keras": ("memseq", "keras", 2.0),
     "memseq / numpy": ("memseq", "numpy", 0.8),
-    "recycled / numpy (experiment)": ("recycled", "numpy", 0.8),
     "fit(memseq) / fit(ceiling)": ("fit_memseq", "fit_ceiling", 0.85),
 }
 
@@ -137,29 +130,6 @@ def _timed(fn) -> float:
     return samples / (time.perf_counter() - t)
 
 
-class _Recycler:
-    """Aligned buffers from a free list, reused only once nothing else references them."""
-
-    def __init__(self, capacity: int = 64):
-        self.buffers: list[np.ndarray] = []
-        self.capacity = capacity
-
-    def empty(self, shape, dtype):
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        # Runs under the GIL (inside numpy_function), so the scan is atomic.
-        for raw in self.buffers:
-            # References: the list, the loop variable, getrefcount's argument.
-            if raw.nbytes >= nbytes + 64 and sys.getrefcount(raw) == 3:
-                break
-        else:
-            raw = np.empty(nbytes + 64, np.uint8)
-            if len(self.buffers) < self.capacity:
-                self.buffers.append(raw)
-        start = -raw.ctypes.data % 64
-        return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
 def worker(args) -> dict:
     name = args.worker
     out: dict = {}
@@ -177,15 +147,6 @@ def worker(args) -> dict:
         for _ in ds.take(20):  # warm-up: traces the functions, starts the threads
             pass
         out["memseq"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
-    elif name == "recycled":
-        import memseq.tfdata
-
-        memseq.tfdata._aligned_empty = _Recycler().empty
-        seq = _sequence(args)
-        ds = seq.to_tf_dataset()
-        for _ in ds.take(20):
-            pass
-        out["recycled"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
     elif name == "generator":
         image = np.load(os.path.join(args.dir, "image.npy"), mmap_mode="r")
         label = np.load(os.path.join(args.dir, "label.npy"), mmap_mode="r")
@@ -331,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     labels = {
         "memseq": "(a) seq.to_tf_dataset()",
-        "recycled": "(a') same, buffers recycled (experiment)",
         "generator": "(b) from_generator over np.memmap (seed article)",
         "keras": "(c) Keras PyDatasetAdapter, workers=2",
         "numpy": "(d) numpy loop, seq.get_batch (own process)",
