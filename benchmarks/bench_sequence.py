@@ -60,35 +60,33 @@ def warm(ds: memseq.Dataset) -> None:
             col[start : start + step]
 
 
-def median_rate(fn, repeats: int) -> float:
-    """Median of `repeats` calls of fn(), each returning a rate."""
-    return statistics.median(fn() for _ in range(repeats))
-
-
-def bench_getitem(ds: memseq.Dataset, batches: int, repeats: int) -> dict[str, float]:
+def naive_pydataset(ds: memseq.Dataset, rows: np.ndarray | None = None, **kwargs):
+    """What users hand-roll: a permutation and fancy indexing on np.load(mmap_mode="r")."""
     import keras
 
-    seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0)
-    image_path = os.path.join(ds.path, ds.manifest.shards[0].files["image"].path)
-    label_path = os.path.join(ds.path, ds.manifest.shards[0].files["label"].path)
+    paths = {name: os.path.join(ds.path, ds.manifest.shards[0].files[name].path) for name in ("image", "label")}
 
     class NaivePyDataset(keras.utils.PyDataset):
-        """What users hand-roll: a permutation and fancy indexing on np.load(mmap_mode)."""
-
-        def __init__(self, **kwargs):
+        def __init__(self):
             super().__init__(**kwargs)
-            self.x = np.load(image_path, mmap_mode="r")
-            self.y = np.load(label_path, mmap_mode="r")
-            self.perm = np.random.default_rng(0).permutation(len(self.x))
+            self.x = np.load(paths["image"], mmap_mode="r")
+            self.y = np.load(paths["label"], mmap_mode="r")
+            rng = np.random.default_rng(0)
+            self.perm = rng.permutation(len(self.x)) if rows is None else rng.permutation(rows)
 
         def __len__(self):
-            return len(self.x) // BATCH
+            return len(self.perm) // BATCH
 
         def __getitem__(self, i):
             idx = self.perm[i * BATCH : (i + 1) * BATCH]
             return self.x[idx], self.y[idx]
 
-    naive = NaivePyDataset()
+    return NaivePyDataset()
+
+
+def bench_getitem(ds: memseq.Dataset, batches: int, repeats: int) -> dict[str, float]:
+    seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0)
+    naive = naive_pydataset(ds)
     nbytes = BATCH * (int(np.prod(ROW_SHAPE)) + 8)
     # The source is far larger than the CPU caches, as the dataset is: memcpy then
     # measures memory bandwidth, the ceiling of any gather from the page cache.
@@ -96,18 +94,11 @@ def bench_getitem(ds: memseq.Dataset, batches: int, repeats: int) -> dict[str, f
     src = np.random.default_rng(1).integers(0, 256, nbytes * slots, dtype=np.uint8)
     dst = np.empty(nbytes, np.uint8)
 
-    def rate_seq():
-        start = np.random.default_rng().integers(0, len(seq) - batches)
+    def rate_of(dataset):
+        start = np.random.default_rng().integers(0, len(dataset) - batches)
         t = time.perf_counter()
         for i in range(start, start + batches):
-            seq[i]
-        return batches * nbytes / (time.perf_counter() - t) / 1e9
-
-    def rate_naive():
-        start = np.random.default_rng().integers(0, len(naive) - batches)
-        t = time.perf_counter()
-        for i in range(start, start + batches):
-            naive[i]
+            dataset[i]
         return batches * nbytes / (time.perf_counter() - t) / 1e9
 
     def rate_memcpy():
@@ -119,8 +110,8 @@ def bench_getitem(ds: memseq.Dataset, batches: int, repeats: int) -> dict[str, f
     rates = {"memcpy": [], "seq[i]": [], "naive": []}
     for _ in range(repeats):  # interleaved, so drift in machine load hits all alike
         rates["memcpy"].append(rate_memcpy())
-        rates["seq[i]"].append(rate_seq())
-        rates["naive"].append(rate_naive())
+        rates["seq[i]"].append(rate_of(seq))
+        rates["naive"].append(rate_of(naive))
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
@@ -157,12 +148,9 @@ def fit_rate(make_fit, epochs: int) -> float:
 
 
 def bench_fit(ds: memseq.Dataset, batches: int, epochs: int) -> dict[str, float]:
-    import keras
     import tensorflow as tf
 
     rows = np.sort(np.random.default_rng(2).choice(len(ds), batches * BATCH, replace=False))
-    image_path = os.path.join(ds.path, ds.manifest.shards[0].files["image"].path)
-    label_path = os.path.join(ds.path, ds.manifest.shards[0].files["label"].path)
 
     def memseq_fit(cb, epochs):
         seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0, indices=rows, workers=2)
@@ -186,22 +174,8 @@ def bench_fit(ds: memseq.Dataset, batches: int, epochs: int) -> dict[str, float]
         tiny_model().fit(one, steps_per_epoch=batches, epochs=epochs, verbose=0, callbacks=[cb])
         return len(rows)
 
-    class NaivePyDataset(keras.utils.PyDataset):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.x = np.load(image_path, mmap_mode="r")
-            self.y = np.load(label_path, mmap_mode="r")
-            self.perm = np.random.default_rng(0).permutation(rows)
-
-        def __len__(self):
-            return len(self.perm) // BATCH
-
-        def __getitem__(self, i):
-            idx = self.perm[i * BATCH : (i + 1) * BATCH]
-            return self.x[idx], self.y[idx]
-
     def naive_fit(cb, epochs):
-        tiny_model().fit(NaivePyDataset(workers=2), epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
+        tiny_model().fit(naive_pydataset(ds, rows, workers=2), epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
         return len(rows)
 
     results = {
