@@ -44,7 +44,7 @@ import numpy as np
 
 from memseq import order as order_lib
 from memseq._buffers import BufferPool
-from memseq.dataset import Column, Dataset, RawColumn
+from memseq.dataset import Column, Dataset, RawColumn, _is_sorted
 from memseq.dataset import open as open_dataset
 from memseq.errors import BatchIndexError, SchemaError
 
@@ -155,12 +155,19 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _gather(column: Any, rows: np.ndarray, buffers: BufferPool) -> np.ndarray:
-    """Rows ``rows`` (valid, from the sequence's order) of one column, in a recycled buffer."""
+    """Rows ``rows`` of one column, in a recycled buffer.
+
+    ``rows`` must be valid row numbers, as :meth:`MemmapSequence.batch_rows` gives:
+    they are not checked again here (that is the point: this is the hot path).
+    """
     if isinstance(column, (Column, np.ndarray)):
         out = buffers.empty((len(rows), *column.shape[1:]), column.dtype)
         if isinstance(column, Column):
-            return column.take(rows, out=out)
-        # mode="clip" skips numpy's bounds checks: the rows are already validated.
+            if not _is_sorted(rows):
+                return column.take(rows, out=out)
+            column._take_valid(rows, None, out)  # valid and ascending: skip take()'s checks
+            return out
+        # mode="clip" skips numpy's bounds checks: the rows are already valid.
         return np.take(column, rows, axis=0, out=out, mode="clip")
     return np.asarray(column[rows])
 
@@ -384,7 +391,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
 
     def get_fields(self, index: int, epoch: int) -> dict[str, np.ndarray]:
         """Batch ``index`` of ``epoch`` as a dict of field name -> array, after :meth:`augment`."""
-        batch = self.read_rows(self.batch_rows(index, epoch))
+        batch = self._read_rows(self.batch_rows(index, epoch))
         if not self._augments:
             return batch
         out = self.augment(batch, np.random.default_rng([self.seed, epoch, index]))
@@ -396,8 +403,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             )
         return dict(out)
 
-    def read_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The selected fields' values at ``rows`` (valid row numbers, e.g. from :meth:`batch_rows`), not augmented.
+    def _read_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The selected fields' values at ``rows`` (valid row numbers from :meth:`batch_rows`), not augmented.
 
         The arrays are 64-byte aligned (TensorFlow can use them without a copy) and
         are the caller's until dropped; memseq reuses their memory only once nothing

@@ -203,7 +203,7 @@ class _Loader:
             first_replica, per_pipeline, num_replicas = self.share
             index, replica = divmod(element, per_pipeline)
             replica += first_replica
-            batch = seq.read_rows(seq.batch_rows(index, epoch)[replica::num_replicas])
+            batch = seq._read_rows(seq.batch_rows(index, epoch)[replica::num_replicas])
             if self.augments:
                 batch = seq.augment(batch, np.random.default_rng([seq.seed, epoch, index, replica]))
                 if not isinstance(batch, Mapping) or any(name not in batch for name in self.names):
