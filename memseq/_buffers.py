@@ -48,6 +48,18 @@ def _calibrate() -> int:
 
 _FREE = _calibrate()
 
+# Bumped in a forked child: a pool created before the fork then starts afresh (its
+# lock may have been held by a thread that does not exist in the child).
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class BufferPool:
     """Arrays for batches, reused once unreferenced.
@@ -66,24 +78,22 @@ class BufferPool:
         self._buffers: dict[tuple, list[np.ndarray]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._generation = _fork_generation
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An aligned array of ``shape`` and ``dtype`` that nothing else references.
 
         Its contents are undefined (a recycled buffer keeps old data): fill it whole.
         """
-        dtype = np.dtype(dtype)
-        key = (tuple(shape), dtype.str)
-        if self._pid != os.getpid():
-            # Forked: the lock may have been held by a thread that does not exist here.
+        key = (shape, dtype)
+        if self._generation != _fork_generation:
             self.__init__(self.max_bytes)
         with self._lock:
             buffers = self._buffers.setdefault(key, [])
             for i in range(len(buffers)):
                 if sys.getrefcount(buffers[i]) == _FREE:
                     return buffers[i]
-            array = aligned_empty(key[0], dtype)
+            array = aligned_empty(shape, dtype)
             if self._bytes + array.nbytes <= self.max_bytes:
                 buffers.append(array)
                 self._bytes += array.nbytes

@@ -154,18 +154,19 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _gather(column: Any, rows: np.ndarray, buffers: BufferPool) -> np.ndarray:
+def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool) -> np.ndarray:
     """Rows ``rows`` of one column, in a recycled buffer.
 
-    ``rows`` must be valid row numbers, as :meth:`MemmapSequence.batch_rows` gives:
-    they are not checked again here (that is the point: this is the hot path).
+    ``rows`` must be valid row numbers, as :meth:`MemmapSequence.batch_rows` gives,
+    and ``ascending`` must say whether they are sorted: neither is checked again
+    here (that is the point: this is the hot path).
     """
     if isinstance(column, (Column, np.ndarray)):
         out = buffers.empty((len(rows), *column.shape[1:]), column.dtype)
         if isinstance(column, Column):
-            if not _is_sorted(rows):
+            if not ascending:
                 return column.take(rows, out=out)
-            column._take_valid(rows, None, out)  # valid and ascending: skip take()'s checks
+            column._take_valid(rows, None, out)
             return out
         # mode="clip" skips numpy's bounds checks: the rows are already valid.
         return np.take(column, rows, axis=0, out=out, mode="clip")
@@ -410,7 +411,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         are the caller's until dropped; memseq reuses their memory only once nothing
         references them any more.
         """
-        return {name: _gather(column, rows, self._buffers) for name, column in self._columns.items()}
+        ascending = self._order.sorts_batches or _is_sorted(rows)
+        return {name: _gather(column, rows, ascending, self._buffers) for name, column in self._columns.items()}
 
     def _structure(self, batch: Mapping[str, np.ndarray]) -> Any:
         x = _pick(*self._x, batch)

@@ -93,3 +93,21 @@ def test_tensorflow_tensors_over_recycled_buffers_stay_correct():
     for _ in ds:
         pass
     assert sum(len(v) for v in pool._buffers.values()) - before < 16
+
+
+def _use_pool(pool):
+    pool.empty((4,), np.float32)[:] = 1
+
+
+def test_a_forked_child_does_not_inherit_a_held_lock():
+    import multiprocessing
+
+    pool = BufferPool()
+    pool.empty((4,), np.float32)
+    with pool._lock:  # as if another thread were inside empty() at fork time
+        child = multiprocessing.get_context("fork").Process(target=_use_pool, args=(pool,))
+        child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
