@@ -133,6 +133,14 @@ class Source:
     def close(self) -> None:
         """Releases open files (they are reopened on the next read)."""
 
+    def _set_table(self, fields: dict[str, fmt.FieldSpec], rows: dict[str, int], what: str) -> None:
+        """Sets ``fields`` and ``num_rows`` of a container of several arrays, which need equal row counts."""
+        if len(set(rows.values())) > 1:
+            raise SchemaError(f"{self.path}: the {what} have different numbers of rows: {rows}.")
+        self.fields = fields
+        self.num_rows = next(iter(rows.values()))
+        self.description = self.path
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for key in list(state):
@@ -318,11 +326,7 @@ class NpzSource(Source):
                 fields[name] = _spec(name, member.dtype, member.shape[1:], f"{self.path}[{key!r}]")
                 self.members[name] = member
                 rows[name] = member.shape[0]
-        if len(set(rows.values())) > 1:
-            raise SchemaError(f"{self.path}: the arrays have different numbers of rows: {rows}.")
-        self.fields = fields
-        self.num_rows = next(iter(rows.values()))
-        self.description = self.path
+        self._set_table(fields, rows, "arrays")
         self._open_fd = None
         self._open_zip = None
         self._open_streams = None
@@ -478,11 +482,7 @@ class HDF5Source(Source):
                 fields[name] = _spec(name, obj.dtype, obj.shape[1:], where)
                 self.datasets[name] = dpath
                 rows[name] = int(obj.shape[0])
-        if len(set(rows.values())) > 1:
-            raise SchemaError(f"{self.path}: the datasets have different numbers of rows: {rows}.")
-        self.fields = fields
-        self.num_rows = next(iter(rows.values()))
-        self.description = self.path
+        self._set_table(fields, rows, "datasets")
         self._open_file = None
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
