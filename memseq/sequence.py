@@ -395,7 +395,11 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         batch = self._read_rows(self.batch_rows(index, epoch))
         if not self._augments:
             return batch
-        out = self.augment(batch, np.random.default_rng([self.seed, epoch, index]))
+        return self._augment_checked(batch, np.random.default_rng([self.seed, epoch, index]))
+
+    def _augment_checked(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """:meth:`augment`, and a clear error if it does not return the batch dict."""
+        out = self.augment(batch, rng)
         if not isinstance(out, Mapping) or any(name not in out for name in self._columns):
             raise SchemaError(
                 f"{type(self).__name__}.augment must return the batch dict with the fields "

@@ -50,7 +50,7 @@ TensorFlow is imported inside the functions of this module only, so
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -205,12 +205,7 @@ class _Loader:
             replica += first_replica
             batch = seq._read_rows(seq.batch_rows(index, epoch)[replica::num_replicas])
             if self.augments:
-                batch = seq.augment(batch, np.random.default_rng([seq.seed, epoch, index, replica]))
-                if not isinstance(batch, Mapping) or any(name not in batch for name in self.names):
-                    raise SchemaError(
-                        f"{type(seq).__name__}.augment must return the batch dict with the fields "
-                        f"{self.names}. Received: {type(batch).__name__}"
-                    )
+                batch = seq._augment_checked(batch, np.random.default_rng([seq.seed, epoch, index, replica]))
         out = []
         for name in self.names:
             array = batch[name]
