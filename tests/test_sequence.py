@@ -229,7 +229,7 @@ def test_batch_index_errors(data_dir):
         ({"x": "image", "drop_remainder": 1}, memseq.SchemaError, "drop_remainder must be True or False"),
         ({"x": "image", "workers": -1}, memseq.SchemaError, "workers must be an int >= 0"),
         ({"x": "image", "max_queue_size": 0}, memseq.SchemaError, "max_queue_size"),
-        ({"x": "image", "indices": [0, N]}, memseq.BatchIndexError, f"row {N} is out of range"),
+        ({"x": "image", "indices": [0, N]}, memseq.BatchIndexError, f"row index {N} is out of range"),
         ({"x": "image", "indices": [-1]}, IndexError, "negative indices are not allowed"),
         ({"x": "image", "indices": [[1, 2]]}, memseq.SchemaError, "1-D integers"),
         ({"x": "image", "indices": [0.5]}, memseq.SchemaError, "1-D integers"),
