@@ -13,6 +13,7 @@ from memseq.errors import (
     MemseqError,
     SchemaError,
     UnsafePathError,
+    WorkerError,
 )
 from memseq.writer import Writer, save
 
@@ -30,6 +31,7 @@ __all__ = [
     "MemseqError",
     "SchemaError",
     "UnsafePathError",
+    "WorkerError",
     "Writer",
     "augment",
     "open",

@@ -65,3 +65,14 @@ class SchemaError(MemseqError, ValueError):
 
 class BatchIndexError(MemseqError, IndexError):
     """A row or batch index is out of range."""
+
+
+class WorkerError(MemseqError, RuntimeError):
+    """A worker building batches failed in a way that is not an ordinary exception.
+
+    Raised for a worker process that died (killed by the OOM killer, a signal,
+    ``os._exit``), with its exit code or signal and the batch it was building, and
+    for ``SystemExit``, ``KeyboardInterrupt`` or other non-``Exception`` errors raised
+    inside ``augment``: those must not stop the training process as if it had been
+    asked to exit.
+    """

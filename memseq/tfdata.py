@@ -55,8 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from memseq._buffers import ALIGN
+from memseq._checks import check_bool, check_int
 from memseq.errors import SchemaError
+from memseq.order import ReplicaShare, replica_share
 
 __all__ = ["dataset_fn", "distribute", "to_tf_dataset"]
 
@@ -84,9 +85,9 @@ def _signature(seq: Any, output_signature: Any) -> tuple[Any, dict[str, Any]]:
     import tensorflow as tf
 
     fields = seq.fields
-    # seq._structure turns a dict of fields into the structure of seq[i]: fed with
-    # field names it gives the template whose leaves tell which field goes where.
-    template = seq._structure({name: name for name in fields})
+    # seq.pack turns a dict of fields into the structure of seq[i]: fed with field
+    # names it gives the template whose leaves tell which field goes where.
+    template = seq.pack({name: name for name in fields})
     if output_signature is None:
         return template, {
             name: tf.TensorSpec((None, *row_shape), tf.as_dtype(dtype)) for name, (dtype, row_shape) in fields.items()
@@ -143,75 +144,72 @@ def _checker(specs: dict[str, Any]) -> Callable[[str, np.ndarray], None]:
     return check
 
 
-def _aligned(array: np.ndarray, buffers: Any) -> np.ndarray:
-    """``array`` itself if TensorFlow can wrap it without a copy, else an aligned copy.
-
-    TensorFlow wraps a returned numpy array without copying only if its data is
-    aligned to 64 bytes (EIGEN_MAX_ALIGN_BYTES); otherwise it copies the batch while
-    holding the GIL, stalling every other pipeline thread (measured: 3,100 vs 7,700
-    batches/s of 3 MiB). numpy releases the GIL while it copies.
-    """
-    if array.flags.c_contiguous and array.ctypes.data % ALIGN == 0:
-        return array
-    out = buffers.empty(array.shape, array.dtype)
-    np.copyto(out, array)
-    return out
-
-
-def _share(seq: Any, input_context: Any) -> tuple[int, int, int]:
-    """(first replica, replicas per pipeline, replicas in sync) of this input pipeline."""
-    num_replicas = int(input_context.num_replicas_in_sync)
-    num_pipelines = int(input_context.num_input_pipelines)
-    pipeline = int(input_context.input_pipeline_id)
-    if num_replicas < 1 or num_pipelines < 1 or num_replicas % num_pipelines or not 0 <= pipeline < num_pipelines:
-        raise SchemaError(
-            f"input_context: {num_replicas} replicas do not split evenly over {num_pipelines} input pipelines "
-            f"(pipeline id {pipeline})."
-        )
-    if seq.batch_size % num_replicas:
-        raise SchemaError(
-            f"With input_context, the sequence's batch_size is the global batch size and must divide by the "
-            f"number of replicas ({num_replicas}). Received: batch_size={seq.batch_size}"
-        )
-    per_pipeline = num_replicas // num_pipelines
-    return pipeline * per_pipeline, per_pipeline, num_replicas
-
-
 class _Loader:
     """Builds one element: ``(epoch, element index) -> list of field arrays``, run by tf.data threads.
 
     TensorFlow may use a returned array's buffer as the tensor's memory without
-    copying. The arrays come from the sequence's buffer pool, which reuses a buffer
-    only once nothing (TensorFlow's tensor included) references it, so a batch in
-    flight is never overwritten.
+    copying. The sequence hands out 64-byte-aligned arrays from its buffer pool,
+    which reuses a buffer only once nothing (TensorFlow's tensor included)
+    references it, so a batch in flight is never overwritten.
     """
 
-    def __init__(self, seq: Any, names: list[str], specs: dict[str, Any], share: tuple[int, int, int] | None):
-        from memseq.sequence import MemmapSequence
-
+    def __init__(self, seq: Any, names: list[str], specs: dict[str, Any], share: ReplicaShare | None):
         self.seq = seq
         self.names = names
         self.share = share
-        self.augments = type(seq).augment is not MemmapSequence.augment
         self.check = _checker(specs)
 
     def __call__(self, epoch: np.int64, element: np.int64) -> list[np.ndarray]:
-        seq, epoch, element = self.seq, int(epoch), int(element)
+        epoch, element = int(epoch), int(element)
         if self.share is None:
-            batch = seq.get_fields(element, epoch)
+            batch = self.seq.get_fields(element, epoch)
         else:
-            first_replica, per_pipeline, num_replicas = self.share
-            index, replica = divmod(element, per_pipeline)
-            replica += first_replica
-            batch = seq._read_rows(seq.batch_rows(index, epoch)[replica::num_replicas])
-            if self.augments:
-                batch = seq._augment_checked(batch, np.random.default_rng([seq.seed, epoch, index, replica]))
-        out = []
+            index, replica = self.share.element(element)
+            batch = self.seq.get_share(index, epoch, replica, self.share.num_replicas)
         for name in self.names:
-            array = batch[name]
-            self.check(name, array)
-            out.append(_aligned(array, seq._buffers))
-        return out
+            self.check(name, batch[name])
+        return [batch[name] for name in self.names]
+
+
+def _check_arguments(seq: Any, deterministic: Any, epoch: Any, num_parallel_calls: Any) -> tuple[int, int]:
+    """Validates to_tf_dataset's arguments; returns (first epoch, num_parallel_calls)."""
+    import tensorflow as tf
+
+    if not all(hasattr(seq, name) for name in ("get_fields", "get_share", "pack", "fields", "epoch", "batch_size")):
+        raise SchemaError(f"to_tf_dataset needs a memseq.MemmapSequence. Received: {type(seq).__name__}")
+    check_bool(deterministic, "deterministic")
+    first_epoch = check_int(seq.epoch if epoch is None else epoch, "epoch", 0)
+    if num_parallel_calls is None:
+        return first_epoch, tf.data.AUTOTUNE
+    if num_parallel_calls != tf.data.AUTOTUNE or isinstance(num_parallel_calls, (bool, np.bool_)):
+        try:
+            check_int(num_parallel_calls, "num_parallel_calls", 1)
+        except SchemaError:
+            raise SchemaError(
+                f"num_parallel_calls must be an int >= 1 or tf.data.AUTOTUNE. Received: {num_parallel_calls!r}"
+            ) from None
+    return first_epoch, int(num_parallel_calls)
+
+
+def _epochs_and_elements(first_epoch: int, num_elements: int) -> Any:
+    """A dataset of ``(epoch, element index)``: each iteration the next epoch, all its elements.
+
+    One element per iteration, read when the iteration asks for its first batch: the
+    epoch number. Then ``(epoch, element index)`` for every element of the epoch.
+    """
+    import tensorflow as tf
+
+    counter = _EpochCounter(first_epoch)
+
+    @tf.autograph.experimental.do_not_convert
+    def next_epoch(_: Any) -> Any:
+        return tf.numpy_function(counter, [], tf.int64, stateful=True, name="memseq_epoch")
+
+    @tf.autograph.experimental.do_not_convert
+    def elements(epoch: Any) -> Any:
+        return tf.data.Dataset.zip(tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.range(num_elements))
+
+    return tf.data.Dataset.from_tensors(np.int64(0)).map(next_epoch).flat_map(elements)
 
 
 def to_tf_dataset(
@@ -284,37 +282,19 @@ def to_tf_dataset(
     """
     import tensorflow as tf
 
-    from memseq.sequence import MemmapSequence
-
-    if not isinstance(seq, MemmapSequence):
-        raise SchemaError(f"to_tf_dataset needs a memseq.MemmapSequence. Received: {type(seq).__name__}")
-    if not isinstance(deterministic, (bool, np.bool_)):
-        raise SchemaError(f"deterministic must be True or False. Received: {deterministic!r}")
-    first_epoch = seq.epoch if epoch is None else epoch
-    if isinstance(first_epoch, (bool, np.bool_)) or not isinstance(first_epoch, (int, np.integer)) or first_epoch < 0:
-        raise SchemaError(f"epoch must be an int >= 0. Received: {epoch!r}")
-    if num_parallel_calls is None:
-        num_parallel_calls = tf.data.AUTOTUNE
-    elif (
-        isinstance(num_parallel_calls, (bool, np.bool_))
-        or not isinstance(num_parallel_calls, (int, np.integer))
-        or (num_parallel_calls < 1 and num_parallel_calls != tf.data.AUTOTUNE)
-    ):
-        raise SchemaError(
-            f"num_parallel_calls must be an int >= 1 or tf.data.AUTOTUNE. Received: {num_parallel_calls!r}"
-        )
-
+    first_epoch, num_parallel_calls = _check_arguments(seq, deterministic, epoch, num_parallel_calls)
     template, specs = _signature(seq, output_signature)
     names = list(specs)
     dtypes = [specs[name].dtype for name in names]
-    num_batches = len(seq)
-
-    if input_context is None:
-        share = None
-        per_step = 1
-    else:
-        share = _share(seq, input_context)
-        per_step = share[1]
+    share = None
+    if input_context is not None:
+        share = replica_share(
+            seq.batch_size,
+            int(input_context.num_replicas_in_sync),
+            int(input_context.num_input_pipelines),
+            int(input_context.input_pipeline_id),
+        )
+    num_elements = len(seq) * (1 if share is None else share.replicas_per_pipeline)
     load = _Loader(seq, names, specs, share)
 
     @tf.autograph.experimental.do_not_convert
@@ -326,20 +306,7 @@ def to_tf_dataset(
             by_name[name] = array
         return tf.nest.map_structure(lambda name: by_name[name], template)
 
-    counter = _EpochCounter(int(first_epoch))
-    num_elements = num_batches * per_step
-
-    @tf.autograph.experimental.do_not_convert
-    def next_epoch(_: Any) -> Any:
-        return tf.numpy_function(counter, [], tf.int64, stateful=True, name="memseq_epoch")
-
-    @tf.autograph.experimental.do_not_convert
-    def elements(epoch: Any) -> Any:
-        return tf.data.Dataset.zip(tf.data.Dataset.from_tensors(epoch).repeat(), tf.data.Dataset.range(num_elements))
-
-    # One element per iteration, read when the iteration asks for its first batch:
-    # the epoch number. Then (epoch, element index) for every element of the epoch.
-    ds = tf.data.Dataset.from_tensors(np.int64(0)).map(next_epoch).flat_map(elements)
+    ds = _epochs_and_elements(first_epoch, num_elements)
     ds = ds.map(build, num_parallel_calls=num_parallel_calls, deterministic=bool(deterministic))
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_elements))
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import memseq
+
 
 def test_import_memseq_does_not_import_tensorflow_or_keras(run_python):
     result = run_python(
@@ -38,3 +40,59 @@ def test_foundation_works_without_tensorflow_importable(run_python, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[[4, 5], [0, 1]]"
     assert (tmp_path / "ds" / "memseq.json").is_file()
+
+
+def _memseq_imports() -> dict[str, set[str]]:
+    """Module -> the memseq modules it imports anywhere in its source (function-level imports included)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(memseq.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            targets |= {c for c in candidates if c in modules and c != name}
+        graph[name] = targets
+    return graph
+
+
+def test_the_package_import_graph_has_no_cycle():
+    graph = _memseq_imports()
+    # `memseq/__init__.py` re-exports public names: every module's imports of the
+    # package root are of its submodules' names, so edges into "memseq" are ignored.
+    graph = {name: {t for t in targets if t != "memseq"} for name, targets in graph.items()}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(node, stack):
+        visiting.add(node)
+        for target in sorted(graph[node]):
+            if target in visiting:
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in done:
+                visit(target, stack + [target])
+        visiting.discard(node)
+        done.add(node)
+
+    for node in sorted(graph):
+        if node not in done:
+            visit(node, [node])
+    assert cycles == [], f"import cycles: {cycles}"
+    # Data flows one way: the storage layers never import the layers above them.
+    for low in ("memseq.format", "memseq.dataset", "memseq.writer", "memseq.order", "memseq._checks"):
+        assert not graph[low] & {"memseq.sequence", "memseq.tfdata", "memseq.cli", "memseq.demo"}, low
