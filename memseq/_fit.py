@@ -160,7 +160,16 @@ class SequenceAdapter(DataAdapter):
         ds = tf.data.Dataset.from_tensors(np.int64(0)).map(begin)
         ds = ds.flat_map(lambda _: tf.data.Dataset.range(num_batches)).map(load)
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
-        return ds.prefetch(max(1, min(self._seq.max_queue_size, 2)))
+        # No tf.data prefetch, not even the one tf.data injects by default: the
+        # producer already builds max_queue_size batches ahead in its workers, so a
+        # step only hands over a finished batch. A prefetch thread would call the
+        # step while the training loop drops the iterator after an error, and
+        # TensorFlow drops it holding the GIL while it waits for that thread, which
+        # needs the GIL: a deadlock (seen here in about one run in four).
+        options = tf.data.Options()
+        options.experimental_optimization.inject_prefetch = False
+        options.autotune.enabled = False
+        return ds.with_options(options)
 
     def _tensor_signature(self) -> Any:
         """The element spec, from batches 0 and 1 of the current epoch, as Keras infers it."""

@@ -98,12 +98,13 @@ class InlineProducer:
         """Yields ``build(i, epoch)`` for ``i`` in ``indices``."""
         for index in indices:
             try:
-                yield self._build(index, epoch)
+                batch = self._build(index, epoch)
             except BaseException as error:  # noqa: BLE001 - re-raised, maybe as WorkerError
                 surfaced = _surface(error, index, epoch)
                 if surfaced is error:
                     raise
                 raise surfaced from error
+            yield batch
 
     def close(self) -> None:
         """Nothing to release."""
@@ -305,6 +306,9 @@ class ProcessProducer:
                     self._receive(state, worker, epoch)
                 else:
                     position, index = worker.task
+                    # The sentinel fires as the process exits, a moment before the
+                    # kernel reports its status: wait for it (bounded).
+                    worker.process.join(_STOP_SECONDS)
                     raise WorkerError(
                         f"A memseq worker process (pid {worker.process.pid}) died with "
                         f"{_describe_exit(worker.process.exitcode)} while building batch {index} of epoch "
@@ -332,7 +336,7 @@ class ProcessProducer:
             worker.process.join(_STOP_SECONDS)
             raise WorkerError(
                 f"A memseq worker process (pid {worker.process.pid}) died with "
-                f"{_describe_exit(worker.process.exitcode)} while sending batch {index} of epoch {epoch}."
+                f"{_describe_exit(worker.process.exitcode)} while building batch {index} of epoch {epoch}."
             ) from error
         worker.task = None
         with state.cond:
@@ -401,20 +405,28 @@ def make_producer(
 def default_start_method(backend: str) -> str:
     """The process start method for Keras' ``backend``.
 
-    The user's explicit ``multiprocessing.set_start_method`` wins. Otherwise JAX and
-    PyTorch, which run threads of their own from the start, get ``forkserver``
-    (forking a multithreaded process can deadlock the child); TensorFlow keeps
-    Python's default (``fork`` before Python 3.14), as Keras' own workers do, so
-    sequences defined in a notebook still work.
+    JAX and PyTorch run threads of their own from the start, and forking a
+    multithreaded process can deadlock the child: they get ``forkserver`` (or
+    ``spawn`` if the user chose it with ``multiprocessing.set_start_method``; a
+    chosen ``fork`` is not honoured there, since multiprocessing itself fixes the
+    default to ``fork`` the first time it starts a fork server). TensorFlow keeps the
+    start method in effect (``fork`` before Python 3.14), as Keras' own workers do,
+    so sequences defined in a notebook still work.
     """
     chosen = multiprocessing.get_start_method(allow_none=True)
-    if chosen is not None:
-        return chosen
     available = multiprocessing.get_all_start_methods()
     if backend in ("jax", "torch") and "forkserver" in available:
+        if chosen == "spawn":
+            return chosen
+        # The fork server imports its preload modules and then forks every worker.
+        # Its default preload, __main__, would import the backend into it, and a
+        # fork after that is the very thing to avoid; workers import __main__
+        # themselves after they start.
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["memseq._workers"])
         return "forkserver"
+    if chosen is not None:
+        return chosen
     # Python's own default, read without fixing it (get_start_method() would).
     if sys.version_info >= (3, 14) and "forkserver" in available:
         return "forkserver"
     return available[0]
-

@@ -1,0 +1,198 @@
+"""``model.fit(seq)`` against in-RAM arrays and the old Keras path, each case in a fresh process.
+
+Usage:
+    python benchmarks/bench_fit.py [--dir DIR] [--rows 200000] [--batches 500] [--epochs 3]
+                                   [--models tiny,cnn] [--no-jax]
+
+Builds (once, reused if present) 200,000 rows of 64x64x3 uint8 images (12 KiB rows,
+2.46 GB) plus int64 labels, warms the page cache, then trains with batch 256 on the
+same ``batches * 256`` rows (a fixed random subset) in every case:
+
+- ``fit(seq)`` threads: ``MemmapSequence(workers=2)``, memseq's adapter;
+- ``fit(seq)`` processes: ``workers=2, use_multiprocessing=True``;
+- ``fit(seq)`` old path: the same sequence through Keras' own ``PyDatasetAdapter``
+  (memseq's adapter switched off), what ``fit(seq)`` ran before;
+- in-RAM arrays: ``fit(x, y, batch_size=256)`` on the same rows loaded into RAM;
+- ``fit(seq.to_tf_dataset())``;
+- model-only ceiling: one cached batch repeated (``from_tensors(...).repeat()``).
+
+for the tiny model (Rescaling + GlobalAveragePooling2D + Dense(10)) and the demo's
+CNN; then under ``KERAS_BACKEND=jax``, ``fit(seq)`` threads and in-RAM arrays.
+Every case runs in its own fresh Python process, in one run on the same data;
+an epoch is timed from ``on_epoch_begin`` to ``on_epoch_end``, the first epoch
+(tracing, compilation) excluded; figures are medians of the remaining epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROW_SHAPE = (64, 64, 3)
+BATCH = 256
+
+CASES = {
+    "fit(seq) threads": "seq_threads",
+    "fit(seq) processes": "seq_processes",
+    "fit(seq) old path (Keras PyDatasetAdapter)": "seq_old_path",
+    "in-RAM numpy arrays": "ram",
+    "fit(seq.to_tf_dataset())": "tfdata",
+    "model-only ceiling": "ceiling",
+}
+JAX_CASES = {"jax: fit(seq) threads": "seq_threads", "jax: in-RAM numpy arrays": "ram"}
+
+
+def build(path: str, rows: int) -> None:
+    import memseq
+
+    try:
+        if len(memseq.open(path)) == rows:
+            return
+    except memseq.MemseqError:
+        pass
+    print(f"writing {rows} rows to {path} ...", flush=True)
+    rng = np.random.default_rng(0)
+    chunk = 4096
+    with memseq.Writer(path, {"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}, overwrite=True) as w:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            labels = rng.integers(0, 10, n)
+            images = rng.integers(0, 256, (n, *ROW_SHAPE), dtype=np.uint8)
+            w.append({"image": images, "label": labels})
+
+
+def warm(path: str) -> None:
+    """Reads every file once so every case starts with a hot page cache."""
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                while f.read(64 << 20):
+                    pass
+
+
+def make_model(kind: str):
+    import keras
+
+    if kind == "cnn":
+        from memseq import demo
+
+        model = (getattr(demo, "build_model", None) or demo._build_model)(keras)
+    else:
+        model = keras.Sequential(
+            [
+                keras.Input(ROW_SHAPE),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(10),
+            ]
+        )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -> list[float]:
+    """Runs one case in this (fresh) process; returns the epoch times in seconds."""
+    import keras
+
+    import memseq
+
+    rows = np.sort(np.random.default_rng(2).choice(len(memseq.open(path)), batches * BATCH, replace=False))
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model = make_model(model_kind)
+    fit = {"epochs": epochs, "verbose": 0, "callbacks": [Timer()]}
+
+    def sequence(**kwargs):
+        return memseq.MemmapSequence(path, x="image", y="label", batch_size=BATCH, seed=0, indices=rows, **kwargs)
+
+    if case == "seq_threads":
+        model.fit(sequence(workers=2), shuffle=False, **fit)
+    elif case == "seq_processes":
+        model.fit(sequence(workers=2, use_multiprocessing=True), shuffle=False, **fit)
+    elif case == "seq_old_path":
+        from keras.src.trainers import data_adapters
+
+        data_adapters.get_data_adapter = data_adapters.get_data_adapter.__wrapped__
+        model.fit(sequence(workers=2), shuffle=False, **fit)
+    elif case == "tfdata":
+        model.fit(sequence().to_tf_dataset(), **fit)
+    elif case in ("ram", "ceiling"):
+        ds = memseq.open(path)
+        x, y = ds["image"][rows], ds["label"][rows]
+        if case == "ram":
+            model.fit(x, y, batch_size=BATCH, **fit)
+        else:
+            import tensorflow as tf
+
+            one = tf.data.Dataset.from_tensors((x[:BATCH], y[:BATCH])).repeat()
+            model.fit(one, steps_per_epoch=batches, **fit)
+    else:
+        raise SystemExit(f"unknown case {case!r}")
+    return times
+
+
+def measure(case: str, model_kind: str, args: argparse.Namespace, backend: str) -> float:
+    """Samples/s of ``case`` in a fresh process: median over epochs after the first."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, __file__, "--case", case, "--model", model_kind, "--dir", args.dir,
+               "--batches", str(args.batches), "--epochs", str(args.epochs)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"case {case} ({model_kind}, {backend}) failed:\n{result.stderr[-3000:]}")
+    times = json.loads(result.stdout.strip().splitlines()[-1])
+    return args.batches * BATCH / statistics.median(times[1:])
+
+
+def report(title: str, rates: dict[str, float], baseline: str, ceiling: str | None = None) -> None:
+    print(f"\n{title}")
+    for name, rate in rates.items():
+        ratio = rate / rates[baseline]
+        extra = f"   {rate / rates[ceiling]:5.2f}x ceiling" if ceiling and name != ceiling else ""
+        print(f"  {name:<44} {rate:9,.0f} samples/s   {ratio:5.2f}x in-RAM{extra}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "memseq-bench-fit"))
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batches", type=int, default=500, help="batches per epoch (>= 500 for the issue's figures)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per case; the first is excluded")
+    parser.add_argument("--models", default="tiny,cnn")
+    parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(args.case, args.model, args.dir, args.batches, args.epochs)))
+        return 0
+
+    build(args.dir, args.rows)
+    warm(args.dir)
+    print(f"dataset {args.dir}: {args.rows} rows of {ROW_SHAPE} uint8; {args.batches} batches of {BATCH} per epoch, "
+          f"{args.epochs} epochs per case (first excluded); every case in a fresh process")
+    for model_kind in args.models.split(","):
+        rates = {name: measure(case, model_kind, args, "tensorflow") for name, case in CASES.items()}
+        report(f"{model_kind} model, TensorFlow backend:", rates, "in-RAM numpy arrays", "model-only ceiling")
+    if not args.no_jax:
+        rates = {name: measure(case, "tiny", args, "jax") for name, case in JAX_CASES.items()}
+        report("tiny model, JAX backend:", rates, "jax: in-RAM numpy arrays")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""model.fit / evaluate / predict through memseq's adapter (memseq/_fit.py).
+
+Batches bit-identical to seq.get_batch through fit, fit's class_weight and shuffle
+honoured as Keras does, the epoch numbering, dead workers and exceptions inside
+augment surfacing instead of hanging, and the JAX backend without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import memseq
+
+keras = pytest.importorskip("keras")
+from keras.src.trainers import data_adapters  # noqa: E402
+
+from memseq._fit import SequenceAdapter  # noqa: E402
+
+ROW = (4, 4, 3)
+N = 300
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fit") / "ds"
+    rng = np.random.default_rng(0)
+    memseq.save(
+        path,
+        {
+            "image": rng.integers(0, 256, (N, *ROW), dtype=np.uint8),
+            "label": rng.integers(0, 3, N),
+            "row": np.arange(N, dtype=np.int64),
+        },
+    )
+    return str(path)
+
+
+class Noisy(memseq.MemmapSequence):
+    def augment(self, batch, rng):
+        batch["image"] = memseq.augment.gaussian_noise(memseq.augment.random_flip(batch["image"], rng), rng, stddev=5.0)
+        return batch
+
+
+def identity_model(shape):
+    model = keras.Sequential([keras.Input(shape), keras.layers.Identity()])
+    return model
+
+
+def tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input(ROW), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_keras_gets_memseq_adapter_for_a_sequence_and_its_own_for_anything_else(data_path):
+    seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=32)
+    assert isinstance(data_adapters.get_data_adapter(seq), SequenceAdapter)
+    x = np.zeros((8, 2))
+    assert not isinstance(data_adapters.get_data_adapter(x, x, batch_size=4), SequenceAdapter)
+    with pytest.raises(ValueError, match="`y` should not be passed"):
+        data_adapters.get_data_adapter(seq, y=np.zeros(3))
+
+
+@pytest.mark.parametrize(("workers", "processes"), [(0, False), (1, False), (3, False), (2, True)])
+def test_predict_sees_exactly_the_sequences_batches(data_path, workers, processes):
+    seq = Noisy(data_path, x="image", batch_size=32, seed=4, workers=workers, use_multiprocessing=processes)
+    seq.set_epoch(5)
+    predicted = identity_model(ROW).predict(seq, verbose=0)
+    # predict serves the sequence's current epoch (it does not call on_epoch_end first).
+    expected = np.concatenate([seq.get_batch(i, 5)[0] for i in range(len(seq))])
+    np.testing.assert_array_equal(predicted, expected.astype(predicted.dtype))
+    assert predicted.shape[0] == N
+
+
+class Recording(memseq.MemmapSequence):
+    """Records which (batch, epoch) pairs were built: thread workers share the list."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.built = []
+
+    def get_fields(self, index, epoch):
+        self.built.append((index, epoch))
+        return super().get_fields(index, epoch)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fit_epoch_numbering_is_unchanged(data_path, workers):
+    seq = Recording(data_path, x="image", y="label", batch_size=64, seed=1, workers=workers)
+    tiny_model().fit(seq, epochs=2, shuffle=False, verbose=0)
+    # fit calls on_epoch_end once before the first epoch: epochs 1 and 2 are served.
+    served = [pair for pair in seq.built if pair[1] in (1, 2)]
+    assert sorted(served) == sorted((i, e) for e in (1, 2) for i in range(len(seq)))
+    assert seq.epoch == 3
+    before = len(seq.built)
+    tiny_model().evaluate(seq, verbose=0)
+    # (Batches 0 and 1 of the current epoch are also read once, as Keras does, for the signature.)
+    assert sorted(pair for pair in seq.built[before:] if pair[1] == 4) == [(i, 4) for i in range(len(seq))]
+
+
+def _fit_weights(seq, old_path, monkeypatch, **fit_kwargs):
+    if old_path:
+        monkeypatch.setattr(data_adapters, "get_data_adapter", data_adapters.get_data_adapter.__wrapped__)
+    model = tiny_model(seed=3)
+    model.fit(seq, epochs=2, verbose=0, **fit_kwargs)
+    monkeypatch.undo()
+    return [w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in model.weights]
+
+
+def test_class_weight_gives_the_same_training_as_keras_own_adapter(data_path, monkeypatch):
+    kwargs = dict(x="image", y="label", batch_size=32, seed=2)
+    class_weight = {0: 0.5, 1: 2.0, 2: 7.0}
+    ours = _fit_weights(memseq.MemmapSequence(data_path, **kwargs), False, monkeypatch, class_weight=class_weight, shuffle=False)
+    keras_own = _fit_weights(memseq.MemmapSequence(data_path, **kwargs), True, monkeypatch, class_weight=class_weight, shuffle=False)
+    unweighted = _fit_weights(memseq.MemmapSequence(data_path, **kwargs), False, monkeypatch, shuffle=False)
+    for a, b in zip(ours, keras_own):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not all(np.allclose(a, b) for a, b in zip(ours, unweighted))
+
+
+def test_class_weight_with_sample_weight_is_keras_error(data_path):
+    seq = memseq.MemmapSequence(data_path, x="image", y="label", sample_weight="row", batch_size=32)
+    with pytest.raises(Exception, match="You cannot specify `class_weight` and `sample_weight` at the same time"):
+        tiny_model().fit(seq, epochs=1, verbose=0, class_weight={0: 1.0, 1: 1.0, 2: 1.0})
+
+
+def test_fit_shuffle_true_reorders_whole_batches_as_keras_does(data_path):
+    seq = Recording(data_path, x="image", y="label", batch_size=32, seed=1, workers=0)
+    import random
+
+    random.seed(0)
+    tiny_model().fit(seq, epochs=1, shuffle=True, verbose=0)
+    order = [i for i, e in seq.built if e == 1]
+    assert sorted(order) == list(range(len(seq))) and order != sorted(order)
+
+
+class Failing(memseq.MemmapSequence):
+    """Raises what it is told to while building batch 3."""
+
+    error = ValueError("boom in augment")
+
+    def augment(self, batch, rng):
+        if int(batch["row"][0]) == 3 * 32 and self.error is not None:
+            raise self.error
+        return batch
+
+
+@pytest.mark.parametrize("error", [ValueError("boom in augment"), SystemExit(3), KeyboardInterrupt()])
+def test_an_exception_in_augment_in_a_thread_surfaces(data_path, error):
+    Failing.error = error
+    seq = Failing(data_path, x="row", batch_size=32, shuffle=False, workers=2)
+    with pytest.raises(Exception) as info:
+        identity_model(()).predict(seq, verbose=0)
+    text = str(info.value)
+    assert type(error).__name__ in text or isinstance(info.value, type(error))
+    if isinstance(error, ValueError):
+        assert "boom in augment" in text
+    else:
+        assert "batch 3 of epoch 0" in text
+
+
+WORKER_SCRIPT = '''
+import os, signal, sys, threading, time, multiprocessing
+import numpy as np
+import memseq
+
+class Dying(memseq.MemmapSequence):
+    """In a worker process, dies (or raises) while building batch 3."""
+
+    def augment(self, batch, rng):
+        if int(batch["row"][0]) == 3 * 32 and multiprocessing.parent_process() is not None:
+            how = os.environ["HOW"]
+            with open(os.environ["STAMP"], "w") as f:
+                f.write(repr(time.time()))
+            if how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif how == "exit":
+                os._exit(3)
+            elif how == "systemexit":
+                raise SystemExit(5)
+            raise ValueError("boom in a worker process")
+        return batch
+'''
+
+RUN_WORKER_CASE = '''
+import os, sys, threading, time
+import multiprocessing
+import keras
+from dying import Dying
+
+if __name__ == "__main__":
+    call = sys.argv[1]
+    seq = Dying({path!r}, x="row", y="label", batch_size=32, shuffle=False, workers=2, use_multiprocessing=True)
+    model = keras.Sequential([keras.Input(()), keras.layers.Identity()])
+    model.compile("sgd", "mse")
+    try:
+        getattr(model, call)(seq, verbose=0)
+    except BaseException as error:
+        raised = time.time()
+        with open(os.environ["STAMP"]) as f:
+            died = float(f.read())
+        print("RAISED", type(error).__name__, repr(str(error)))
+        print("SECONDS", raised - died)
+    children = multiprocessing.active_children()
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("memseq")]
+    print("LEFT", len(children), workers)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("how", "call", "expected"),
+    [
+        ("sigkill", "fit", "died with signal SIGKILL while building batch 3"),
+        ("exit", "predict", "died with exit code 3 while building batch 3"),
+        ("sigkill", "evaluate", "died with signal SIGKILL while building batch 3"),
+        ("raise", "fit", "boom in a worker process"),
+        ("systemexit", "predict", "SystemExit(5)"),
+    ],
+)
+def test_a_dying_or_failing_worker_process_raises_promptly_and_leaves_nothing(data_path, run_python, tmp_path, monkeypatch, how, call, expected):
+    (tmp_path / "dying.py").write_text(WORKER_SCRIPT)
+    monkeypatch.setenv("HOW", how)
+    monkeypatch.setenv("STAMP", str(tmp_path / "stamp"))
+    # The hard timeout catches a hang; the 10 s bound is measured from the worker's death.
+    result = run_python(RUN_WORKER_CASE.format(path=data_path), call, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line[:4] in ("RAIS", "SECO", "LEFT"))
+    assert expected in lines["RAISED"], lines["RAISED"][-1500:]
+    assert float(lines["SECONDS"]) < 10, lines
+    assert lines["LEFT"] == "0 []", lines
+
+
+JAX_SCRIPT = '''
+import os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+import numpy as np
+import memseq
+import keras
+from noisy import Noisy
+
+if __name__ == "__main__":
+    processes = sys.argv[1] == "1"
+    seq = Noisy({path!r}, x="image", y="label", batch_size=32, seed=4, workers=2, use_multiprocessing=processes)
+    model = keras.Sequential([keras.Input({row}), keras.layers.Identity()])
+    predicted = model.predict(seq, verbose=0)
+    expected = np.concatenate([seq.get_batch(i, 0)[0] for i in range(len(seq))])
+    assert np.array_equal(predicted, expected.astype(predicted.dtype))
+    model = keras.Sequential([keras.Input({row}), keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(seq, epochs=2, verbose=0, class_weight={{0: 1.0, 1: 2.0, 2: 3.0}})
+    assert len(history.history["loss"]) == 2
+    print("backend", keras.backend.backend(), "tensorflow imported:", "tensorflow" in sys.modules)
+'''
+
+NOISY_MODULE = """
+import memseq
+
+class Noisy(memseq.MemmapSequence):
+    def augment(self, batch, rng):
+        batch["image"] = memseq.augment.gaussian_noise(memseq.augment.random_flip(batch["image"], rng), rng, stddev=5.0)
+        return batch
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax (test extra) not installed")
+@pytest.mark.parametrize("processes", [False, True])
+def test_jax_backend_fits_without_tensorflow(data_path, run_python, tmp_path, monkeypatch, processes):
+    (tmp_path / "noisy.py").write_text(NOISY_MODULE)
+    result = run_python(JAX_SCRIPT.format(path=data_path, row=ROW), int(processes), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend jax tensorflow imported: False" in result.stdout
+    # Workers start with forkserver under JAX: no fork-with-threads warning.
+    assert "fork()" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed (large wheel; optional)")
+@pytest.mark.parametrize("processes", [False, True])
+def test_torch_backend_fits_without_tensorflow(data_path, run_python, tmp_path, processes):
+    (tmp_path / "noisy.py").write_text(NOISY_MODULE)
+    script = JAX_SCRIPT.replace('"jax"', '"torch"')
+    result = run_python(script.format(path=data_path, row=ROW), int(processes), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend torch tensorflow imported: False" in result.stdout
+
+
+def test_sequence_adapter_describes_batches(data_path):
+    seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64)
+    adapter = SequenceAdapter(seq)
+    assert adapter.num_batches == len(seq) == 5
+    assert adapter.batch_size == 64
+    assert adapter.has_partial_batch and adapter.partial_batch_size == N % 64
+    exact = SequenceAdapter(memseq.MemmapSequence(data_path, x="image", batch_size=64, drop_remainder=True))
+    assert not exact.has_partial_batch and exact.partial_batch_size is None
+    batches = list(adapter.get_numpy_iterator())
+    assert len(batches) == 5
+    for i, (x, y) in enumerate(batches):
+        np.testing.assert_array_equal(x, seq.get_batch(i)[0])
+        np.testing.assert_array_equal(y, seq.get_batch(i)[1])
+
+
+def test_legacy_form_in_keras3_is_still_a_type_error(data_path):
+    seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64)
+    with pytest.raises(TypeError):
+        tiny_model().fit(seq, epochs=1, workers=2, verbose=0)
+
