@@ -263,6 +263,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_info)
 
+
 def _add_verify(sub: argparse._SubParsersAction) -> None:
     """Adds ``memseq verify PATH``."""
     p = sub.add_parser("verify", help="check every file's size and CRC-32 checksum",
@@ -270,6 +271,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
                        "checksum. Exit code 0 if all match; otherwise 1 and the bad file is named.")
     p.add_argument("path", metavar="PATH", help="the dataset directory")
     p.set_defaults(func=_verify)
+
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     """Adds ``memseq convert [SRC] DST [--field ...] [--raw ...]``."""
@@ -324,6 +326,7 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
     p.set_defaults(func=_convert)
 
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     """Adds ``memseq bench PATH``."""
     p = sub.add_parser(
@@ -346,6 +349,7 @@ Imports TensorFlow.""",
     p.add_argument("--no-cold", action="store_true", help="hot runs only")
     p.add_argument("--no-baseline", action="store_true", help="skip the from_generator baseline")
     p.set_defaults(func=_bench)
+
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     """Adds ``memseq demo``."""

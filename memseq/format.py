@@ -527,21 +527,15 @@ def read_npy_header(f: BinaryIO, path: str) -> tuple[np.dtype, tuple[int, ...], 
 
 
 
+
 # --------------------------------------------------------------------------- shard layout
-#
-# Added for issue 8: the one place that decides which rows go into which shard
-# file, used by memseq.Writer (streaming) and memseq.convert (pre-sized files), so
-# that both write byte-identical datasets for the same rows and ``shard_rows``.
+# One rule for Writer and convert, so both write the same files for the same rows.
 
 __all__ += ["check_shard_rows", "shard_layout", "shard_directory", "shard_file", "has_npy_magic"]
 
 
 def check_shard_rows(shard_rows: Any) -> int | None:
-    """Returns ``shard_rows`` if it is a positive int or None.
-
-    Raises:
-        SchemaError: ``"shard_rows must be a positive int or None. Received: ..."``.
-    """
+    """Returns ``shard_rows`` if it is a positive int or None; else raises SchemaError."""
     if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
         raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
     return shard_rows
@@ -550,19 +544,9 @@ def check_shard_rows(shard_rows: Any) -> int | None:
 def shard_layout(num_rows: int, shard_rows: int | None, first_row: int = 0) -> list[tuple[int, int, int]]:
     """Which shard holds which rows: ``(shard, start, stop)`` pieces of rows ``[first_row, num_rows)``.
 
-    Shard ``k`` holds rows ``[k * shard_rows, (k + 1) * shard_rows)`` (the last one
-    fewer); without ``shard_rows`` shard 0 holds every row. A table without rows
-    still has one (empty) shard 0. With ``first_row`` > 0 only the pieces of the rows
-    from ``first_row`` on are listed (a streaming writer appending rows), cut at
-    shard boundaries.
-
-    Args:
-        num_rows: The table's number of rows (so far).
-        shard_rows: Rows per shard, or None for a single shard.
-        first_row: The first row to list.
-
-    Returns:
-        ``(shard index, start row, stop row)`` in row order.
+    Shard ``k`` holds rows ``[k * shard_rows, (k + 1) * shard_rows)``; without
+    ``shard_rows`` shard 0 holds every row. A table without rows has one empty shard
+    0. A streaming writer passes the rows written so far as ``first_row``.
 
     Example:
         >>> shard_layout(5, 2)
