@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -9,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from memseq import format as fmt
-from memseq.errors import DatasetNotFoundError, SchemaError
+from memseq.errors import DatasetNotFoundError, MemseqError, SchemaError
 
-__all__ = ["Source", "check_file", "missing_file", "field_spec_at"]
+__all__ = ["Source", "check_file", "missing_file", "field_spec_at", "optional_module"]
 
 
 class Source:
@@ -88,3 +89,11 @@ def field_spec_at(name: str, dtype: Any, row_shape: Sequence[int], where: str) -
         return fmt.field_spec(name, dtype, tuple(row_shape))
     except SchemaError as e:
         raise SchemaError(f"{where}: {e}") from e
+
+
+def optional_module(name: str, message: str) -> Any:
+    """Imports an optional dependency (h5py, Pillow); a MemseqError saying ``message`` if it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise MemseqError(message) from e

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from memseq.convert._base import Source, check_file, field_spec_at
-from memseq.errors import CorruptFileError, FormatError, MemseqError, SchemaError
+from memseq.convert._base import Source, check_file, field_spec_at, optional_module
+from memseq.errors import CorruptFileError, FormatError, SchemaError
 
 __all__ = ["HDF5Source", "HDF5_MAGIC", "HDF5_EXTENSIONS"]
 
@@ -20,11 +20,7 @@ HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".he5")
 
 
 def _import_h5py() -> Any:
-    try:
-        import h5py
-    except ImportError as e:
-        raise MemseqError('HDF5 sources need h5py: pip install "memseq[convert]" (or pip install h5py).') from e
-    return h5py
+    return optional_module("h5py", 'HDF5 sources need h5py: pip install "memseq[convert]" (or pip install h5py).')
 
 
 def _h5_field_name(dataset_path: str) -> str:

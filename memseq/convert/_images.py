@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from memseq import format as fmt
-from memseq.convert._base import Source
+from memseq.convert._base import Source, optional_module
 from memseq.errors import CorruptFileError, DatasetNotFoundError, FormatError, MemseqError, SchemaError
 
 __all__ = ["ImageFolderSource", "IMAGE_EXTENSIONS", "write_classes"]
@@ -21,11 +21,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def _import_pil() -> Any:
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise MemseqError('Image folders need Pillow: pip install "memseq[convert]" (or pip install pillow).') from e
-    return Image
+    return optional_module("PIL.Image", 'Image folders need Pillow: pip install "memseq[convert]" (or pip install pillow).')
 
 
 def _image_size(value: Sequence[int] | int) -> tuple[int, int]:
