@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
+from collections.abc import Sequence
 
-__all__ = ["crc32_of_file"]
+__all__ = ["crc32_combine", "crc32_of_file"]
 
 # Large reads keep syscall overhead negligible; zlib releases the GIL on them.
 _CHUNK = 8 * 2**20
@@ -22,3 +24,47 @@ def crc32_of_file(path: str, offset: int = 0) -> int:
             if not n:
                 return crc
             crc = zlib.crc32(view[:n], crc)
+
+
+# CRC-32 of a concatenation from the CRC-32s of its parts (zlib's crc32_combine,
+# which Python's zlib does not expose). An operator is a 32x32 matrix over GF(2),
+# stored as 32 column ints; appending n zero bytes to the message is a linear map
+# of the CRC register, applied to the first part's CRC.
+
+
+def _gf2_times(mat: Sequence[int], vec: int) -> int:
+    total = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            total ^= mat[i]
+        vec >>= 1
+        i += 1
+    return total
+
+
+def _gf2_compose(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    return tuple(_gf2_times(a, column) for column in b)
+
+
+@functools.cache
+def _zero_bytes_operator(nbytes: int) -> tuple[int, ...]:
+    one_bit = (0xEDB88320,) + tuple(1 << n for n in range(31))
+    op = _gf2_compose(one_bit, one_bit)  # 2 zero bits
+    op = _gf2_compose(op, op)  # 4
+    op = _gf2_compose(op, op)  # 8 bits: one zero byte
+    result = tuple(1 << n for n in range(32))  # identity
+    while nbytes:
+        if nbytes & 1:
+            result = _gf2_compose(op, result)
+        nbytes >>= 1
+        if nbytes:
+            op = _gf2_compose(op, op)
+    return result
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``a + b`` from ``crc1 = crc32(a)``, ``crc2 = crc32(b)`` and ``len2 = len(b)``."""
+    if len2 <= 0:
+        return crc1
+    return _gf2_times(_zero_bytes_operator(len2), crc1) ^ crc2

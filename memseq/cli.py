@@ -5,27 +5,25 @@ Run ``memseq --help`` or ``python -m memseq --help``; every subcommand has its o
 (0 on success, 1 on an error, 2 on a usage error, 130 on Ctrl-C); errors are printed
 as one line, ``memseq: error: ...``, without a traceback (``--traceback`` shows it).
 
-TensorFlow and Keras are imported only by ``bench`` and ``demo``.
+TensorFlow and Keras are imported only by ``bench`` and ``demo``. This module holds
+the argument parser and one handler per subcommand; the work happens elsewhere:
+:mod:`memseq.convert` (with the option strings parsed by :mod:`memseq._cli_options`),
+:mod:`memseq.bench` and :mod:`memseq.demo`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
-import mmap
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
-
+from memseq.bench import METHOD_LABELS, data_files
 from memseq.errors import MemseqError, SchemaError
 
-__all__ = ["main", "build_parser", "drop_page_cache", "cached_fraction", "run_bench"]
+__all__ = ["main", "build_parser"]
 
 _EPILOG = """\
 examples:
@@ -70,59 +68,6 @@ def _numeric(text: str) -> bool:
     return bool(text) and (text[0].isdigit() or text[0] == "-" and text[1:2].isdigit())
 
 
-def _data_files(ds: Any) -> list[str]:
-    return [os.path.join(ds.path, entry.path) for shard in ds.manifest.shards for entry in shard.files.values()]
-
-
-def drop_page_cache(paths: Sequence[str]) -> None:
-    """Asks the kernel to drop the cached pages of ``paths`` (for cold-cache timing).
-
-    Uses ``posix_fadvise(POSIX_FADV_DONTNEED)``, which needs no root for clean
-    pages; each file is ``fdatasync``-ed first so that dirty pages are written and
-    can be dropped too. Pages that a process still has mapped *and touched* stay in
-    memory: close datasets (and run ``gc.collect()``) before calling this.
-    """
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def cached_fraction(paths: Sequence[str]) -> float:
-    """The fraction of the bytes of ``paths`` in the page cache (via ``mincore``).
-
-    Returns NaN where ``mincore`` is unavailable.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        mincore = libc.mincore
-    except (OSError, AttributeError):
-        return float("nan")
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    page = mmap.PAGESIZE
-    cached = total = 0
-    for path in paths:
-        size = os.path.getsize(path)
-        if size == 0:
-            continue
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-            pages = (size + page - 1) // page
-            vec = np.zeros(pages, np.uint8)
-            # ctypes cannot take the address of a read-only mmap; numpy can. Mapping
-            # a file does not read it: mincore reports, it does not fault pages in.
-            view = np.frombuffer(m, np.uint8)
-            status = mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), ctypes.c_void_p(vec.ctypes.data))
-            del view
-            if status != 0:
-                return float("nan")
-            cached += int(np.count_nonzero(vec & 1)) * page
-            total += pages * page
-    return cached / total if total else 0.0
-
-
 # --------------------------------------------------------------------------- info / verify
 
 
@@ -133,7 +78,7 @@ def _info(args: argparse.Namespace) -> int:
     ds = memseq.open(args.path)
     with open(os.path.join(ds.path, fmt.MANIFEST_NAME), "rb") as f:
         version = json.loads(f.read().decode("utf-8")).get("version")
-    files = _data_files(ds)
+    files = data_files(ds)
     data_bytes = sum(os.path.getsize(p) for p in files)
     manifest_bytes = os.path.getsize(os.path.join(ds.path, fmt.MANIFEST_NAME))
     fields = {
@@ -181,7 +126,7 @@ def _verify(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     ds = memseq.open(args.path)  # checks the manifest, every header and every size
     ds.verify()  # every checksum
-    files = _data_files(ds)
+    files = data_files(ds)
     nbytes = sum(os.path.getsize(p) for p in files)
     print(
         f"OK {ds.path}: {_plural(len(files), 'data file')}, {_plural(ds.num_rows, 'row')}, {_human_bytes(nbytes)}: "
@@ -193,27 +138,11 @@ def _verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- convert
 
 
-def _parse_image_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        dims = []
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1:
-        raise SchemaError(f"--image-size takes HEIGHTxWIDTH (e.g. 64x64) or one number. Received: {text!r}")
-    return dims[0], dims[1]
-
-
-def _convert(args: argparse.Namespace) -> int:
+def _convert_sources(args: argparse.Namespace, src: str | None, dst: str) -> list:
+    """The sources that ``memseq convert``'s SRC, ``--field`` and ``--raw`` name, checked together."""
+    from memseq import _cli_options as options
     from memseq import convert as cv
 
-    if len(args.paths) > 2:
-        raise SchemaError(f"convert takes [SRC] DST. Received {len(args.paths)} paths: {args.paths}")
-    src, dst = (args.paths[0], args.paths[1]) if len(args.paths) == 2 else (None, args.paths[0])
     if (args.dtype is None) != (args.shape is None):
         raise SchemaError("--dtype and --shape go together (they describe headerless raw --field files).")
     if src is None and not args.field and not args.raw:
@@ -231,13 +160,24 @@ def _convert(args: argparse.Namespace) -> int:
             )
     sources = []
     if src is not None:
-        sources.append(cv.source_for_path(src, image_size=_parse_image_size(args.image_size), color="gray" if args.gray else "rgb"))
+        image_size = options.parse_image_size(args.image_size)
+        sources.append(cv.source_for_path(src, image_size=image_size, color="gray" if args.gray else "rgb"))
     elif args.image_size or args.gray:
         raise SchemaError("--image-size and --gray apply to an image folder given as SRC.")
     for text in args.field:
-        sources.append(cv.parse_field_option(text, dtype=args.dtype, shape=args.shape))
+        sources.append(options.parse_field_option(text, dtype=args.dtype, shape=args.shape))
     for text in args.raw:
-        sources.append(cv.parse_raw_option(text))
+        sources.append(options.parse_raw_option(text))
+    return sources
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from memseq import convert as cv
+
+    if len(args.paths) > 2:
+        raise SchemaError(f"convert takes [SRC] DST. Received {len(args.paths)} paths: {args.paths}")
+    src, dst = (args.paths[0], args.paths[1]) if len(args.paths) == 2 else (None, args.paths[0])
+    sources = _convert_sources(args, src, dst)
     classes = getattr(sources[0], "classes", None) if src is not None else None
     if args.classes_file and classes is None:
         raise SchemaError("--classes-file applies to an image folder given as SRC.")
@@ -252,7 +192,7 @@ def _convert(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )
     seconds = time.perf_counter() - t
-    nbytes = sum(os.path.getsize(p) for p in _data_files(ds))
+    nbytes = sum(os.path.getsize(p) for p in data_files(ds))
     print(
         f"wrote {ds.path}: {ds.num_rows:,} rows, {_plural(len(ds.fields), 'field')}, {_plural(ds.num_shards, 'shard')}, "
         f"{_human_bytes(nbytes)} in {seconds:.1f} s (jobs={args.jobs})"
@@ -269,195 +209,14 @@ def _convert(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- bench
 
 
-def _default_fields(ds: Any, x: str | None, y: str | None) -> tuple[str, str | None]:
-    names = list(ds.fields)
-    if x is None:
-        x = next((n for n in names if n != "label"), names[0])
-    if y is None:
-        y = "label" if "label" in names and x != "label" else None
-    elif y == "":
-        y = None
-    for role, name in (("--x", x), ("--y", y)):
-        if name is not None and name not in ds.fields:
-            raise SchemaError(f"{role}: no field {name!r}; fields are {names}.")
-    return x, y
-
-
-def _time_batches(batches: Any, count: int) -> tuple[float, int]:
-    """Seconds to pull ``count`` batches from an iterator, and the samples pulled."""
-    samples = 0
-    t = time.perf_counter()
-    for _ in range(count):
-        batch = next(batches)
-        first = batch[0] if isinstance(batch, tuple) else batch
-        while isinstance(first, (tuple, list, dict)):
-            first = next(iter(first.values())) if isinstance(first, dict) else first[0]
-        samples += int(first.shape[0])
-    return time.perf_counter() - t, samples
-
-
-_BENCH_LABELS = {
-    "sequence": "MemmapSequence seq[i]",
-    "tf_data": "MemmapSequence.to_tf_dataset()",
-    "baseline": "baseline: from_generator(np.memmap)",
-}
-
-
-def _bench_method(method: str, path: str, x: str, y: str | None, batch_size: int, num_batches: int,
-                  files: list[str], runs: tuple[str, ...]) -> list[tuple[str, float, int, float]]:
-    """Runs one method in a fresh process: (cache, seconds, samples, cached fraction) per run.
-
-    A fresh process per method keeps the methods apart: a tf.data pipeline keeps
-    its Python functions (and with them the memory maps) alive, so their pages
-    could not be dropped for the next cold run; and TensorFlow's from_generator
-    changes malloc settings for the whole process.
-    """
-    import memseq
-
-    def make_sequence() -> Any:
-        return memseq.MemmapSequence(path, x=x, y=y, batch_size=batch_size, shuffle=True, seed=0)
-
-    def run_sequence() -> tuple[float, int]:
-        seq = make_sequence()
-        return _time_batches((seq[i] for i in range(num_batches)), num_batches)
-
-    def run_tf_data() -> tuple[float, int]:
-        # A new dataset per run serves the sequence's epoch 0 again: the same rows.
-        it = iter(make_sequence().to_tf_dataset().take(num_batches + 1))
-        next(it)  # builds the pipeline; not timed
-        return _time_batches(it, num_batches)
-
-    def run_baseline() -> tuple[float, int]:
-        import tensorflow as tf
-
-        ds = memseq.open(path)
-        shard = ds.manifest.shards[0]
-        selected = [x] if y is None else [x, y]
-        arrays = [np.load(os.path.join(ds.path, shard.files[n].path), mmap_mode="r") for n in selected]
-        n = len(arrays[0])
-
-        def rows():
-            # The usual recipe's per-epoch permutation (seeded, so that the hot run
-            # reads the same rows as the cold one), one row at a time.
-            for i in np.random.default_rng(0).permutation(n):
-                yield tuple(a[i] for a in arrays) if len(arrays) > 1 else arrays[0][i]
-
-        spec = tuple(tf.TensorSpec(a.shape[1:], a.dtype) for a in arrays)
-        dataset = tf.data.Dataset.from_generator(rows, output_signature=spec if len(spec) > 1 else spec[0])
-        dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        count = max(1, min(num_batches, n // batch_size - 1))
-        it = iter(dataset.take(count + 1))
-        next(it)
-        return _time_batches(it, count)
-
-    run = {"sequence": run_sequence, "tf_data": run_tf_data, "baseline": run_baseline}[method]
-    results = []
-    for cache in runs:
-        before = cached_fraction(files)
-        seconds, samples = run()
-        results.append((cache, seconds, samples, before))
-    return results
-
-
-def run_bench(
-    path: str,
-    *,
-    x: str | None = None,
-    y: str | None = None,
-    batch_size: int = 256,
-    batches: int = 100,
-    cold: bool = True,
-    methods: Sequence[str] = ("sequence", "tf_data", "baseline"),
-    log: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Measures read throughput of a dataset, hot and cold; returns one dict per run.
-
-    Methods, each in a fresh process (started with spawn):
-
-    - ``"sequence"``: ``seq[i]`` for ``i`` in ``range(batches)`` on a
-      ``MemmapSequence(shuffle=True, seed=0)``, in one thread;
-    - ``"tf_data"``: iterating ``seq.to_tf_dataset()`` (skipped if this memseq has
-      no ``to_tf_dataset``);
-    - ``"baseline"``: the common recipe memseq replaces:
-      ``tf.data.Dataset.from_generator`` over ``np.load(..., mmap_mode="r")``
-      arrays, yielding one row at a time in a per-epoch permutation order, then
-      ``.batch(batch_size).prefetch(AUTOTUNE)`` (first shard only).
-
-    Each method runs cold (the data files' pages dropped from the page cache with
-    ``posix_fadvise(POSIX_FADV_DONTNEED)`` just before its process starts), then
-    hot (the same batches again, now cached). tf.data pipelines are built and their
-    first batch taken before the clock starts.
-
-    Returns:
-        Dicts with ``method``, ``cache`` (``"cold"``/``"hot"``), ``batches``,
-        ``samples``, ``seconds``, ``samples_per_s``, ``gb_per_s`` and
-        ``cached_before`` (fraction of the data files in the page cache when the
-        run started, from ``mincore``).
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import memseq
-    from memseq import sequence  # noqa: F401  (fails here, not in a child, if Keras is missing)
-
-    log = log or (lambda message: None)
-    if batch_size < 1 or batches < 1:
-        raise SchemaError(f"--batch-size and --batches must be >= 1. Received: {batch_size}, {batches}")
-    ds = memseq.open(path)
-    x, y = _default_fields(ds, x, y)
-    files = _data_files(ds)
-    row_bytes = sum(ds.fields[n].row_nbytes for n in ([x] if y is None else [x, y]))
-    num_batches = max(1, min(batches, len(ds) // batch_size))
-    path = ds.path
-    del ds
-    unknown = [m for m in methods if m not in _BENCH_LABELS]
-    if unknown:
-        raise SchemaError(f"Unknown bench methods {unknown}; known: {list(_BENCH_LABELS)}.")
-    runs = ("cold", "hot") if cold else ("hot",)
-    results = []
-    for method in methods:
-        if method == "tf_data" and not hasattr(memseq.MemmapSequence, "to_tf_dataset"):
-            log("skipping to_tf_dataset(): this memseq has no MemmapSequence.to_tf_dataset")
-            continue
-        gc.collect()
-        if cold:
-            drop_page_cache(files)
-        else:  # hot only: read the files once so that they are cached
-            for f in files:
-                with open(f, "rb") as fh:
-                    while fh.read(16 * 2**20):
-                        pass
-        log(f"{_BENCH_LABELS[method]}: {' then '.join(runs)} ...")
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            measured = pool.submit(_bench_method, method, path, x, y, batch_size, num_batches, files, runs).result()
-        if cold and measured[0][3] > 0.5:
-            log(
-                f"warning: {measured[0][3]:.0%} of the data stayed in the page cache after dropping it: the pages "
-                "are mapped and touched by a running process (this one?), or the files are on tmpfs. "
-                "The cold numbers are not cold."
-            )
-        for cache, seconds, samples, before in measured:
-            results.append(
-                {
-                    "method": _BENCH_LABELS[method],
-                    "cache": cache,
-                    "batches": -(-samples // batch_size),
-                    "samples": samples,
-                    "seconds": seconds,
-                    "samples_per_s": samples / seconds,
-                    "gb_per_s": samples * row_bytes / seconds / 1e9,
-                    "cached_before": before,
-                }
-            )
-    return results
-
-
 def _bench(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     methods = ["sequence", "tf_data"] + ([] if args.no_baseline else ["baseline"])
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
+
+    from memseq.bench import run_bench
 
     results = run_bench(
         args.path, x=args.x, y=args.y, batch_size=args.batch_size, batches=args.batches,
@@ -472,7 +231,7 @@ def _bench(args: argparse.Namespace) -> int:
         for r in results
     ]
     print(_table(rows, ("method", "cache", "batches", "samples/s", "GB/s", "cached at start")))
-    if not any(r["method"] == _BENCH_LABELS["tf_data"] for r in results):
+    if not any(r["method"] == METHOD_LABELS["tf_data"] for r in results):
         print("  (to_tf_dataset() is not available in this memseq version)")
     return 0
 
@@ -496,32 +255,26 @@ def _demo(args: argparse.Namespace) -> int:
 _Formatter = argparse.RawDescriptionHelpFormatter
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``memseq`` argument parser."""
-    import memseq
-
-    parser = argparse.ArgumentParser(
-        prog="memseq",
-        description="Inspect, verify, convert and benchmark memseq datasets; run the demo.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"memseq {memseq.__version__}")
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    """Adds ``memseq info PATH``."""
     p = sub.add_parser("info", help="rows, fields, size, shards and format version of a dataset",
                        description="Print a dataset's rows, fields (dtype, row shape), size on disk, shards and format version.")
     p.add_argument("path", metavar="PATH", help="the dataset directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_info)
 
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    """Adds ``memseq verify PATH``."""
     p = sub.add_parser("verify", help="check every file's size and CRC-32 checksum",
                        description="Check the manifest, every .npy header, every file size and every CRC-32 "
                        "checksum. Exit code 0 if all match; otherwise 1 and the bad file is named.")
     p.add_argument("path", metavar="PATH", help="the dataset directory")
     p.set_defaults(func=_verify)
 
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    """Adds ``memseq convert [SRC] DST [--field ...] [--raw ...]``."""
     p = sub.add_parser(
         "convert",
         help="convert .npy/.npz/raw/HDF5 files or an image folder into a dataset",
@@ -573,6 +326,9 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
     p.set_defaults(func=_convert)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """Adds ``memseq bench PATH``."""
     p = sub.add_parser(
         "bench",
         help="throughput of seq[i], to_tf_dataset() and a from_generator baseline, hot and cold",
@@ -594,6 +350,9 @@ Imports TensorFlow.""",
     p.add_argument("--no-baseline", action="store_true", help="skip the from_generator baseline")
     p.set_defaults(func=_bench)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """Adds ``memseq demo``."""
     p = sub.add_parser(
         "demo",
         help="write a ~1 GB synthetic image dataset and train a small CNN on it",
@@ -612,6 +371,23 @@ and peak anonymous memory, and delete the dataset. Imports TensorFlow and Keras.
     p.add_argument("--workers", type=int, default=2, metavar="N", help="Keras worker processes (default: 2)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the data, shuffles and augmentation (default: 0)")
     p.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``memseq`` argument parser."""
+    import memseq
+
+    parser = argparse.ArgumentParser(
+        prog="memseq",
+        description="Inspect, verify, convert and benchmark memseq datasets; run the demo.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"memseq {memseq.__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_info, _add_verify, _add_convert, _add_bench, _add_demo):
+        add(sub)
     return parser
 
 

@@ -31,7 +31,16 @@ import numpy as np
 
 from memseq.errors import MemseqError
 
-__all__ = ["run_demo", "synthetic_images", "write_synthetic_dataset", "MemorySampler"]
+__all__ = [
+    "run_demo",
+    "synthetic_images",
+    "class_patterns",
+    "noise_bank",
+    "write_synthetic_dataset",
+    "build_model",
+    "augmented_sequence_class",
+    "MemorySampler",
+]
 
 IMAGE_SHAPE = (64, 64, 3)
 NUM_CLASSES = 10
@@ -41,8 +50,12 @@ _VARIANTS = 16  # phase-shifted copies of each class pattern
 _NOISE = 512  # pre-drawn noise images
 
 
-def _class_patterns(rng: np.random.Generator) -> np.ndarray:
-    """``(NUM_CLASSES, _VARIANTS, 64, 64, 3)`` uint8 stripe patterns, values in [0, 191]."""
+def class_patterns(rng: np.random.Generator) -> np.ndarray:
+    """The class patterns: ``(NUM_CLASSES, 16, 64, 64, 3)`` uint8 stripes, values in [0, 191].
+
+    Each class has 16 phase-shifted variants of an oriented stripe pattern in a class
+    colour; pass them to :func:`synthetic_images`.
+    """
     h, w, _ = IMAGE_SHAPE
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # Five colours x two orientation families: telling class k from k+5 needs the
@@ -61,15 +74,25 @@ def _class_patterns(rng: np.random.Generator) -> np.ndarray:
     return patterns
 
 
-def _noise_bank(rng: np.random.Generator) -> np.ndarray:
-    """``(_NOISE, 64, 64, 3)`` uint8 uniform noise in [0, 64)."""
+def noise_bank(rng: np.random.Generator) -> np.ndarray:
+    """A bank of 512 noise images for :func:`synthetic_images`: ``(512, 64, 64, 3)`` uint8 in [0, 64)."""
     return rng.integers(0, 64, (_NOISE, *IMAGE_SHAPE), dtype=np.uint8)
 
 
 def synthetic_images(
     n: int, rng: np.random.Generator, patterns: np.ndarray, noise: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images (a variant of a random class's pattern + a noise image) and their labels."""
+    """``n`` images (a variant of a random class's pattern + a noise image) and their labels.
+
+    Args:
+        n: The number of images.
+        rng: Where the classes, variants and noise images are drawn from.
+        patterns: From :func:`class_patterns`.
+        noise: From :func:`noise_bank`.
+
+    Returns:
+        ``(images, labels)``: ``(n, 64, 64, 3)`` uint8 and ``(n,)`` int64.
+    """
     labels = rng.integers(0, NUM_CLASSES, n)
     images = patterns[labels, rng.integers(0, _VARIANTS, n)]
     # Noise from a bank of pre-drawn images: drawing fresh noise for every pixel
@@ -83,8 +106,8 @@ def write_synthetic_dataset(path: str, num_rows: int, *, seed: int = 0, progress
     import memseq
 
     rng = np.random.default_rng(seed)
-    patterns = _class_patterns(rng)
-    noise = _noise_bank(rng)
+    patterns = class_patterns(rng)
+    noise = noise_bank(rng)
     fields = {"image": ("uint8", IMAGE_SHAPE), "label": ("int64", ())}
     with memseq.Writer(path, fields, progress=progress, total_rows=num_rows) as w:
         for start in range(0, num_rows, _CHUNK_ROWS):
@@ -178,7 +201,8 @@ def _mib(kib: int) -> str:
 # --------------------------------------------------------------------------- the demo
 
 
-def _build_model(keras: Any) -> Any:
+def build_model(keras: Any) -> Any:
+    """The demo's small CNN for 64x64x3 uint8 images of ``NUM_CLASSES`` classes, compiled."""
     # Strided convolutions and few filters: enough to learn the patterns, small
     # enough that 2 epochs over ~80,000 images fit in about a minute on 2 cores.
     model = keras.Sequential(
@@ -201,7 +225,8 @@ def _build_model(keras: Any) -> Any:
     return model
 
 
-def _augmented_sequence_class() -> type:
+def augmented_sequence_class() -> type:
+    """A :class:`memseq.MemmapSequence` subclass with random flips and 4-pixel random crops."""
     import memseq
     from memseq import augment
 
@@ -214,6 +239,94 @@ def _augmented_sequence_class() -> type:
             return batch
 
     return AugmentedSequence
+
+
+def _check_args(size_gb: float, epochs: int, batch_size: int, workers: int) -> None:
+    if not size_gb > 0:
+        raise MemseqError(f"--size-gb must be > 0. Received: {size_gb!r}")
+    if epochs < 1:
+        raise MemseqError(f"--epochs must be >= 1. Received: {epochs!r}")
+    if batch_size < 1 or workers < 0:
+        raise MemseqError(f"--batch-size must be >= 1 and --workers >= 0. Received: {batch_size!r}, {workers!r}")
+
+
+def _make_base(directory: str | None, needed: int) -> str:
+    """A fresh temporary directory with room for ``needed`` bytes."""
+    base = tempfile.mkdtemp(prefix="memseq-demo-", dir=directory)
+    free = shutil.disk_usage(base).free
+    if free < needed * 1.05:
+        shutil.rmtree(base, ignore_errors=True)
+        raise MemseqError(
+            f"{base}: {free / 1e9:.2f} GB free, the demo needs {needed / 1e9:.2f} GB; "
+            "use --size-gb or --dir to pick a smaller size or another disk."
+        )
+    return base
+
+
+def _train(path: str, *, epochs: int, batch_size: int, workers: int, seed: int, verbose: int | str | None,
+           out: Callable[[str], None]) -> tuple[dict[str, Any], MemorySampler]:
+    """Trains the demo model on the dataset at ``path``; returns the measurements and the memory peaks."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import memseq
+
+    keras.utils.set_random_seed(seed)
+    ds = memseq.open(path)
+    order = np.random.default_rng(seed).permutation(len(ds))
+    n_val = max(batch_size, len(ds) // 20)
+    train_rows, val_rows = np.sort(order[n_val:]), np.sort(order[:n_val])
+    seq = augmented_sequence_class()(
+        ds, x="image", y="label", batch_size=batch_size, seed=seed, indices=train_rows,
+        workers=workers, use_multiprocessing=workers > 0,
+    )
+    val = memseq.MemmapSequence(ds, x="image", y="label", batch_size=batch_size, shuffle=False, indices=val_rows)
+    model = build_model(keras)
+    out(f"training {model.name} ({model.count_params():,} parameters) for {epochs} epoch(s) on "
+        f"{len(train_rows):,} images: {seq!r}")
+
+    epoch_seconds: list[float] = []
+
+    class _Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self._t)
+
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    with MemorySampler() as memory:
+        # shuffle=False: memseq already shuffles rows every epoch, reproducibly;
+        # fit's own shuffle would only reorder whole batches with Python's random.
+        history = model.fit(seq, epochs=epochs, shuffle=False, verbose=verbose, callbacks=[_Timer()])
+    _, val_accuracy = model.evaluate(val, verbose=0)
+
+    samples = len(seq) * batch_size if seq.drop_remainder else len(train_rows)
+    measurements = dict(
+        epoch_seconds=epoch_seconds,
+        samples_per_second=[samples / s for s in epoch_seconds],
+        accuracy=float(history.history["accuracy"][-1]),
+        val_accuracy=float(val_accuracy),
+        peak_rss_anon_main_mib=memory.peak_main_kib / 1024,
+        peak_rss_anon_workers_mib=memory.peak_children_kib / 1024,
+        peak_rss_anon_total_mib=memory.peak_total_kib / 1024,
+        vm_hwm_mib=_status_kib("self", "VmHWM") / 1024,
+    )
+    return measurements, memory
+
+
+def _report(result: dict[str, Any], memory: MemorySampler, needed: int, out: Callable[[str], None]) -> None:
+    out("")
+    out("memseq demo results")
+    for i, (s, r) in enumerate(zip(result["epoch_seconds"], result["samples_per_second"]), 1):
+        out(f"  epoch {i}: {s:6.1f} s  {r:9,.0f} samples/s")
+    out(f"  train accuracy (last epoch): {result['accuracy']:.3f}   validation accuracy: {result['val_accuracy']:.3f}")
+    out(f"  peak anonymous memory: main process {_mib(memory.peak_main_kib)} (RssAnon); "
+        f"main + {memory.max_children} worker processes {_mib(memory.peak_total_kib)} (Pss_Anon, "
+        f"pages shared after fork counted once; workers' RssAnon summed: {_mib(memory.peak_children_kib)})")
+    out(f"  dataset {needed / 2**20:,.0f} MiB; main process peak RSS including mapped file pages "
+        f"(VmHWM) {result['vm_hwm_mib']:,.0f} MiB")
 
 
 def run_demo(
@@ -250,23 +363,11 @@ def run_demo(
     Raises:
         MemseqError: For invalid arguments or too little free disk space.
     """
-    if not size_gb > 0:
-        raise MemseqError(f"--size-gb must be > 0. Received: {size_gb!r}")
-    if epochs < 1:
-        raise MemseqError(f"--epochs must be >= 1. Received: {epochs!r}")
-    if batch_size < 1 or workers < 0:
-        raise MemseqError(f"--batch-size must be >= 1 and --workers >= 0. Received: {batch_size!r}, {workers!r}")
+    _check_args(size_gb, epochs, batch_size, workers)
     num_rows = max(2 * batch_size, int(size_gb * 1e9) // _ROW_BYTES)
-    base = tempfile.mkdtemp(prefix="memseq-demo-", dir=directory)
-    path = os.path.join(base, "train")
     needed = num_rows * _ROW_BYTES
-    free = shutil.disk_usage(base).free
-    if free < needed * 1.05:
-        shutil.rmtree(base, ignore_errors=True)
-        raise MemseqError(
-            f"{base}: {free / 1e9:.2f} GB free, the demo needs {needed / 1e9:.2f} GB; "
-            "use --size-gb or --dir to pick a smaller size or another disk."
-        )
+    base = _make_base(directory, needed)
+    path = os.path.join(base, "train")
     t_start = time.perf_counter()
     result: dict[str, Any] = {"rows": num_rows, "path": path if keep else None}
     try:
@@ -276,67 +377,10 @@ def run_demo(
         write_synthetic_dataset(path, num_rows, seed=seed, progress=True)
         write_seconds = time.perf_counter() - t
         out(f"wrote the dataset in {write_seconds:.1f} s ({needed / 1e9 / write_seconds:.2f} GB/s)")
-
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-
-        import memseq
-
-        keras.utils.set_random_seed(seed)
-        ds = memseq.open(path)
-        order = np.random.default_rng(seed).permutation(len(ds))
-        n_val = max(batch_size, len(ds) // 20)
-        train_rows, val_rows = np.sort(order[n_val:]), np.sort(order[:n_val])
-        seq = _augmented_sequence_class()(
-            ds, x="image", y="label", batch_size=batch_size, seed=seed, indices=train_rows,
-            workers=workers, use_multiprocessing=workers > 0,
-        )
-        val = memseq.MemmapSequence(ds, x="image", y="label", batch_size=batch_size, shuffle=False, indices=val_rows)
-        model = _build_model(keras)
-        out(f"training {model.name} ({model.count_params():,} parameters) for {epochs} epoch(s) on "
-            f"{len(train_rows):,} images: {seq!r}")
-
-        epoch_seconds: list[float] = []
-
-        class _Timer(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                epoch_seconds.append(time.perf_counter() - self._t)
-
-        if verbose is None:
-            verbose = 1 if sys.stdout.isatty() else 2
-        with MemorySampler() as memory:
-            # shuffle=False: memseq already shuffles rows every epoch, reproducibly;
-            # fit's own shuffle would only reorder whole batches with Python's random.
-            history = model.fit(seq, epochs=epochs, shuffle=False, verbose=verbose, callbacks=[_Timer()])
-        _, val_accuracy = model.evaluate(val, verbose=0)
-
-        samples = len(seq) * batch_size if seq.drop_remainder else len(train_rows)
-        rates = [samples / s for s in epoch_seconds]
-        result.update(
-            epoch_seconds=epoch_seconds,
-            samples_per_second=rates,
-            accuracy=float(history.history["accuracy"][-1]),
-            val_accuracy=float(val_accuracy),
-            peak_rss_anon_main_mib=memory.peak_main_kib / 1024,
-            peak_rss_anon_workers_mib=memory.peak_children_kib / 1024,
-            peak_rss_anon_total_mib=memory.peak_total_kib / 1024,
-            vm_hwm_mib=_status_kib("self", "VmHWM") / 1024,
-            write_seconds=write_seconds,
-        )
-        out("")
-        out("memseq demo results")
-        for i, (s, r) in enumerate(zip(epoch_seconds, rates), 1):
-            out(f"  epoch {i}: {s:6.1f} s  {r:9,.0f} samples/s")
-        out(f"  train accuracy (last epoch): {result['accuracy']:.3f}   validation accuracy: {result['val_accuracy']:.3f}")
-        out(f"  peak anonymous memory: main process {_mib(memory.peak_main_kib)} (RssAnon); "
-            f"main + {memory.max_children} worker processes {_mib(memory.peak_total_kib)} (Pss_Anon, "
-            f"pages shared after fork counted once; workers' RssAnon summed: {_mib(memory.peak_children_kib)})")
-        out(f"  dataset {needed / 2**20:,.0f} MiB; main process peak RSS including mapped file pages "
-            f"(VmHWM) {result['vm_hwm_mib']:,.0f} MiB")
-        del seq, val, ds
+        measurements, memory = _train(path, epochs=epochs, batch_size=batch_size, workers=workers, seed=seed,
+                                      verbose=verbose, out=out)
+        result.update(measurements, write_seconds=write_seconds)
+        _report(result, memory, needed, out)
     finally:
         if keep:
             out(f"kept the dataset at {path}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from memseq import _commit
 from memseq import format as fmt
+from memseq._checks import equal_row_counts
 from memseq.errors import MemseqError, SchemaError
 
 __all__ = ["Writer", "save"]
@@ -133,13 +134,12 @@ class Writer:
     ):
         self.path = os.path.abspath(os.fspath(path))
         self.fields = _normalize_fields(fields)
-        if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
-            raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
+        self.shard_rows = fmt.check_shard_rows(shard_rows)
         self.overwrite = bool(overwrite)
-        self.shard_rows = shard_rows
         _commit.check_target(self.path, self.overwrite)
         self._tmp = _commit.make_temp_dir(self.path)
         self._shards: list[fmt.ShardSpec] = []
+        self._shard_rows_done = 0  # rows in self._shards
         self._current: dict[str, _FieldFile] | None = None
         self._current_dir = ""
         self._closed = False
@@ -152,7 +152,7 @@ class Writer:
     @property
     def num_rows(self) -> int:
         """Rows appended so far."""
-        done = sum(s.num_rows for s in self._shards)
+        done = self._shard_rows_done
         if self._current:
             done += next(iter(self._current.values())).rows
         return done
@@ -191,9 +191,7 @@ class Writer:
                 )
             arrays[name] = arr
             lengths[name] = shape[0]
-        if len(set(lengths.values())) > 1:
-            raise SchemaError(f"{self.path}: all fields need the same number of rows. Received: {lengths}")
-        return arrays, next(iter(lengths.values()))
+        return arrays, equal_row_counts(lengths, where=self.path)
 
     def append(self, batch: Mapping[str, Any]) -> None:
         """Appends rows: the same number of rows for every field.
@@ -210,33 +208,29 @@ class Writer:
                 batch is written then.
         """
         arrays, n = self._validate(batch)
-        start = 0
-        while start < n:
-            files = self._shard_files()
-            room = n - start if self.shard_rows is None else self.shard_rows - next(iter(files.values())).rows
-            stop = min(n, start + room)
+        first = self.num_rows
+        for shard, start, stop in fmt.shard_layout(first + n, self.shard_rows, first):
+            files = self._shard_files(shard)
             for name, spec in self.fields.items():
                 step = max(1, _WRITE_CHUNK_BYTES // max(spec.row_nbytes, 1))
-                for a in range(start, stop, step):
-                    b = min(stop, a + step)
+                for a in range(start - first, stop - first, step):
+                    b = min(stop - first, a + step)
                     files[name].write(np.ascontiguousarray(arrays[name][a:b], dtype=spec.dtype))
-            if self.shard_rows is not None and stop - start == room:
-                self._finish_shard()
-            start = stop
+            if self.shard_rows is not None and stop == (shard + 1) * self.shard_rows:
+                self._finish_shard()  # full
         if self._bar is not None:
             self._bar.update(n)
 
-    def _shard_files(self) -> dict[str, _FieldFile]:
+    def _shard_files(self, shard: int) -> dict[str, _FieldFile]:
+        """The open files of shard ``shard`` (the one after the finished shards), opened on first use."""
         if self._current is None:
-            if self.shard_rows is None:
-                self._current_dir = ""
-            else:
-                self._current_dir = f"shard-{len(self._shards):05d}"
+            self._current_dir = fmt.shard_directory(shard, self.shard_rows)
+            if self._current_dir:
                 os.mkdir(os.path.join(self._tmp, self._current_dir))
-            self._current = {}
-            for name, spec in self.fields.items():
-                rel = f"{self._current_dir}/{name}.npy" if self._current_dir else f"{name}.npy"
-                self._current[name] = _FieldFile(os.path.join(self._tmp, rel), spec)
+            self._current = {
+                name: _FieldFile(os.path.join(self._tmp, fmt.shard_file(shard, name, self.shard_rows)), spec)
+                for name, spec in self.fields.items()
+            }
         return self._current
 
     def _finish_shard(self) -> None:
@@ -252,6 +246,7 @@ class Writer:
         if self._current_dir:
             _commit.fsync_dir(os.path.join(self._tmp, self._current_dir))
         self._shards.append(fmt.ShardSpec(rows, entries))
+        self._shard_rows_done += rows
 
     # -- committing
 
@@ -265,7 +260,7 @@ class Writer:
             return
         try:
             if self._current is not None or not self._shards:
-                self._shard_files()  # an empty dataset still has one (empty) shard
+                self._shard_files(len(self._shards))  # an empty dataset still has one (empty) shard
                 self._finish_shard()
             manifest = fmt.Manifest(sum(s.num_rows for s in self._shards), dict(self.fields), tuple(self._shards))
             _commit.write_manifest(self._tmp, manifest)
@@ -347,10 +342,7 @@ def save(
     for name, arr in arrays.items():
         if len(arr.shape) < 1:
             raise SchemaError(f"Field {name!r}: needs at least one dimension (rows). Received shape: {tuple(arr.shape)}")
-    lengths = {name: arr.shape[0] for name, arr in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        raise SchemaError(f"All fields need the same number of rows. Received: {lengths}")
-    n = next(iter(lengths.values()))
+    n = equal_row_counts({name: arr.shape[0] for name, arr in arrays.items()})
     fields = {name: (arr.dtype, tuple(arr.shape[1:])) for name, arr in arrays.items()}
     row_bytes = sum(np.dtype(d).itemsize * int(np.prod(s, dtype=np.int64)) for d, s in fields.values())
     step = max(1, _WRITE_CHUNK_BYTES * 4 // max(row_bytes, 1))

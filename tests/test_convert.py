@@ -12,6 +12,8 @@ import pytest
 
 import memseq
 from memseq import convert as cv
+from memseq._cli_options import parse_shape
+from memseq.convert import _engine
 from memseq.cli import main
 
 
@@ -233,7 +235,7 @@ def test_combined_sources_and_shards(tmp_path, arrays):
 def test_jobs_2_gives_the_same_dataset_as_jobs_1(tmp_path, arrays, monkeypatch):
     pytest.importorskip("PIL")
     # Small work units, so that both workers write pieces of every file.
-    monkeypatch.setattr(cv, "_UNIT_BYTES", 4096)
+    monkeypatch.setattr(_engine, "_UNIT_BYTES", 4096)
     np.savez(tmp_path / "data.npz", **arrays)
     for jobs in (1, 2):
         code = main(["convert", str(tmp_path / "data.npz"), str(tmp_path / f"j{jobs}"), "--no-progress", "--jobs", str(jobs), "--shard-rows", "100"])
@@ -395,11 +397,11 @@ def test_malformed_field_options(tmp_path, capsys, text, message):
 
 
 def test_parse_shape():
-    assert cv.parse_shape("-1,64,64,3") == (-1, 64, 64, 3)
-    assert cv.parse_shape("(-1, 8)") == (-1, 8)
-    assert cv.parse_shape("10x3") == (10, 3)
+    assert parse_shape("-1,64,64,3") == (-1, 64, 64, 3)
+    assert parse_shape("(-1, 8)") == (-1, 8)
+    assert parse_shape("10x3") == (10, 3)
     with pytest.raises(memseq.SchemaError, match="comma-separated"):
-        cv.parse_shape("a,b")
+        parse_shape("a,b")
 
 
 def test_reshard_an_existing_dataset(tmp_path, arrays):

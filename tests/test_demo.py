@@ -16,7 +16,7 @@ from memseq import demo
 def test_synthetic_images_are_deterministic_and_class_dependent():
     def make(seed):
         rng = np.random.default_rng(seed)
-        return demo.synthetic_images(500, rng, demo._class_patterns(rng), demo._noise_bank(rng))
+        return demo.synthetic_images(500, rng, demo.class_patterns(rng), demo.noise_bank(rng))
 
     images, labels = make(0)
     again, labels_again = make(0)

@@ -1,0 +1,79 @@
+"""Converting existing data into memseq datasets: streaming, parallel, atomic.
+
+Sources
+-------
+Each source kind reads rows ``[start, stop)`` on demand and never loads a whole
+file into memory:
+
+- :class:`NpySource`: one ``.npy`` file per field, memory-mapped (``np.save`` output).
+- :class:`NpzSource`: the arrays of an ``.npz`` archive. Stored members (``np.savez``)
+  are read in place with ``pread``; compressed members (``np.savez_compressed``) are
+  decompressed as a stream (a job that starts in the middle of a compressed member
+  has to decompress everything before its rows, so compressed archives gain little
+  from ``jobs > 1``).
+- :class:`RawSource`: headerless files as ``np.memmap(..., mode="w+")`` writes them,
+  opened with :func:`memseq.open_raw` (the dtype and shape must be given).
+- :class:`HDF5Source`: datasets of an HDF5 file, read by ``h5py`` slicing (needs the
+  optional ``h5py``: ``pip install "memseq[convert]"``).
+- :class:`ImageFolderSource`: a folder with one sub-folder per class, giving the
+  fields ``image`` (``uint8``, ``(height, width, channels)``) and ``label``
+  (``int64``, the index of the class in alphabetical order). Images are decoded one
+  at a time with Pillow (optional: ``pip install "memseq[convert]"``).
+
+Several sources can be combined (say images from an ``.npy`` file and labels from
+an HDF5 file) as long as they have the same number of rows and distinct field names.
+
+Output
+------
+:func:`convert` writes the same bytes as :func:`memseq.save` would for the same
+arrays and ``shard_rows``: the layout (which rows go into which shard file)
+depends only on the number of rows and ``shard_rows``, never on ``jobs``, so
+``jobs=1`` and ``jobs=8`` produce byte-identical datasets.
+
+How ``jobs > 1`` stays atomic: the parent validates every source, creates a
+temporary directory beside the destination and pre-sizes every data file in it
+with its final ``.npy`` header. The rows are cut into work units (a few MiB each,
+never straddling a shard), and a pool of worker processes writes each unit's rows
+at their final offsets with ``pwrite``, returning the CRC-32 of each piece. The
+parent combines the pieces' CRC-32s in file order (``crc32_combine``, no second
+read), fsyncs the files, writes the manifest *last*, and renames the directory
+into place. Any error (a corrupt image, a truncated file, a worker killed, Ctrl-C)
+removes the temporary directory: nothing appears at the destination.
+
+Modules
+-------
+One private module per source kind (``_npy``, ``_raw``, ``_npz``, ``_hdf5``,
+``_memseq``, ``_images``) on the base class in ``_base``; ``_detect`` finds the kind
+of a path; ``_engine`` plans, runs and finishes a conversion. The names below are
+the public ones. Parsing the command line's option strings (``--field``, ``--raw``)
+is the command's business: :mod:`memseq._cli_options`.
+"""
+
+from __future__ import annotations
+
+from memseq._checksum import crc32_combine
+from memseq.convert._base import Source
+from memseq.convert._detect import source_for_path, source_kind
+from memseq.convert._engine import convert
+from memseq.convert._hdf5 import HDF5Source
+from memseq.convert._images import IMAGE_EXTENSIONS, ImageFolderSource, write_classes
+from memseq.convert._memseq import MemseqSource
+from memseq.convert._npy import NpySource
+from memseq.convert._npz import NpzSource
+from memseq.convert._raw import RawSource
+
+__all__ = [
+    "Source",
+    "NpySource",
+    "NpzSource",
+    "RawSource",
+    "HDF5Source",
+    "ImageFolderSource",
+    "MemseqSource",
+    "convert",
+    "source_for_path",
+    "source_kind",
+    "write_classes",
+    "crc32_combine",
+    "IMAGE_EXTENSIONS",
+]

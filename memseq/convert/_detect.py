@@ -1,0 +1,91 @@
+"""Which source kind a path holds, and a source for a whole input given as one path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from memseq import format as fmt
+from memseq.convert._base import Source, missing_file
+from memseq.convert._hdf5 import HDF5_EXTENSIONS, HDF5_MAGIC, HDF5Source
+from memseq.convert._images import ImageFolderSource
+from memseq.convert._memseq import MemseqSource
+from memseq.convert._npy import NpySource
+from memseq.convert._npz import ZIP_MAGIC, NpzSource
+from memseq.errors import FormatError
+
+__all__ = ["source_kind", "source_for_path"]
+
+
+def _sniff(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        return "npy"
+    if ext == ".npz":
+        return "npz"
+    if ext in HDF5_EXTENSIONS:
+        return "hdf5"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return "raw"
+    if fmt.has_npy_magic(head):
+        return "npy"
+    if head.startswith(ZIP_MAGIC):
+        return "npz"
+    if head == HDF5_MAGIC:
+        return "hdf5"
+    return "raw"
+
+
+def source_kind(path: str, what: str) -> str:
+    """The kind of the source file at ``path``: ``"npy"``, ``"npz"``, ``"hdf5"`` or ``"raw"``.
+
+    The kind comes from the extension, else from the file's first bytes; anything
+    else is a headerless raw file.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the message if it is missing
+            (e.g. ``"the source of field 'image'"``).
+
+    Raises:
+        DatasetNotFoundError: If ``path`` is not a file.
+    """
+    if not os.path.isfile(path):
+        raise missing_file(path, what)
+    return _sniff(path)
+
+
+def source_for_path(path: str | os.PathLike, *, image_size: Sequence[int] | int | None = None, color: str = "rgb") -> Source:
+    """A source for a whole input given as one path (``memseq convert SRC DST``).
+
+    - a memseq dataset directory: its fields (:class:`MemseqSource`; to re-shard it);
+    - another directory: an image folder (:class:`ImageFolderSource`);
+    - an ``.npz`` file: all its arrays, named by their keys;
+    - an HDF5 file: all its datasets, named by their paths (``group/x`` -> ``group.x``);
+    - a ``.npy`` file: one field named after the file's stem.
+
+    Raises:
+        DatasetNotFoundError: If the path does not exist.
+        FormatError: If its kind cannot be read as a whole (raw files need --raw).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)):
+            return MemseqSource(path)
+        return ImageFolderSource(path, image_size=image_size, color=color)
+    if not os.path.exists(path):
+        raise missing_file(path, "a source file or image folder")
+    kind = _sniff(path)
+    if kind == "npz":
+        return NpzSource(path)
+    if kind == "hdf5":
+        return HDF5Source(path)
+    if kind == "npy":
+        return NpySource(path)
+    raise FormatError(
+        f"{path}: not an .npy, .npz or HDF5 file, nor an image folder. For a headerless raw file use "
+        "--raw NAME=PATH:DTYPE:SHAPE (e.g. --raw image=images.mmap:uint8:-1,64,64,3)."
+    )
