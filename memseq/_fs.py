@@ -90,15 +90,15 @@ def os_error(e: BaseException, path: str, what: str, *, writing: bool = False) -
     """
     shown = bounded_text(path)
     if not isinstance(e, OSError):
-        return SchemaError(f"{shown}: the {what} path cannot be used ({type(e).__name__}: {bounded_repr(str(e))}).")
+        return SchemaError(f"{shown}: {what} path cannot be used ({type(e).__name__}: {bounded_repr(str(e))}).")
     code = e.errno
     reason = os.strerror(code) if code else bounded_repr(str(e))
     if code in (errno.ENOENT, errno.ENOTDIR):
         detail = "does not exist" if code == errno.ENOENT else "does not exist (a component of the path is not a directory)"
-        return DatasetNotFoundError(f"{shown}: the {what} {detail}.", errno=code, filename=path)
+        return DatasetNotFoundError(f"{shown}: {what} {detail}.", errno=code, filename=path)
     if code in (errno.EACCES, errno.EPERM):
         return DatasetPermissionError(
-            f"{shown}: permission denied for the {what}; check the file's owner and mode.", errno=code, filename=path
+            f"{shown}: permission denied for {what}; check the file's owner and mode.", errno=code, filename=path
         )
     if writing:
         hint = {
@@ -106,8 +106,8 @@ def os_error(e: BaseException, path: str, what: str, *, writing: bool = False) -
             errno.EDQUOT: " The disk quota is exhausted.",
             errno.EFBIG: " The file exceeds the file size limit (ulimit -f) or the filesystem's maximum file size.",
         }.get(code, "")
-        return WriteError(f"{shown}: writing the {what} failed: {reason}.{hint} Nothing was committed.", errno=code, filename=path)
-    return FileAccessError(f"{shown}: cannot access the {what}: {reason}.", errno=code, filename=path)
+        return WriteError(f"{shown}: writing {what} failed: {reason}.{hint} Nothing was committed.", errno=code, filename=path)
+    return FileAccessError(f"{shown}: cannot access {what}: {reason}.", errno=code, filename=path)
 
 
 def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
@@ -148,7 +148,7 @@ def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
 
 
 def _not_regular(path: str, what: str, mode: int) -> NotRegularFileError:
-    return NotRegularFileError(f"{bounded_text(path)}: the {what} is {describe_mode(mode)}, not a regular file.")
+    return NotRegularFileError(f"{bounded_text(path)}: {what} is {describe_mode(mode)}, not a regular file.")
 
 
 def read_at_most(fd: int, limit: int, path: str, what: str) -> bytes:

@@ -256,16 +256,16 @@ def test_dataset_replaced_while_opening_is_opened_consistently(tmp_path, monkeyp
     # the reader must not pair the old manifest with the new files.
     path = tmp_path / "ds"
     memseq.save(path, {"a": np.zeros(5, np.int64), "b": np.zeros(5, np.int64)})
-    real_open_data_file = memseq.Dataset._open_data_file
+    real_open_data_file = memseq.dataset._DatasetFiles._open_data_file
     calls = []
 
-    def open_data_file(self, manifest, shard, spec):
+    def open_data_file(self, shard, spec):
         calls.append(spec.name)
         if len(calls) == 2:  # after the first file was opened
             memseq.save(path, {"a": np.ones(5, np.int64), "b": np.ones(5, np.int64)}, overwrite=True)
-        return real_open_data_file(self, manifest, shard, spec)
+        return real_open_data_file(self, shard, spec)
 
-    monkeypatch.setattr(memseq.Dataset, "_open_data_file", open_data_file)
+    monkeypatch.setattr(memseq.dataset._DatasetFiles, "_open_data_file", open_data_file)
     ds = memseq.open(path)
     assert len(calls) == 4  # opened twice
     assert ds["a"][:].tolist() == ds["b"][:].tolist() == [1] * 5
@@ -546,7 +546,7 @@ def test_pickled_dataset_whose_directory_was_replaced_refuses_to_read(tmp_path):
     memseq.save(path, {"image": image_rows(np.arange(N)) + 1, "label": np.arange(N)}, overwrite=True)
     for blob in (*blobs, again):
         obj = pickle.loads(blob)  # loading is lazy and does not fail ...
-        with pytest.raises(memseq.CorruptFileError, match=re.escape(str(path / "memseq.json")) + r": the dataset changed since"):
+        with pytest.raises(memseq.DatasetReplacedError, match=re.escape(str(path / "memseq.json")) + r": the dataset changed since"):
             if isinstance(obj, memseq.Dataset):
                 len(obj)  # first use
             else:

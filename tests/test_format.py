@@ -508,5 +508,5 @@ def test_read_npy_header_refuses_fortran_order():
 
 def test_manifest_that_is_a_directory_is_refused(tmp_path):
     (tmp_path / "ds" / "memseq.json").mkdir(parents=True)
-    with pytest.raises(memseq.FormatError, match=r"ds/memseq\.json: the manifest is a directory, not a regular file"):
+    with pytest.raises(memseq.FormatError, match=r"ds/memseq\.json: manifest is a directory, not a regular file"):
         memseq.open(tmp_path / "ds")
