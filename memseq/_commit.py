@@ -104,7 +104,7 @@ def make_temp_dir(path: str) -> str:
     :func:`publish`, so that other writers' sweeps leave it alone.
     """
     parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
+    _makedirs(parent)
     remove_stale_temp_dirs(path)
     while True:
         tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -131,6 +131,23 @@ def make_temp_dir(path: str) -> str:
         with _locks_guard:
             _locks[tmp] = fd
         return tmp
+
+
+def _makedirs(directory: str) -> None:
+    """``os.makedirs(directory, exist_ok=True)`` without recursion (it recurses once per missing level)."""
+    missing = []
+    while directory and not os.path.isdir(directory):
+        missing.append(directory)
+        head = os.path.dirname(directory)
+        if head == directory:
+            break
+        directory = head
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
 
 
 def _release(tmp: str) -> None:

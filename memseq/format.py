@@ -648,7 +648,8 @@ def _parse_npy_header(f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], bool, int
         raise FormatError(f"the header is not {encoding} text") from e
     try:
         header = ast.literal_eval(text)
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, Warning) as e:
+        # Warning: invalid escapes warn while parsing, and raise when warnings are errors.
         raise FormatError(f"the header is not a Python literal: {bounded_repr(text.strip())}") from e
     if not isinstance(header, dict) or set(header) != {"descr", "shape", "fortran_order"}:
         raise FormatError(
