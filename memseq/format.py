@@ -646,6 +646,9 @@ def _parse_npy_header(f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], bool, int
         text = _read_exactly(f, length, "header").decode(encoding)
     except UnicodeDecodeError as e:
         raise FormatError(f"the header is not {encoding} text") from e
+    if "\\" in text:
+        # No header of a plain numeric array has one; escapes only make literal_eval warn.
+        raise FormatError(f"the header contains a backslash: {bounded_repr(text.strip())}")
     try:
         header = ast.literal_eval(text)
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, Warning) as e:

@@ -414,6 +414,8 @@ def _special_cases(tmp: Path) -> list[tuple[str, Callable[[], object]]]:
                 os.chdir(cwd)
         cases.append((f"open_raw({name})", odd_raw))
 
+        if name == "deep path":
+            continue  # a writer would create the first ~2,000 levels before ENAMETOOLONG: nothing gains
         def odd_write(arg=arg):
             cwd = os.getcwd()
             os.chdir(tmp)
