@@ -32,9 +32,12 @@ Three promises shape this module:
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import mmap
 import os
+import sys
 import threading
 import zlib
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
@@ -85,9 +88,9 @@ class _MappedFile:
             array = np.empty(shape, dtype)
         else:
             try:
-                self._mmap = mmap.mmap(fd, self.expected_size, access=mmap.ACCESS_READ)
+                self._mmap = _map_read_only(fd, self.expected_size)
             except (OSError, ValueError, OverflowError) as e:
-                raise _fs.os_error(e if isinstance(e, OSError) else OSError(str(e)), path, "data file") from e
+                raise _fs.os_error(e if isinstance(e, OSError) else OSError(errno.EINVAL, str(e)), path, "data file") from e
             array = np.frombuffer(self._mmap, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
         array.flags.writeable = False
         self.array = array
@@ -138,14 +141,68 @@ class _MappedFile:
         return array
 
     def close(self) -> None:
-        """Drops the mapping. Arrays handed out are copies, so user data stay valid."""
+        """Drops the mapping. Arrays handed out are copies, so user data stay valid.
+
+        The mapping goes as soon as nothing references it: at once, unless a read in
+        another thread still holds the array (then when that read ends). It is never
+        unmapped under a running read.
+        """
         self.array = None
         mm, self._mmap = self._mmap, None
-        if mm is not None:
+        if isinstance(mm, mmap.mmap):
             try:
                 mm.close()
             except BufferError:
                 pass  # a read in another thread still holds the array: unmapped when it ends
+
+
+# Python's mmap.mmap keeps a duplicate of the descriptor for the mapping's lifetime (until
+# Python 3.13's trackfd=False): one descriptor per data file, so a dataset of 2,000 shards
+# could not open under ``ulimit -n 1024``. A mapping needs no descriptor: map with libc.
+_libc_mmap = _libc_munmap = None
+if sys.version_info < (3, 13) and sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc_mmap, _libc_munmap = _libc.mmap, _libc.munmap
+        _libc_mmap.restype = ctypes.c_void_p
+        _libc_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+        _libc_munmap.restype = ctypes.c_int
+        _libc_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        _libc_mmap = _libc_munmap = None
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Unmapper:
+    """Unmaps a libc mapping when freed: owned by the ctypes buffer that every view keeps alive."""
+
+    __slots__ = ("address", "length")
+
+    def __init__(self, address: int, length: int):
+        self.address, self.length = address, length
+
+    def __del__(self):
+        if _libc_munmap is not None:
+            _libc_munmap(self.address, self.length)
+
+
+def _map_read_only(fd: int, length: int) -> Any:
+    """A read-only shared mapping of ``length`` bytes of ``fd`` that holds no descriptor.
+
+    Returns an object with the buffer protocol; the mapping lives as long as it (and
+    any array made from it) does.
+    """
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ, trackfd=False)
+    if _libc_mmap is None:
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ)  # keeps a descriptor: no better way here
+    address = _libc_mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    buffer = (ctypes.c_char * length).from_address(address)
+    buffer._unmapper = _Unmapper(address, length)  # freed with the buffer, after the last view
+    return buffer
 
 
 def _prod(shape: Sequence[int]) -> int:
