@@ -17,7 +17,7 @@ import numpy as np
 
 from memseq.errors import BatchIndexError, SchemaError
 
-__all__ = ["bounded_repr", "check_bool", "check_int", "equal_row_counts", "is_sorted", "row_indices"]
+__all__ = ["bounded_repr", "bounded_text", "check_bool", "check_int", "equal_row_counts", "is_sorted", "row_indices"]
 
 # Long enough for any legitimate value (a path, a shape, a dict of row counts),
 # short enough that a message stays readable.
@@ -31,6 +31,15 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 20
 def bounded_repr(value: Any) -> str:
     """``repr(value)``, shortened with ``...`` to at most a few hundred characters."""
     return _repr.repr(value)
+
+
+def bounded_text(text: str) -> str:
+    """``text`` itself if short, else its start and end around ``...`` (for paths in messages)."""
+    text = str(text)
+    if len(text) <= _REPR_LIMIT:
+        return text
+    half = _REPR_LIMIT // 2 - 2
+    return f"{text[:half]}...{text[-half:]}"
 
 
 def _prefix(where: str | None) -> str:

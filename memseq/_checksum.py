@@ -6,7 +6,11 @@ import functools
 import zlib
 from collections.abc import Sequence
 
-__all__ = ["crc32_combine", "crc32_of_file"]
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["crc32_combine", "crc32_of_array", "crc32_of_file"]
 
 # Large reads keep syscall overhead negligible; zlib releases the GIL on them.
 _CHUNK = 8 * 2**20
@@ -68,3 +72,19 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     if len2 <= 0:
         return crc1
     return _gf2_times(_zero_bytes_operator(len2), crc1) ^ crc2
+
+
+def crc32_of_array(array: np.ndarray, between: Callable[[], None] | None = None) -> int:
+    """CRC-32 of a C-contiguous array's bytes, in chunks; ``between()`` runs before each chunk.
+
+    Used on memory-mapped arrays: ``between`` can check that the file was not
+    truncated, so that a truncation is reported instead of faulting (except during
+    the chunk being read).
+    """
+    flat = array.reshape(-1).view(np.uint8)
+    crc = 0
+    for start in range(0, flat.size, _CHUNK):
+        if between is not None:
+            between()
+        crc = zlib.crc32(flat[start : start + _CHUNK], crc)
+    return crc

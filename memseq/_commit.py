@@ -4,23 +4,50 @@ Both build a complete dataset in a temporary directory beside the target, then:
 write the manifest last (fsynced), fsync the directory, and move it into place with
 one rename, or with one atomic exchange when an old dataset is being replaced, so
 that the old one stays readable until the new one is in place.
+
+Temporary directories of killed writers are removed by the next write to the same
+target. A live writer's temporary directory is never removed: each writer holds an
+exclusive ``flock`` on its temporary directory for as long as it lives (the kernel
+drops it when the process dies, however it dies), and only directories whose lock
+can be taken are deleted. A directory is locked *before* it gets its
+``.memseq-tmp-`` name (it is created under a ``.memseq-new-`` name, locked, then
+renamed), so no sweep can see it unlocked.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
+import threading
 import uuid
 
 from memseq import format as fmt
 from memseq.errors import DatasetExistsError
 
-__all__ = ["TMP_MARKER", "fsync_dir", "exchange", "check_target", "make_temp_dir", "write_manifest", "publish"]
+__all__ = [
+    "TMP_MARKER",
+    "fsync_dir",
+    "exchange",
+    "check_target",
+    "make_temp_dir",
+    "remove_temp_dir",
+    "remove_stale_temp_dirs",
+    "write_manifest",
+    "publish",
+]
 
 # Temporary directories are named ".<name>.memseq-tmp-<pid>-<id>" beside the target.
 TMP_MARKER = ".memseq-tmp-"
+# A temporary directory is created under this name, locked, then renamed.
+_NEW_MARKER = ".memseq-new-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# Temporary directory -> the descriptor holding its flock, for the writer's lifetime.
+_locks: dict[str, int] = {}
+_locks_guard = threading.Lock()
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -70,12 +97,120 @@ def check_target(path: str, overwrite: bool) -> None:
 
 
 def make_temp_dir(path: str) -> str:
-    """Creates and returns a fresh temporary directory beside ``path`` (same filesystem)."""
+    """Creates and returns a fresh temporary directory beside ``path`` (same filesystem).
+
+    Removes the temporary directories of dead writers to the same target first. The
+    new directory stays locked (``flock``) until :func:`remove_temp_dir` or
+    :func:`publish`, so that other writers' sweeps leave it alone.
+    """
     parent, name = os.path.split(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-    os.mkdir(tmp)
-    return tmp
+    _makedirs(parent)
+    remove_stale_temp_dirs(path)
+    while True:
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        new = os.path.join(parent, f".{name}{_NEW_MARKER}{tag}")
+        tmp = os.path.join(parent, f".{name}{TMP_MARKER}{tag}")
+        os.mkdir(new)
+        try:
+            fd = os.open(new, _DIR_FLAGS)
+        except FileNotFoundError:
+            continue  # a sweep removed it before we locked it: an empty directory, try again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(new, tmp)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            try:
+                os.rmdir(new)
+            except OSError:
+                pass
+            raise
+        with _locks_guard:
+            _locks[tmp] = fd
+        return tmp
+
+
+def _makedirs(directory: str) -> None:
+    """``os.makedirs(directory, exist_ok=True)`` without recursion (it recurses once per missing level)."""
+    missing = []
+    while directory and not os.path.isdir(directory):
+        missing.append(directory)
+        head = os.path.dirname(directory)
+        if head == directory:
+            break
+        directory = head
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+
+
+def _release(tmp: str) -> None:
+    with _locks_guard:
+        fd = _locks.pop(tmp, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_temp_dir(tmp: str) -> None:
+    """Deletes a temporary directory made by :func:`make_temp_dir` and drops its lock."""
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        _release(tmp)
+
+
+def remove_stale_temp_dirs(path: str) -> list[str]:
+    """Deletes the temporary directories beside ``path`` that no live writer holds.
+
+    Returns:
+        The directories removed.
+    """
+    parent, name = os.path.split(path)
+    try:
+        entries = os.listdir(parent or ".")
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if entry.startswith(f".{name}{TMP_MARKER}"):
+            empty_only = False
+        elif entry.startswith(f".{name}{_NEW_MARKER}"):
+            empty_only = True  # killed between mkdir and rename; never holds data
+        else:
+            continue
+        full = os.path.join(parent, entry)
+        with _locks_guard:
+            if full in _locks or full.removesuffix("-old") in _locks:
+                continue  # ours (another Writer in this process)
+        try:
+            fd = os.open(full, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live writer holds it
+        try:
+            st, now = os.fstat(fd), os.lstat(full)
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                continue  # replaced since we opened it: leave it to the next sweep
+            if empty_only:
+                os.rmdir(full)
+            else:
+                shutil.rmtree(full, ignore_errors=True)
+            removed.append(full)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def write_manifest(directory: str, manifest: fmt.Manifest) -> None:
@@ -106,13 +241,21 @@ def publish(tmp: str, path: str, overwrite: bool) -> None:
     if os.path.lexists(path):
         if not exchange(tmp, path):
             old = tmp + "-old"
-            os.rename(path, old)
+            # Lock the old dataset before it gets a temporary name, so that no sweep
+            # deletes it while it may still have to be put back.
+            old_fd = os.open(path, _DIR_FLAGS)
             try:
-                os.rename(tmp, path)
-            except BaseException:
-                os.rename(old, path)
-                raise
-            os.rename(old, tmp)
+                fcntl.flock(old_fd, fcntl.LOCK_EX)
+                os.rename(path, old)
+                try:
+                    os.rename(tmp, path)
+                except BaseException:
+                    os.rename(old, path)
+                    raise
+                os.rename(old, tmp)
+            finally:
+                os.close(old_fd)
+        _release(tmp)  # the lock now sits on the published dataset: drop it
         fsync_dir(parent)
         shutil.rmtree(tmp, ignore_errors=True)  # the old dataset, now at tmp
         return
@@ -122,4 +265,5 @@ def publish(tmp: str, path: str, overwrite: bool) -> None:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST) or os.path.lexists(path):
             raise DatasetExistsError(f"{path} appeared while writing; nothing was committed.") from e
         raise
+    _release(tmp)
     fsync_dir(parent)

@@ -12,9 +12,19 @@ Three promises shape this module:
   grow with the size of the data.
 - A file that shrinks after it was opened raises :class:`CorruptFileError` on the
   next read instead of killing the process with SIGBUS: every read first checks
-  the file's size with one ``fstat`` per file touched (about a microsecond). A file
-  truncated *during* a read can still fault; nothing short of ``pread`` (a copy
-  through the kernel, far slower for random rows) closes that window.
+  the file's size with one ``stat`` of its path per file touched (about 2 us; an
+  ``fstat`` would take 1.4 us but needs a descriptor kept open per file). The
+  ``stat`` result counts only if it is still *the mapped file* (same device and
+  inode: an inode number cannot be reused while our mapping keeps the inode
+  alive); a path that now names another file (the dataset was overwritten) or
+  nothing cannot be used to truncate the mapped file, so the old data stay readable.
+  A file truncated *during* a read can still fault; nothing short of ``pread`` (a
+  copy through the kernel, far slower for random rows) closes that window.
+- No file descriptor stays open: each data file is opened (regular files only,
+  never blocking), its header read and checked, mapped, and closed again, so a
+  dataset of thousands of shards opens under ``ulimit -n 1024``. ``Dataset.close()``
+  or a ``with`` block unmaps the files at once, and a Dataset takes part in no
+  reference cycle, so dropping the last reference unmaps them too.
 - Pickling stores paths (and a fingerprint of the manifest), never array data, and
   the unpickled object reopens the files on first use. Worker processes started
   by spawn or forkserver therefore start fast and share the page cache.
@@ -22,8 +32,12 @@ Three promises shape this module:
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import io
 import mmap
 import os
+import sys
 import threading
 import zlib
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
@@ -31,11 +45,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from memseq import _fs
 from memseq import format as fmt
+from memseq._checks import bounded_repr, check_int, is_sorted, row_indices
 from memseq.errors import (
     BatchIndexError,
     CorruptFileError,
+    DatasetClosedError,
     DatasetNotFoundError,
+    DatasetReplacedError,
     FormatError,
     MemseqError,
     SchemaError,
@@ -43,96 +61,156 @@ from memseq.errors import (
 
 __all__ = ["Column", "Dataset", "open", "open_raw"]
 
-_open_file = open  # ``open`` below is memseq's public function.
 # How often to start opening a dataset again that was replaced while it was being opened.
 _OPEN_ATTEMPTS = 3
 
 
 class _MappedFile:
-    """One data file, memory-mapped read-only, with its expected size.
+    """One data file, memory-mapped read-only, with its expected size; holds no descriptor.
 
     The mapping is private to this object; ``array`` is a read-only ndarray over it.
     """
 
-    __slots__ = ("path", "offset", "expected_size", "array", "_fd", "_mmap")
+    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity")
 
-    def __init__(self, path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int):
+    def __init__(self, path: str, fd: int, st: os.stat_result, dtype: np.dtype, shape: tuple[int, ...], offset: int):
+        """Maps the open regular file ``fd`` (``st`` its fstat); the caller closes ``fd``."""
         self.path = path
         self.offset = offset
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = _prod(shape) * dtype.itemsize
         self.expected_size = offset + nbytes
-        try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError as e:
-            raise DatasetNotFoundError(f"{path}: data file does not exist.") from e
-        except IsADirectoryError as e:
-            raise FormatError(f"{path}: is a directory, not a data file.") from e
-        try:
-            self.check_size()
-            if nbytes == 0:
-                # mmap cannot map zero bytes; an empty array needs no file pages.
-                self._mmap = None
-                self.array = np.empty(shape, dtype)
-            else:
-                self._mmap = mmap.mmap(self._fd, self.expected_size, access=mmap.ACCESS_READ)
-                self.array = np.frombuffer(self._mmap, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
-            self.array.flags.writeable = False
-        except BaseException:
-            os.close(self._fd)
-            raise
+        self._identity = (st.st_dev, st.st_ino)
+        self._mmap = None
+        self.array = None
+        self._check(st.st_size)
+        if nbytes == 0:
+            # mmap cannot map zero bytes; an empty array needs no file pages.
+            array = np.empty(shape, dtype)
+        else:
+            try:
+                self._mmap = _map_read_only(fd, self.expected_size)
+            except (OSError, ValueError, OverflowError) as e:
+                raise _fs.os_error(e if isinstance(e, OSError) else OSError(errno.EINVAL, str(e)), path, "data file") from e
+            array = np.frombuffer(self._mmap, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
+        array.flags.writeable = False
+        self.array = array
 
-    def check_size(self) -> None:
-        """Raises CorruptFileError if the file is now shorter than when it was opened."""
-        size = os.fstat(self._fd).st_size
+    @classmethod
+    def open(cls, path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, what: str = "data file") -> "_MappedFile":
+        """Opens, maps and closes ``path`` again."""
+        fd, st = _fs.open_regular(path, what)
+        try:
+            return cls(path, fd, st, dtype, shape, offset)
+        finally:
+            os.close(fd)
+
+    def _check(self, size: int) -> None:
         if size < self.expected_size:
             raise CorruptFileError(
                 f"{self.path}: the file is {size} bytes but {self.expected_size} bytes are expected "
                 "(truncated after it was opened?). Reopen the dataset after restoring the file."
             )
 
+    def check_size(self) -> None:
+        """Raises CorruptFileError if the mapped file is now shorter than when it was opened.
+
+        Stats the path, and trusts the answer only if the path still names the mapped
+        file (same device and inode). Otherwise the file was replaced or removed:
+        the mapping keeps the old inode alive, and no path leads to it any more.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == self._identity:
+            self._check(st.st_size)
+
+    def is_current(self) -> bool:
+        """Whether the path still names the mapped file."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def data(self) -> np.ndarray:
+        """The mapped array; DatasetClosedError once :meth:`close` was called."""
+        array = self.array
+        if array is None:
+            raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+        return array
+
     def close(self) -> None:
-        # Arrays handed out are copies, so closing never invalidates user data; a
-        # still-exported buffer (our own ``array``) keeps the mapping alive until freed.
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        """Drops the mapping. Arrays handed out are copies, so user data stay valid.
+
+        The mapping goes as soon as nothing references it: at once, unless a read in
+        another thread still holds the array (then when that read ends). It is never
+        unmapped under a running read.
+        """
+        self.array = None
+        mm, self._mmap = self._mmap, None
+        if isinstance(mm, mmap.mmap):
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a read in another thread still holds the array: unmapped when it ends
+
+
+# Python's mmap.mmap keeps a duplicate of the descriptor for the mapping's lifetime (until
+# Python 3.13's trackfd=False): one descriptor per data file, so a dataset of 2,000 shards
+# could not open under ``ulimit -n 1024``. A mapping needs no descriptor: map with libc.
+_libc_mmap = _libc_munmap = None
+if sys.version_info < (3, 13) and sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc_mmap, _libc_munmap = _libc.mmap, _libc.munmap
+        _libc_mmap.restype = ctypes.c_void_p
+        _libc_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+        _libc_munmap.restype = ctypes.c_int
+        _libc_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        _libc_mmap = _libc_munmap = None
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Unmapper:
+    """Unmaps a libc mapping when freed: owned by the ctypes buffer that every view keeps alive."""
+
+    __slots__ = ("address", "length")
+
+    def __init__(self, address: int, length: int):
+        self.address, self.length = address, length
 
     def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: os may be gone already
-            pass
+        if _libc_munmap is not None:
+            _libc_munmap(self.address, self.length)
 
 
-def _row_indices(key: Any, num_rows: int, *, what: str) -> tuple[np.ndarray, bool]:
-    """Normalises integer or boolean-mask indices to a flat int64 array in [0, num_rows).
+def _map_read_only(fd: int, length: int) -> Any:
+    """A read-only shared mapping of ``length`` bytes of ``fd`` that holds no descriptor.
 
-    Returns the indices and whether they are in ascending order. (Batches usually
-    arrive sorted: then the bounds come from the ends, without two more passes.)
+    Returns an object with the buffer protocol; the mapping lives as long as it (and
+    any array made from it) does.
     """
-    idx = np.asarray(key)
-    if idx.dtype == bool:
-        if idx.shape != (num_rows,):
-            raise BatchIndexError(
-                f"{what}: a boolean mask must have shape ({num_rows},). Received shape: {idx.shape}"
-            )
-        return np.flatnonzero(idx), True
-    if idx.size == 0:
-        return np.empty(0, np.int64), True
-    if idx.dtype.kind not in "iu":
-        raise BatchIndexError(f"{what}: row indices must be integers or a boolean mask. Received dtype: {idx.dtype}")
-    if idx.ndim != 1:
-        raise BatchIndexError(f"{what}: row indices must be one-dimensional. Received shape: {idx.shape}")
-    idx = idx.astype(np.int64, copy=False)
-    ascending = _is_sorted(idx)
-    lo, hi = (int(idx[0]), int(idx[-1])) if ascending else (int(idx.min()), int(idx.max()))
-    if lo < -num_rows or hi >= num_rows:
-        bad = lo if lo < -num_rows else hi
-        raise BatchIndexError(f"{what}: row index {bad} is out of range for {num_rows} rows.")
-    if lo < 0:
-        idx = np.where(idx < 0, idx + num_rows, idx)
-        ascending = _is_sorted(idx)
-    return idx, ascending
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ, trackfd=False)
+    if _libc_mmap is None:
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ)  # keeps a descriptor: no better way here
+    address = _libc_mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    buffer = (ctypes.c_char * length).from_address(address)
+    buffer._unmapper = _Unmapper(address, length)  # freed with the buffer, after the last view
+    return buffer
+
+
+def _prod(shape: Sequence[int]) -> int:
+    """The product of ``shape`` as a Python int (numpy's int64 product would wrap)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 # Per-thread scratch buffer for gathers of unsorted rows, reused between calls. Gathers
@@ -152,8 +230,8 @@ def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def _is_sorted(idx: np.ndarray) -> bool:
-    return idx.size < 2 or bool((idx[1:] >= idx[:-1]).all())  # the method: 1 us faster than np.all
+# Kept for memseq.sequence, which imports it from here; _checks.is_sorted is the one home.
+_is_sorted = is_sorted
 
 
 class Column:
@@ -248,7 +326,7 @@ class Column:
             return self[:][key]
         return self.take(key)
 
-    def take(self, indices: Any, out: np.ndarray | None = None) -> np.ndarray:
+    def take(self, indices: Any, out: np.ndarray | None = None, *, trusted: bool = False) -> np.ndarray:
         """Gathers rows by integer index or boolean mask, in the order asked for.
 
         Rows are read from the file in ascending order (friendlier to the disk and
@@ -258,6 +336,11 @@ class Column:
             indices: 1-D integers (negative count from the end) or a boolean mask.
             out: Optional C-contiguous array of shape ``(len(indices), *row_shape)``
                 and this column's dtype to fill.
+            trusted: The caller promises that ``indices`` is a 1-D int64 array of
+                ascending row numbers in ``[0, len(self))`` and that ``out`` (if
+                given) fits: nothing is checked (the batch hot path of
+                :class:`~memseq.MemmapSequence`). Indices that break the promise
+                give wrong rows, not an error.
 
         Returns:
             A numpy array of shape ``(len(indices), *row_shape)``.
@@ -265,8 +348,14 @@ class Column:
         Raises:
             BatchIndexError: If an index is out of range or not an integer.
             CorruptFileError: If a file was truncated since it was opened.
+            DatasetClosedError: If the dataset was closed.
         """
-        idx, ascending = _row_indices(indices, self._num_rows, what=self.name)
+        if trusted:
+            if out is None:
+                out = np.empty((len(indices), *self.row_shape), self.dtype)
+            self._gather_sorted(indices, out)
+            return out
+        idx, ascending = row_indices(indices, self._num_rows, what=self.name)
         if out is None:
             out = np.empty((len(idx), *self.row_shape), self.dtype)
         elif out.shape != (len(idx), *self.row_shape) or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -296,18 +385,20 @@ class Column:
         parts = self._parts()
         if len(parts) == 1:
             part = parts[0]
+            array = part.data()
             part.check_size()
             # mode="clip" skips numpy's per-element bounds checks (indices are
             # already validated): twice as fast as the default mode="raise".
-            part.array.take(idx, axis=0, out=out, mode="clip")
+            array.take(idx, axis=0, out=out, mode="clip")
             return
         bounds = np.searchsorted(idx, self._starts)
         for p, part in enumerate(parts):
             a, b = int(bounds[p]), int(bounds[p + 1])
             if a == b:
                 continue
+            array = part.data()
             part.check_size()
-            part.array.take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
+            array.take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
 
     def _read_range(self, start: int, stop: int) -> np.ndarray:
         """Copies rows [start, stop) into a new array."""
@@ -317,9 +408,10 @@ class Column:
             lo, hi = max(start, int(self._starts[p])), min(stop, int(self._starts[p + 1]))
             if lo >= hi:
                 continue
+            array = part.data()
             part.check_size()
             base = int(self._starts[p])
-            out[lo - start : hi - start] = part.array[lo - base : hi - base]
+            out[lo - start : hi - start] = array[lo - base : hi - base]
         return out
 
     def check_sizes(self) -> None:
@@ -329,30 +421,35 @@ class Column:
 
 
 class _DatasetColumn(Column):
-    """A column of a :class:`Dataset`; pickles as (dataset, field name)."""
+    """A column of a :class:`Dataset`; pickles as (the dataset's files, field name).
 
-    def __init__(self, dataset: "Dataset", name: str):
-        spec = dataset.fields[name]
-        super().__init__(name, spec.dtype, spec.shape, [s.num_rows for s in dataset.manifest.shards])
-        self._dataset = dataset
+    It refers to the dataset's :class:`_DatasetFiles`, not to the Dataset itself, so
+    that a Dataset and its columns form no reference cycle, and a column outlives
+    a dropped Dataset (keeping the mappings it needs).
+    """
+
+    def __init__(self, files: "_DatasetFiles", name: str):
+        spec = files.manifest.fields[name]
+        super().__init__(name, spec.dtype, spec.shape, [s.num_rows for s in files.manifest.shards])
+        self._files = files
 
     def _parts(self) -> Sequence[_MappedFile]:
-        return self._dataset._files()[self.name]
+        return self._files.mapped()[self.name]
 
     def __reduce__(self):
         # The column's own metadata travels along, so unpickling does not open the
         # dataset: that happens on first read (like an unpickled Dataset), and a
         # missing or replaced dataset is reported there, not inside unpickling.
-        return (_column_of, (self._dataset, self.name, self.dtype.str, self.row_shape, self._part_rows))
+        return (_column_of, (self._files, self.name, self.dtype.str, self.row_shape, self._part_rows))
 
     def __repr__(self) -> str:
-        return f"<memseq.Column {self.name!r} of {self._dataset.path!r} shape={self.shape} dtype={self.dtype}>"
+        return f"<memseq.Column {self.name!r} of {self._files.path!r} shape={self.shape} dtype={self.dtype}>"
 
 
-def _column_of(dataset: "Dataset", name: str, dtype: str, row_shape: tuple[int, ...], part_rows: Sequence[int]) -> Column:
+def _column_of(files: "_DatasetFiles", name: str, dtype: str, row_shape: tuple[int, ...], part_rows: Sequence[int]) -> Column:
     column = _DatasetColumn.__new__(_DatasetColumn)
     Column.__init__(column, name, np.dtype(dtype), row_shape, part_rows)
-    column._dataset = dataset
+    column._files = files
     return column
 
 
@@ -365,15 +462,32 @@ class RawColumn(Column):
         self.offset = offset
         self._lock = threading.Lock()
         self._file: _MappedFile | None = None
+        self._closed = False
 
     def _parts(self) -> Sequence[_MappedFile]:
         f = self._file
         if f is None:
             with self._lock:
+                if self._closed:
+                    raise DatasetClosedError(f"{self.path}: the raw column was closed; open it again to read.")
                 if self._file is None:
-                    self._file = _MappedFile(self.path, self.dtype, self.shape, self.offset)
+                    self._file = _MappedFile.open(self.path, self.dtype, self.shape, self.offset, "raw file")
                 f = self._file
         return (f,)
+
+    def close(self) -> None:
+        """Unmaps the file; reading afterwards raises :class:`DatasetClosedError`."""
+        with self._lock:
+            self._closed = True
+            f, self._file = self._file, None
+        if f is not None:
+            f.close()
+
+    def __enter__(self) -> "RawColumn":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __reduce__(self):
         return (_reopen_raw, (self.path, self.dtype.str, self.shape, self.offset))
@@ -404,7 +518,9 @@ def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, of
 
     Raises:
         DatasetNotFoundError: If the file does not exist.
-        SchemaError: If the dtype or shape is invalid.
+        NotRegularFileError: If it is a FIFO, socket, device or directory.
+        DatasetPermissionError, FileAccessError: If it cannot be opened.
+        SchemaError: If the path, dtype, shape or offset is invalid.
         CorruptFileError: If the size does not match (not divisible, too small or
             too large); the message gives the expected and the actual size.
 
@@ -414,45 +530,188 @@ def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, of
         >>> x.shape
         (100, 8)
     """
-    path = os.fspath(path)
+    path = _fs.check_path(path, "open_raw path")
     name = os.path.basename(path)
     dt = fmt.check_dtype(dtype, field=name)
-    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    if not dims or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < -1 for d in dims):
-        raise SchemaError(f"{path}: shape must be a non-empty tuple of ints >= 0 (one may be -1). Received: {shape!r}")
-    if sum(d == -1 for d in dims) > 1:
-        raise SchemaError(f"{path}: at most one dimension of shape may be -1. Received: {shape!r}")
-    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-        raise SchemaError(f"{path}: offset must be an int >= 0. Received: {offset!r}")
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError as e:
-        raise DatasetNotFoundError(f"{path}: raw file does not exist.") from e
+        dims = tuple(dims)
+    except TypeError:
+        dims = ()
+    if not dims or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < -1 for d in dims):
+        raise SchemaError(
+            f"{path}: shape must be a non-empty tuple of ints >= 0 (one may be -1). Received: {bounded_repr(shape)}"
+        )
+    if sum(d == -1 for d in dims) > 1:
+        raise SchemaError(f"{path}: at most one dimension of shape may be -1. Received: {bounded_repr(shape)}")
+    offset = check_int(offset, "offset", 0, where=path)
+    fd, st = _fs.open_regular(path, "raw file")
+    try:
+        dims = _raw_shape(path, dt, dims, offset, st.st_size)
+        part = _MappedFile(path, fd, st, dt, dims, offset)  # map now: a bad file fails here, not on first read
+    finally:
+        os.close(fd)
+    column = RawColumn(path, dt, dims, offset)
+    column._file = part
+    return column
+
+
+def _raw_shape(path: str, dt: np.dtype, dims: tuple[int, ...], offset: int, size: int) -> tuple[int, ...]:
+    """The full shape of a raw file of ``size`` bytes, with -1 inferred; checks the size."""
     available = size - offset
     if available < 0:
         raise CorruptFileError(f"{path}: the file is {size} bytes, smaller than offset={offset}.")
-    known = dt.itemsize * int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+    known = dt.itemsize * _prod(d for d in dims if d != -1)
     if -1 in dims:
         if known == 0:
-            raise SchemaError(f"{path}: cannot infer -1 in shape {dims} when the other dimensions are 0.")
+            raise SchemaError(f"{path}: cannot infer -1 in shape {bounded_repr(dims)} when the other dimensions are 0.")
         if available % known:
             raise CorruptFileError(
                 f"{path}: {available} bytes (file size {size} - offset {offset}) is not a multiple of "
-                f"{known} bytes per {tuple(d for d in dims if d != -1)} x {dt} unit; expected a size of "
+                f"{known} bytes per {bounded_repr(tuple(d for d in dims if d != -1))} x {dt} unit; expected a size of "
                 f"{offset} + k * {known} bytes. Check dtype and shape."
             )
         dims = tuple(available // known if d == -1 else int(d) for d in dims)
     dims = tuple(int(d) for d in dims)
-    expected = offset + dt.itemsize * int(np.prod(dims, dtype=np.int64))
+    expected = offset + dt.itemsize * _prod(dims)
     if size != expected:
         raise CorruptFileError(
-            f"{path}: expected {expected} bytes for shape {dims} of {dt} at offset {offset}, "
+            f"{path}: expected {expected} bytes for shape {bounded_repr(dims)} of {dt} at offset {offset}, "
             f"but the file is {size} bytes ({'too small: truncated?' if size < expected else 'too large'}). "
             "Check dtype and shape."
         )
-    column = RawColumn(path, dt, dims, int(offset))
-    column._parts()  # map now, so a bad file fails here rather than on first read
-    return column
+    return dims
+
+
+class _DatasetFiles:
+    """The opened state of a dataset: manifest and mappings, shared by a Dataset and its columns.
+
+    Opening is lazy after unpickling. Pickles as (path, manifest fingerprint): a
+    Dataset and its columns pickled together share one of these in the copy too.
+    """
+
+    def __init__(self, path: str, fingerprint: int | None = None):
+        self.path = path
+        self.fingerprint = fingerprint
+        self._lock = threading.Lock()
+        self._manifest: fmt.Manifest | None = None
+        self._mapped: dict[str, list[_MappedFile]] | None = None
+        self._closed = False
+
+    def __reduce__(self):
+        return (_DatasetFiles, (self.path, self.fingerprint))
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.path, fmt.MANIFEST_NAME)
+
+    @property
+    def manifest(self) -> fmt.Manifest:
+        if self._manifest is None:
+            self.open()
+        return self._manifest  # type: ignore[return-value]
+
+    def mapped(self) -> dict[str, list[_MappedFile]]:
+        mapped = self._mapped
+        if mapped is None:
+            self.open()
+            mapped = self._mapped
+            if mapped is None:  # closed by another thread meanwhile
+                raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+        return mapped
+
+    def open(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+            if self._mapped is not None:
+                return
+            # An overwrite swaps the whole directory in one step. If that happens while
+            # we read the manifest and open the files one by one, the old manifest could
+            # be paired with some of the new files: fingerprint the manifest before and
+            # after opening, and start again if it changed.
+            for _ in range(_OPEN_ATTEMPTS):
+                raw = fmt.read_manifest_bytes(self.path)
+                crc = zlib.crc32(raw)
+                if self.fingerprint is not None and crc != self.fingerprint:
+                    raise DatasetReplacedError(
+                        f"{self.manifest_path}: the dataset changed since this Dataset object was pickled; "
+                        "open it again in the parent process."
+                    )
+                try:
+                    manifest = fmt.parse_manifest(raw, self.path)
+                    mapped = self._open_all(manifest)
+                except MemseqError:
+                    if _manifest_fingerprint(self.path) != crc:
+                        continue  # replaced while opening: the error may be an artefact of that
+                    raise
+                if _manifest_fingerprint(self.path) == crc:
+                    break
+                _close_all(mapped)
+            else:
+                raise DatasetReplacedError(f"{self.manifest_path}: the dataset kept changing while it was being opened.")
+            self._manifest = manifest
+            self.fingerprint = crc
+            self._mapped = mapped
+
+    def _open_all(self, manifest: fmt.Manifest) -> dict[str, list[_MappedFile]]:
+        mapped: dict[str, list[_MappedFile]] = {name: [] for name in manifest.fields}
+        try:
+            for shard in manifest.shards:
+                for name, spec in manifest.fields.items():
+                    mapped[name].append(self._open_data_file(shard, spec))
+        except BaseException:
+            _close_all(mapped)
+            raise
+        return mapped
+
+    def _open_data_file(self, shard: fmt.ShardSpec, spec: fmt.FieldSpec) -> _MappedFile:
+        rel = shard.files[spec.name].path
+        path = fmt.resolve_inside(self.path, rel, manifest=self.manifest_path)
+        fd, st = _fs.open_regular(path, f"data file of field {spec.name!r}")
+        try:
+            # One descriptor, for header, size and mapping alike, closed before returning:
+            # a file swapped in between could otherwise pass the checks for another.
+            with io.FileIO(fd, "rb", closefd=False) as f:
+                dtype, shape, offset = fmt.read_npy_header(f, path)
+            expected_shape = (shard.num_rows, *spec.shape)
+            if dtype != spec.dtype:
+                raise FormatError(
+                    f"{path}: field {spec.name!r} should have dtype {spec.dtype} (manifest) but the file has {dtype}."
+                )
+            if shape != expected_shape:
+                raise FormatError(
+                    f"{path}: field {spec.name!r} should have shape {bounded_repr(expected_shape)} (manifest) "
+                    f"but the file has {bounded_repr(shape)}."
+                )
+            expected_size = offset + shard.num_rows * spec.row_nbytes
+            if st.st_size != expected_size:
+                raise CorruptFileError(
+                    f"{path}: expected {expected_size} bytes for {bounded_repr(shape)} of {dtype}, but the file is "
+                    f"{st.st_size} bytes ({'truncated' if st.st_size < expected_size else 'has trailing bytes'})."
+                )
+            return _MappedFile(path, fd, st, dtype, shape, offset)
+        finally:
+            os.close(fd)
+
+    def is_current(self) -> bool:
+        """Whether the manifest and every mapped file on disk are still the ones opened."""
+        if _manifest_fingerprint(self.path) != self.fingerprint:
+            return False
+        return all(part.is_current() for parts in self.mapped().values() for part in parts)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            mapped, self._mapped = self._mapped, None
+        if mapped is not None:
+            _close_all(mapped)
+
+
+def _close_all(mapped: dict[str, list[_MappedFile]]) -> None:
+    for files in mapped.values():
+        for f in files:
+            f.close()
 
 
 class Dataset(Mapping):
@@ -467,6 +726,10 @@ class Dataset(Mapping):
         manifest: The parsed :class:`memseq.format.Manifest`.
         fields: Mapping of field name -> :class:`memseq.format.FieldSpec`.
 
+    A Dataset holds no open file descriptor, only memory mappings; :meth:`close`
+    (or leaving a ``with memseq.open(path) as ds:`` block) unmaps them at once, and
+    so does dropping the last reference to the Dataset and its columns.
+
     Example:
         >>> ds = memseq.open("data/train")
         >>> len(ds), list(ds)
@@ -474,104 +737,51 @@ class Dataset(Mapping):
         >>> batch = ds.take([7, 1, 3])          # {'image': ..., 'label': ...}
     """
 
-    def __init__(self, path: str | os.PathLike, *, _fingerprint: int | None = None, _lazy: bool = False):
-        self.path = os.path.abspath(os.fspath(path))
-        self._lock = threading.Lock()
-        self._mapped: dict[str, list[_MappedFile]] | None = None
-        self._manifest_crc = _fingerprint
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        _fingerprint: int | None = None,
+        _lazy: bool = False,
+        _files: _DatasetFiles | None = None,
+    ):
+        if _files is None:
+            _files = _DatasetFiles(os.path.abspath(_fs.check_path(path, "dataset path")), _fingerprint)
+        self._state = _files
+        self.path = _files.path
         if not _lazy:
-            self._open()
+            _files.open()
 
-    # -- opening and pickling
+    # -- opening, closing and pickling
 
-    def _open(self) -> None:
-        with self._lock:
-            if self._mapped is not None:
-                return
-            manifest_path = os.path.join(self.path, fmt.MANIFEST_NAME)
-            # An overwrite swaps the whole directory in one step. If that happens while
-            # we read the manifest and open the files one by one, the old manifest could
-            # be paired with some of the new files: fingerprint the manifest before and
-            # after opening, and start again if it changed.
-            for _ in range(_OPEN_ATTEMPTS):
-                crc = _manifest_fingerprint(manifest_path)
-                if self._manifest_crc is not None and crc is not None and crc != self._manifest_crc:
-                    raise CorruptFileError(
-                        f"{manifest_path}: the dataset changed since this Dataset object was pickled; "
-                        "open it again in the parent process."
-                    )
-                try:
-                    manifest, mapped = self._open_all()
-                except MemseqError:
-                    if _manifest_fingerprint(manifest_path) != crc:
-                        continue  # replaced while opening: the error may be an artefact of that
-                    raise
-                if _manifest_fingerprint(manifest_path) == crc:
-                    break
-                for files in mapped.values():
-                    for f in files:
-                        f.close()
-            else:
-                raise CorruptFileError(f"{manifest_path}: the dataset kept changing while it was being opened.")
-            self.manifest = manifest
-            self.fields = dict(manifest.fields)
-            self._columns = {name: _DatasetColumn(self, name) for name in manifest.fields}
-            self._manifest_crc = crc
-            self._mapped = mapped
+    def close(self) -> None:
+        """Unmaps every data file now. Reads afterwards raise :class:`DatasetClosedError`.
 
-    def _open_all(self) -> tuple[fmt.Manifest, dict[str, list[_MappedFile]]]:
-        manifest = fmt.read_manifest(self.path)
-        mapped: dict[str, list[_MappedFile]] = {name: [] for name in manifest.fields}
-        try:
-            for shard in manifest.shards:
-                for name, spec in manifest.fields.items():
-                    mapped[name].append(self._open_data_file(manifest, shard, spec))
-        except BaseException:
-            for files in mapped.values():
-                for f in files:
-                    f.close()
-            raise
-        return manifest, mapped
+        Columns taken from this Dataset are closed with it. Arrays already read are
+        copies and stay valid. Calling ``close()`` again does nothing.
+        """
+        self._state.close()
 
-    def _open_data_file(self, manifest: fmt.Manifest, shard: fmt.ShardSpec, spec: fmt.FieldSpec) -> _MappedFile:
-        rel = shard.files[spec.name].path
-        path = fmt.resolve_inside(self.path, rel, manifest=os.path.join(self.path, fmt.MANIFEST_NAME))
-        try:
-            f = _open_file(path, "rb")
-        except FileNotFoundError as e:
-            raise DatasetNotFoundError(f"{path}: data file of field {spec.name!r} does not exist.") from e
-        except IsADirectoryError as e:
-            raise FormatError(f"{path}: data file of field {spec.name!r} is a directory.") from e
-        with f:
-            dtype, shape, offset = fmt.read_npy_header(f, path)
-            size = os.fstat(f.fileno()).st_size
-        expected_shape = (shard.num_rows, *spec.shape)
-        if dtype != spec.dtype:
-            raise FormatError(f"{path}: field {spec.name!r} should have dtype {spec.dtype} (manifest) but the file has {dtype}.")
-        if shape != expected_shape:
-            raise FormatError(
-                f"{path}: field {spec.name!r} should have shape {expected_shape} (manifest) but the file has {shape}."
-            )
-        expected_size = offset + shard.num_rows * spec.row_nbytes
-        if size != expected_size:
-            raise CorruptFileError(
-                f"{path}: expected {expected_size} bytes for {shape} of {dtype}, but the file is {size} bytes"
-                f" ({'truncated' if size < expected_size else 'has trailing bytes'})."
-            )
-        return _MappedFile(path, dtype, shape, offset)
+    def __enter__(self) -> "Dataset":
+        return self
 
-    def _files(self) -> dict[str, list[_MappedFile]]:
-        if self._mapped is None:
-            self._open()
-        return self._mapped  # type: ignore[return-value]
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __reduce__(self):
-        return (_reopen_dataset, (self.path, self._manifest_crc))
+        return (_dataset_of, (self._state,))
 
     def __getattr__(self, name: str):
         # After unpickling, manifest/fields/_columns appear on first use.
         if name in ("manifest", "fields", "_columns"):
-            self._open()
+            state = self.__dict__.get("_state")
+            if state is None:
+                raise AttributeError(name)
+            manifest = state.manifest
+            self.__dict__.setdefault("manifest", manifest)
+            self.__dict__.setdefault("fields", dict(manifest.fields))
+            if "_columns" not in self.__dict__:
+                self.__dict__["_columns"] = {n: _DatasetColumn(state, n) for n in manifest.fields}
             return self.__dict__[name]
         raise AttributeError(name)
 
@@ -581,7 +791,7 @@ class Dataset(Mapping):
         try:
             return self._columns[name]
         except (KeyError, TypeError):
-            raise SchemaError(f"{self.path}: no field {name!r}; fields are {list(self.fields)}.") from None
+            raise SchemaError(f"{self.path}: no field {bounded_repr(name)}; fields are {bounded_repr(list(self.fields))}.") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.fields)
@@ -645,7 +855,7 @@ class Dataset(Mapping):
         names = list(self.fields) if fields is None else list(fields)
         columns = [self[name] for name in names]
         # Validate and sort the indices once for all fields.
-        idx, ascending = _row_indices(indices, self.num_rows, what=self.path)
+        idx, ascending = row_indices(indices, self.num_rows, what=self.path)
         order = None if ascending else np.argsort(idx, kind="stable")
         sorted_idx = idx if order is None else idx[order]
         out = {}
@@ -655,39 +865,53 @@ class Dataset(Mapping):
         return out
 
     def verify(self) -> None:
-        """Checks every data file's size and checksum against the manifest.
+        """Checks the bytes this Dataset serves against the manifest's checksums.
 
-        Reads every file once, sequentially, without holding it in memory.
+        The checksums are computed over the Dataset's own mappings, so they check
+        exactly what reads return, even if the files on disk have been replaced since.
+        Every file is read once, sequentially, without holding it in memory.
 
         Raises:
             CorruptFileError: Naming the first file whose size or checksum is wrong.
+            DatasetReplacedError: If everything this Dataset serves is intact, but the
+                dataset on disk was replaced since it was opened (open it again to
+                verify the new one).
+            DatasetClosedError: If the Dataset was closed.
         """
-        from memseq._checksum import crc32_of_file
+        from memseq._checksum import crc32_of_array
 
-        files = self._files()
+        files = self._state.mapped()
         for s, shard in enumerate(self.manifest.shards):
             for name, entry in shard.files.items():
                 part = files[name][s]
                 part.check_size()
-                path = part.path
-                actual = fmt.format_checksum(crc32_of_file(path, part.offset))
+                actual = fmt.format_checksum(crc32_of_array(part.data(), between=part.check_size))
                 if actual != entry.checksum:
                     raise CorruptFileError(
-                        f"{path}: checksum mismatch for field {name!r}: manifest says {entry.checksum}, "
+                        f"{part.path}: checksum mismatch for field {name!r}: manifest says {entry.checksum}, "
                         f"the file has {actual}. The file is corrupt."
                     )
+        if not self._state.is_current():
+            raise DatasetReplacedError(
+                f"{self.path}: the dataset on disk was replaced after this Dataset opened it. The data this "
+                "Dataset serves (the version it opened) are intact; open the path again to read and verify the new one."
+            )
 
 
-def _manifest_fingerprint(manifest_path: str) -> int | None:
+def _manifest_fingerprint(directory: str) -> int | None:
     """CRC-32 of the manifest's bytes, or None if it cannot be read (read_manifest reports why)."""
     try:
-        with _open_file(manifest_path, "rb") as f:
-            return zlib.crc32(f.read())
-    except OSError:
+        return zlib.crc32(fmt.read_manifest_bytes(directory))
+    except MemseqError:
         return None
 
 
+def _dataset_of(files: _DatasetFiles) -> Dataset:
+    return Dataset(files.path, _lazy=True, _files=files)
+
+
 def _reopen_dataset(path: str, fingerprint: int | None) -> Dataset:
+    # Pickles made before _DatasetFiles existed name this function.
     return Dataset(path, _fingerprint=fingerprint, _lazy=True)
 
 
@@ -705,6 +929,9 @@ def open(path: str | os.PathLike) -> Dataset:  # noqa: A001 - mirrors io.open / 
 
     Raises:
         DatasetNotFoundError: If the directory, manifest or a data file is missing.
+        NotRegularFileError: If the manifest or a data file is a FIFO, socket,
+            device or directory.
+        DatasetPermissionError, FileAccessError: If a file cannot be opened.
         FormatError: If the manifest or a header is invalid or disagrees with the other.
         UnsafePathError: If the manifest names a file outside the directory.
         CorruptFileError: If a file has the wrong size.

@@ -83,16 +83,21 @@ older readers could misread bump the version.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import math
 import os
 import re
+import stat
 import struct
 from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
-from memseq.errors import DatasetNotFoundError, FormatError, SchemaError, UnsafePathError
+from memseq import _fs
+from memseq._checks import bounded_repr
+from memseq.errors import DatasetNotFoundError, FormatError, MemseqError, SchemaError, UnsafePathError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -129,11 +134,25 @@ _NPY_VERSION_1_0 = b"\x01\x00"
 _NPY_ALIGN = 64
 # Row counts are int64 at most: reserve header room for the widest possible count.
 _MAX_ROWS = 2**63 - 1
-# A manifest larger than this is not one we wrote: refuse before parsing it.
+# Every byte count (a row, a file) must fit an int64: numpy indexes and mmap offsets
+# are int64, and a product that overflows would silently wrap around.
+_MAX_BYTES = 2**63 - 1
+# numpy arrays have at most 64 dimensions; one of them is the row dimension.
+_MAX_ROW_DIMS = 63
+# A manifest larger than this is not one we wrote: refuse it while reading, never
+# reading more than this (plus one byte) from it.
 _MAX_MANIFEST_BYTES = 64 * 2**20
+# JSON integers longer than this cannot be an int64 (19 digits and a sign): refused
+# before Python converts them (a million-digit int takes quadratic time to parse).
+_MAX_INT_CHARS = 20
+# A .npy header memseq writes is at most 65535 bytes (version 1.0); numpy's own
+# reader refuses headers above 10,000 bytes by default. Anything larger is refused
+# before it is read or parsed.
+_MAX_NPY_HEADER_BYTES = 2**16 + 16
 # Field names become file names: keep them portable and free of path syntax.
-_FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_CHECKSUM_RE = re.compile(r"^crc32:[0-9a-f]{8}$")
+# (Matched with fullmatch: "$" would also accept a trailing newline.)
+_FIELD_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_CHECKSUM_RE = re.compile(r"crc32:[0-9a-f]{8}")
 _ALLOWED_KINDS = "biufc"
 
 
@@ -214,10 +233,10 @@ def check_field_name(name: Any) -> str:
         SchemaError: If it is not a string of letters, digits, ``_``, ``.`` and
             ``-`` (not starting with ``.`` or ``-``, at most 128 characters).
     """
-    if not isinstance(name, str) or not _FIELD_NAME_RE.match(name):
+    if not isinstance(name, str) or not _FIELD_NAME_RE.fullmatch(name):
         raise SchemaError(
             "Field names must be 1-128 letters, digits, '_', '.' or '-', not starting "
-            f"with '.' or '-'. Received: {name!r}"
+            f"with '.' or '-'. Received: {bounded_repr(name)}"
         )
     return name
 
@@ -231,13 +250,13 @@ def check_dtype(dtype: Any, *, field: str) -> np.dtype:
     """
     try:
         dt = np.dtype(dtype)
-    except (TypeError, ValueError, SyntaxError) as e:
+    except (TypeError, ValueError, SyntaxError, RecursionError, MemoryError) as e:
         # numpy parses comma-separated dtype strings with ast: "i4,(" is a SyntaxError.
-        raise SchemaError(f"Field {field!r}: not a dtype. Received: {dtype!r}") from e
+        raise SchemaError(f"Field {bounded_repr(field)}: not a dtype. Received: {bounded_repr(dtype)}") from e
     if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
         raise SchemaError(
-            f"Field {field!r}: memseq stores bool and numeric dtypes only "
-            f"(no objects, strings or records). Received dtype: {dt!r}"
+            f"Field {bounded_repr(field)}: memseq stores bool and numeric dtypes only "
+            f"(no objects, strings or records). Received dtype: {bounded_repr(dt)}"
         )
     return dt
 
@@ -267,13 +286,22 @@ def field_spec(name: str, dtype: Any, shape: Any) -> FieldSpec:
     try:
         dims = tuple(shape)
     except TypeError as e:
-        raise SchemaError(f"Field {name!r}: row shape must be a tuple of ints. Received: {shape!r}") from e
+        raise SchemaError(f"Field {name!r}: row shape must be a tuple of ints. Received: {bounded_repr(shape)}") from e
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
             raise SchemaError(
-                f"Field {name!r}: row shape must be a tuple of non-negative ints. Received: {shape!r}"
+                f"Field {name!r}: row shape must be a tuple of non-negative ints. Received: {bounded_repr(shape)}"
             )
-    return FieldSpec(name, dt, tuple(int(d) for d in dims))
+    if len(dims) > _MAX_ROW_DIMS:
+        raise SchemaError(f"Field {name!r}: a row has at most {_MAX_ROW_DIMS} dimensions. Received {len(dims)}.")
+    dims = tuple(int(d) for d in dims)
+    # Python ints: a numpy int64 product would wrap around silently.
+    if math.prod(dims) * dt.itemsize > _MAX_BYTES:
+        raise SchemaError(
+            f"Field {name!r}: one row of shape {bounded_repr(dims)} and dtype {dt} would take more than "
+            f"2**63 - 1 bytes. Received shape: {bounded_repr(dims)}"
+        )
+    return FieldSpec(name, dt, dims)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -285,22 +313,24 @@ def _expect(obj: Any, key: str, kind: type | tuple[type, ...], where: str, path:
     value = obj[key]
     # bool is an int subclass; JSON true/false must never pass as a number.
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise FormatError(f"{path}: {where}[{key!r}] has the wrong type. Received: {value!r}")
+        raise FormatError(f"{path}: {where}[{key!r}] has the wrong type. Received: {bounded_repr(value)}")
     if not isinstance(value, kind):
-        raise FormatError(f"{path}: {where}[{key!r}] has the wrong type. Received: {value!r}")
+        raise FormatError(f"{path}: {where}[{key!r}] has the wrong type. Received: {bounded_repr(value)}")
     return value
 
 
 def _no_unknown_keys(obj: dict, allowed: set[str], where: str, path: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise FormatError(f"{path}: {where} has unknown keys {unknown}; allowed: {sorted(allowed)}.")
+        raise FormatError(f"{path}: {where} has unknown keys {bounded_repr(unknown)}; allowed: {sorted(allowed)}.")
 
 
 def _count(obj: dict, key: str, where: str, path: str) -> int:
     value = _expect(obj, key, int, where, path)
     if value < 0:
-        raise FormatError(f"{path}: {where}[{key!r}] must be >= 0. Received: {value!r}")
+        raise FormatError(f"{path}: {where}[{key!r}] must be >= 0. Received: {bounded_repr(value)}")
+    if value > _MAX_ROWS:
+        raise FormatError(f"{path}: {where}[{key!r}] must be <= 2**63 - 1. Received: {bounded_repr(value)}")
     return value
 
 
@@ -321,17 +351,27 @@ def resolve_inside(directory: str, relative: str, *, manifest: str) -> str:
     """
     if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/") or os.path.isabs(relative):
         raise UnsafePathError(
-            f"{manifest}: file paths must be relative to the dataset directory. Received: {relative!r}"
+            f"{manifest}: file paths must be relative to the dataset directory. Received: {bounded_repr(relative)}"
         )
     if any(part in ("..", "") for part in relative.split("/")):
         raise UnsafePathError(
-            f"{manifest}: file paths must not contain '..' or empty components. Received: {relative!r}"
+            f"{manifest}: file paths must not contain '..' or empty components. Received: {bounded_repr(relative)}"
         )
-    root = os.path.realpath(directory)
-    target = os.path.realpath(os.path.join(root, relative))
+    try:
+        os.fsencode(relative)
+    except UnicodeEncodeError:
+        raise UnsafePathError(
+            f"{manifest}: file path cannot be encoded for the filesystem. Received: {bounded_repr(relative)}"
+        ) from None
+    try:
+        root = os.path.realpath(directory)
+        target = os.path.realpath(os.path.join(root, relative))
+    except (OSError, ValueError) as e:  # realpath is lenient; stay safe if it is not
+        raise UnsafePathError(f"{manifest}: cannot resolve {bounded_repr(relative)} ({bounded_repr(str(e))}).") from e
     if os.path.commonpath([root, target]) != root:
         raise UnsafePathError(
-            f"{manifest}: {relative!r} resolves to {target!r}, outside the dataset directory {root!r}."
+            f"{manifest}: {bounded_repr(relative)} resolves to {bounded_repr(target)}, outside the dataset directory "
+            f"{bounded_repr(root)}."
         )
     return target
 
@@ -351,33 +391,80 @@ def read_manifest(directory: str) -> Manifest:
             unsupported version, misses keys, has wrong types or unknown keys.
         UnsafePathError: If a file path leaves the dataset directory.
     """
+    raw = read_manifest_bytes(directory)
+    return parse_manifest(raw, directory)
+
+
+def read_manifest_bytes(directory: str) -> bytes:
+    """The bytes of ``directory/memseq.json``, read safely.
+
+    The manifest must be a regular file (a FIFO or ``/dev/zero`` in its place is
+    refused before it is opened) and is read up to its size limit, never further.
+
+    Raises:
+        DatasetNotFoundError: If the directory or the manifest does not exist.
+        NotRegularFileError: If the manifest is a FIFO, socket, device or directory.
+        FormatError: If it is larger than the limit.
+        DatasetPermissionError, FileAccessError: For other OS failures.
+    """
     path = os.path.join(directory, MANIFEST_NAME)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_MANIFEST_BYTES + 1)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        if os.path.exists(directory) and not os.path.isdir(directory):
+        fd, _ = _fs.open_regular(path, "manifest")
+    except DatasetNotFoundError as e:
+        try:
+            st = os.stat(directory)
+        except (OSError, ValueError):
             raise DatasetNotFoundError(
-                f"No memseq dataset at {directory!r}: it is a file; a dataset is a directory with a {MANIFEST_NAME}."
+                f"No memseq dataset at {bounded_repr(directory)}: no such directory.", errno=e.errno, filename=directory
             ) from e
-        if not os.path.isdir(directory):
-            raise DatasetNotFoundError(f"No memseq dataset at {directory!r}: no such directory.") from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise DatasetNotFoundError(
+                f"No memseq dataset at {bounded_repr(directory)}: it is "
+                f"{'a file' if stat.S_ISREG(st.st_mode) else _fs.describe_mode(st.st_mode)}"
+                f"; a dataset is a directory with a {MANIFEST_NAME}.",
+                errno=e.errno,
+                filename=directory,
+            ) from e
         raise DatasetNotFoundError(
-            f"{directory!r} is not a memseq dataset (or its write never committed): {MANIFEST_NAME} is missing."
+            f"{bounded_repr(directory)} is not a memseq dataset (or its write never committed): {MANIFEST_NAME} is missing.",
+            errno=e.errno,
+            filename=path,
         ) from e
-    except IsADirectoryError as e:
-        raise FormatError(f"{path}: is a directory, not a memseq manifest.") from e
+    try:
+        raw = _fs.read_at_most(fd, _MAX_MANIFEST_BYTES, path, "manifest")
+    finally:
+        os.close(fd)
     if len(raw) > _MAX_MANIFEST_BYTES:
         raise FormatError(f"{path}: larger than {_MAX_MANIFEST_BYTES} bytes; not a memseq manifest.")
+    return raw
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS:
+        raise FormatError(f"an integer of {len(text)} digits cannot be an int64. Received: {bounded_repr(text)}")
+    return int(text)
+
+
+def _parse_constant(text: str) -> float:
+    raise FormatError(f"{text} is not valid JSON.")
+
+
+def parse_manifest(raw: bytes, directory: str) -> Manifest:
+    """Parses and strictly validates the bytes of a manifest (see :func:`read_manifest`)."""
+    path = os.path.join(directory, MANIFEST_NAME)
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{path}: not valid UTF-8 JSON ({e}).") from e
+        doc = json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_constant=_parse_constant)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from e
+    except (UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise FormatError(f"{path}: not valid UTF-8 JSON ({bounded_repr(str(e))}).") from e
+    except RecursionError as e:
+        raise FormatError(f"{path}: nested too deeply to be a memseq manifest.") from e
     if not isinstance(doc, dict):
         raise FormatError(f"{path}: the manifest must be a JSON object. Received: {type(doc).__name__}")
     fmt = doc.get("format")
     if fmt != FORMAT_NAME:
-        raise FormatError(f"{path}: 'format' must be {FORMAT_NAME!r}. Received: {fmt!r}")
+        raise FormatError(f"{path}: 'format' must be {FORMAT_NAME!r}. Received: {bounded_repr(fmt)}")
     version = _expect(doc, "version", int, "manifest", path)
     if version not in SUPPORTED_VERSIONS:
         newer = version > max(SUPPORTED_VERSIONS)
@@ -391,22 +478,22 @@ def read_manifest(directory: str) -> Manifest:
 
     fields: dict[str, FieldSpec] = {}
     for name, entry in _expect(doc, "fields", dict, "manifest", path).items():
-        where = f"fields[{name!r}]"
+        where = f"fields[{bounded_repr(name)}]"
         if not isinstance(entry, dict):
-            raise FormatError(f"{path}: {where} must be an object. Received: {entry!r}")
+            raise FormatError(f"{path}: {where} must be an object. Received: {bounded_repr(entry)}")
         _no_unknown_keys(entry, {"dtype", "shape", "layout"}, where, path)
         layout = _expect(entry, "layout", str, where, path)
         if layout != "fixed":
             raise FormatError(
-                f"{path}: {where} has layout {layout!r}; this memseq reads only 'fixed' "
+                f"{path}: {where} has layout {bounded_repr(layout)}; this memseq reads only 'fixed' "
                 "(variable-length 'ragged' fields are planned, not yet supported)."
             )
         dtype_str = _expect(entry, "dtype", str, where, path)
         shape = _expect(entry, "shape", list, where, path)
         try:
             dtype = np.dtype(dtype_str)
-        except (TypeError, ValueError, SyntaxError) as e:
-            raise FormatError(f"{path}: {where}['dtype'] is not a dtype. Received: {dtype_str!r}") from e
+        except (TypeError, ValueError, SyntaxError, RecursionError, MemoryError) as e:
+            raise FormatError(f"{path}: {where}['dtype'] is not a dtype. Received: {bounded_repr(dtype_str)}") from e
         try:
             fields[name] = field_spec(name, dtype, shape)
         except SchemaError as e:
@@ -418,27 +505,32 @@ def read_manifest(directory: str) -> Manifest:
     for i, shard in enumerate(_expect(doc, "shards", list, "manifest", path)):
         where = f"shards[{i}]"
         if not isinstance(shard, dict):
-            raise FormatError(f"{path}: {where} must be an object. Received: {shard!r}")
+            raise FormatError(f"{path}: {where} must be an object. Received: {bounded_repr(shard)}")
         _no_unknown_keys(shard, {"num_rows", "files"}, where, path)
         rows = _count(shard, "num_rows", where, path)
         files_doc = _expect(shard, "files", dict, where, path)
         if set(files_doc) != set(fields):
             raise FormatError(
-                f"{path}: {where}['files'] must name exactly the fields {sorted(fields)}. "
-                f"Received: {sorted(files_doc)}"
+                f"{path}: {where}['files'] must name exactly the fields {bounded_repr(sorted(fields))}. "
+                f"Received: {bounded_repr(sorted(files_doc))}"
             )
         files: dict[str, FileEntry] = {}
-        for name in fields:
+        for name, spec in fields.items():
+            if rows * spec.row_nbytes > _MAX_BYTES:
+                raise FormatError(
+                    f"{path}: {where} holds {rows} rows of field {name!r} ({spec.row_nbytes} bytes each): "
+                    "more than 2**63 - 1 bytes."
+                )
             fwhere = f"{where}['files'][{name!r}]"
             entry = files_doc[name]
             if not isinstance(entry, dict):
-                raise FormatError(f"{path}: {fwhere} must be an object. Received: {entry!r}")
+                raise FormatError(f"{path}: {fwhere} must be an object. Received: {bounded_repr(entry)}")
             _no_unknown_keys(entry, {"path", "checksum"}, fwhere, path)
             rel = _expect(entry, "path", str, fwhere, path)
             checksum = _expect(entry, "checksum", str, fwhere, path)
-            if not _CHECKSUM_RE.match(checksum):
+            if not _CHECKSUM_RE.fullmatch(checksum):
                 raise FormatError(
-                    f"{path}: {fwhere}['checksum'] must look like 'crc32:0123abcd'. Received: {checksum!r}"
+                    f"{path}: {fwhere}['checksum'] must look like 'crc32:0123abcd'. Received: {bounded_repr(checksum)}"
                 )
             resolve_inside(directory, rel, manifest=path)
             files[name] = FileEntry(rel, checksum)
@@ -501,6 +593,11 @@ def reserved_header_length(dtype: np.dtype, row_shape: tuple[int, ...]) -> int:
 def read_npy_header(f: BinaryIO, path: str) -> tuple[np.dtype, tuple[int, ...], int]:
     """Reads and checks a .npy header written by memseq (or by ``np.save``).
 
+    The header is parsed here, not by numpy's reader, so that every malformed
+    header gives one error: unbalanced brackets, absurd or negative shapes, a shape
+    whose size overflows int64, a huge header length, an unknown dtype. At most
+    ``_MAX_NPY_HEADER_BYTES`` bytes are read.
+
     Args:
         f: The file, positioned at its start.
         path: Its path, for error messages.
@@ -509,23 +606,76 @@ def read_npy_header(f: BinaryIO, path: str) -> tuple[np.dtype, tuple[int, ...], 
         ``(dtype, shape, data_offset)``.
 
     Raises:
-        FormatError: If the file is not a C-order .npy file of a supported version.
+        FormatError: If the file is not a C-order .npy file of a supported version,
+            or its header is malformed.
     """
     try:
-        major, minor = np.lib.format.read_magic(f)
-        if (major, minor) == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif (major, minor) in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy version {(major, minor)}")
-    except (ValueError, SyntaxError, struct.error, EOFError, OSError) as e:
+        dtype, shape, fortran, offset = _parse_npy_header(f)
+    except FormatError as e:
         raise FormatError(f"{path}: not a readable .npy file ({e}).") from e
+    except OSError as e:
+        raise _fs.os_error(e, path, "data file") from e
     if fortran:
         raise FormatError(f"{path}: Fortran-order .npy files are not supported; save C-order arrays.")
-    return dtype, tuple(shape), f.tell()
+    return dtype, shape, offset
 
 
+def _read_exactly(f: BinaryIO, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if data is None or len(data) != n:
+        raise FormatError(f"the file ends inside the {what}")
+    return data
+
+
+def _parse_npy_header(f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    magic = _read_exactly(f, len(_NPY_MAGIC) + 2, "magic string")
+    if magic[: len(_NPY_MAGIC)] != _NPY_MAGIC:
+        raise FormatError(f"the magic string is {bounded_repr(magic[:len(_NPY_MAGIC)])}, not {_NPY_MAGIC!r}")
+    version = (magic[-2], magic[-1])
+    if version == (1, 0):
+        (length,) = struct.unpack("<H", _read_exactly(f, 2, "header length"))
+        prefix, encoding = len(magic) + 2, "latin1"
+    elif version in ((2, 0), (3, 0)):
+        (length,) = struct.unpack("<I", _read_exactly(f, 4, "header length"))
+        prefix, encoding = len(magic) + 4, "latin1" if version == (2, 0) else "utf8"
+    else:
+        raise FormatError(f"unsupported .npy version {version}")
+    if length > _MAX_NPY_HEADER_BYTES:
+        raise FormatError(f"the header claims {length} bytes; at most {_MAX_NPY_HEADER_BYTES} are allowed")
+    try:
+        text = _read_exactly(f, length, "header").decode(encoding)
+    except UnicodeDecodeError as e:
+        raise FormatError(f"the header is not {encoding} text") from e
+    if "\\" in text:
+        # No header of a plain numeric array has one; escapes only make literal_eval warn.
+        raise FormatError(f"the header contains a backslash: {bounded_repr(text.strip())}")
+    try:
+        header = ast.literal_eval(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, Warning) as e:
+        # Warning: invalid escapes warn while parsing, and raise when warnings are errors.
+        raise FormatError(f"the header is not a Python literal: {bounded_repr(text.strip())}") from e
+    if not isinstance(header, dict) or set(header) != {"descr", "shape", "fortran_order"}:
+        raise FormatError(
+            f"the header must be a dict with the keys 'descr', 'fortran_order' and 'shape'. Received: {bounded_repr(header)}"
+        )
+    shape, fortran, descr = header["shape"], header["fortran_order"], header["descr"]
+    if not isinstance(fortran, bool):
+        raise FormatError(f"'fortran_order' must be True or False. Received: {bounded_repr(fortran)}")
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_ROW_DIMS + 1
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_ROWS for d in shape)
+    ):
+        raise FormatError(f"'shape' must be a tuple of at most 64 ints >= 0. Received: {bounded_repr(shape)}")
+    try:
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except Exception as e:  # numpy raises TypeError, ValueError, SyntaxError, KeyError... for bad descrs
+        if isinstance(e, MemseqError):
+            raise
+        raise FormatError(f"'descr' is not a dtype. Received: {bounded_repr(descr)}") from e
+    if math.prod(shape) * dtype.itemsize > _MAX_BYTES:
+        raise FormatError(f"shape {bounded_repr(shape)} of {dtype} takes more than 2**63 - 1 bytes")
+    return dtype, shape, fortran, prefix + length
 
 
 # --------------------------------------------------------------------------- shard layout

@@ -15,21 +15,27 @@ commits with one atomic rename once everything is on disk:
 
 A crash at any moment leaves either no dataset (a fresh write), the old dataset or
 the new one, never a mix; at worst a ``.<name>.memseq-tmp-*`` directory is left
-over and may be deleted. If the ``with`` block raises, nothing is committed and the
-temporary files are removed.
+over, which the next write to the same path removes (a live writer's is locked and
+left alone). If the ``with`` block raises, nothing is committed and the temporary
+files are removed.
+
+A failure of the filesystem (disk full, file size limit, permission denied) raises
+a :class:`~memseq.WriteError` (an ``OSError`` with the errno) or a
+:class:`~memseq.DatasetPermissionError` naming the dataset; the Writer is then
+aborted: nothing is committed, the temporary directory is removed, and a dataset
+being overwritten is left intact.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 import zlib
 from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
-from memseq import _commit
+from memseq import _commit, _fs
 from memseq import format as fmt
 from memseq._checks import equal_row_counts
 from memseq.errors import MemseqError, SchemaError
@@ -132,12 +138,18 @@ class Writer:
         progress: bool = False,
         total_rows: int | None = None,
     ):
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = os.path.abspath(_fs.check_path(path, "dataset path"))
         self.fields = _normalize_fields(fields)
         self.shard_rows = fmt.check_shard_rows(shard_rows)
         self.overwrite = bool(overwrite)
-        _commit.check_target(self.path, self.overwrite)
-        self._tmp = _commit.make_temp_dir(self.path)
+        self._closed = True  # until the temporary directory exists: __del__ has nothing to clean
+        try:
+            _commit.check_target(self.path, self.overwrite)
+            self._tmp = _commit.make_temp_dir(self.path)
+        except OSError as e:
+            if isinstance(e, MemseqError):
+                raise
+            raise _fs.os_error(e, self.path, "dataset", writing=True) from e
         self._shards: list[fmt.ShardSpec] = []
         self._shard_rows_done = 0  # rows in self._shards
         self._current: dict[str, _FieldFile] | None = None
@@ -208,6 +220,14 @@ class Writer:
                 batch is written then.
         """
         arrays, n = self._validate(batch)
+        try:
+            self._write(arrays, n)
+        except OSError as e:
+            # A partial write leaves the files inconsistent with their checksums: give up.
+            self.abort()
+            raise _fs.os_error(e, self.path, "dataset", writing=True) from e
+
+    def _write(self, arrays: Mapping[str, Any], n: int) -> None:
         first = self.num_rows
         for shard, start, stop in fmt.shard_layout(first + n, self.shard_rows, first):
             files = self._shard_files(shard)
@@ -265,6 +285,11 @@ class Writer:
             manifest = fmt.Manifest(sum(s.num_rows for s in self._shards), dict(self.fields), tuple(self._shards))
             _commit.write_manifest(self._tmp, manifest)
             _commit.publish(self._tmp, self.path, self.overwrite)
+        except OSError as e:
+            self.abort()
+            if isinstance(e, MemseqError):
+                raise
+            raise _fs.os_error(e, self.path, "dataset", writing=True) from e
         except BaseException:
             self.abort()
             raise
@@ -278,9 +303,12 @@ class Writer:
             return
         self._closed = True
         for f in (self._current or {}).values():
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass  # closing a file whose write failed may fail again (ENOSPC): it goes anyway
         self._current = None
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        _commit.remove_temp_dir(self._tmp)
         if self._bar is not None:
             self._bar.close()
 

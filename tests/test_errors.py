@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import pickle
+
 import pytest
 
 import memseq
@@ -15,6 +18,12 @@ HIERARCHY = [
     (memseq.CorruptFileError, ValueError),
     (memseq.SchemaError, ValueError),
     (memseq.BatchIndexError, IndexError),
+    (memseq.DatasetReplacedError, RuntimeError),
+    (memseq.DatasetClosedError, ValueError),
+    (memseq.FileAccessError, OSError),
+    (memseq.DatasetPermissionError, PermissionError),
+    (memseq.WriteError, OSError),
+    (memseq.NotRegularFileError, ValueError),
 ]
 
 
@@ -55,3 +64,19 @@ def test_not_found_error_carries_through_oserror_handlers():
     # FileNotFoundError is an OSError: generic I/O handlers see it too.
     with pytest.raises(OSError, match="missing"):
         raise memseq.DatasetNotFoundError("dataset missing")
+
+
+def test_os_errors_keep_errno_and_filename_and_pickle():
+    err = memseq.WriteError("/d/x.npy: writing failed: No space left on device.", errno=errno.ENOSPC, filename="/d/x.npy")
+    assert isinstance(err, OSError) and isinstance(err, memseq.FileAccessError)
+    assert (err.errno, err.filename) == (errno.ENOSPC, "/d/x.npy")
+    assert str(err) == "/d/x.npy: writing failed: No space left on device."  # no "[Errno 28]" prefix
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is memseq.WriteError and (again.errno, again.filename, str(again)) == (err.errno, err.filename, str(err))
+    denied = memseq.DatasetPermissionError("x: permission denied", errno=errno.EACCES, filename="x")
+    assert isinstance(denied, PermissionError) and isinstance(denied, memseq.FileAccessError)
+
+
+def test_special_files_and_replaced_datasets_have_their_own_errors():
+    assert issubclass(memseq.NotRegularFileError, memseq.FormatError)
+    assert not issubclass(memseq.DatasetReplacedError, memseq.CorruptFileError)  # replaced is not corrupt
