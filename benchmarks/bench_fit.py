@@ -127,6 +127,7 @@ def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -
     elif case == "seq_old_path":
         from keras.src.trainers import data_adapters
 
+        memseq.MemmapSequence  # noqa: B018 - importing it installs memseq's adapter, undone here
         data_adapters.get_data_adapter = data_adapters.get_data_adapter.__wrapped__
         model.fit(sequence(workers=2), shuffle=False, **fit)
     elif case == "tfdata":

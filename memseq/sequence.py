@@ -160,10 +160,7 @@ def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool)
     if isinstance(column, (Column, np.ndarray)):
         out = buffers.empty((len(rows), *column.shape[1:]), column.dtype)
         if isinstance(column, Column):
-            if not ascending:
-                return column.take(rows, out=out)
-            column._take_valid(rows, None, out)
-            return out
+            return column.take(rows, out=out, trusted=ascending)
         # mode="clip" skips numpy's bounds checks: the rows are already valid.
         return np.take(column, rows, axis=0, out=out, mode="clip")
     out = buffers.empty((len(rows), *column.shape[1:]), column.dtype)

@@ -166,7 +166,8 @@ def test_bench_prints_a_table_hot_and_cold(dataset, capsys):
     assert caches == ["cold", "hot"] * (len(expected) // 2)
     for r in rows:
         assert int(r[-4]) == 3  # batches
-        assert float(r[-3].replace(",", "")) > 0 and float(r[-2]) > 0
+        # Rates are printed rounded: a tiny run on a slow machine may show 0.000 GB/s.
+        assert float(r[-3].replace(",", "")) >= 0 and float(r[-2]) >= 0
     # "cached at start": the cold run starts after the pages were dropped (on tmpfs
     # nothing can be dropped, so only the order is checked), the hot one after a run.
     cached = [float(r[-1].rstrip("%")) for r in rows]

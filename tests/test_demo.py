@@ -39,13 +39,14 @@ def test_write_synthetic_dataset(tmp_path):
 
 
 def test_memory_sampler_sees_child_processes():
-    child = subprocess.Popen([sys.executable, "-c", "import time; b = b\"x\" * (50 * 2**20); time.sleep(3)"])
+    # The child lives until killed, and the loop waits for it as long as it takes
+    # (up to a minute): nothing here depends on how fast the machine starts Python.
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = b\"x\" * (50 * 2**20); time.sleep(600)"])
     try:
         with demo.MemorySampler(interval=0.05) as memory:
-            deadline = 100
-            while memory.peak_children_kib < 40 * 1024 and deadline:
+            deadline = time.monotonic() + 60
+            while memory.peak_children_kib < 40 * 1024 and time.monotonic() < deadline:
                 memory.sample()
-                deadline -= 1
                 time.sleep(0.05)
     finally:
         child.kill()
