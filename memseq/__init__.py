@@ -21,12 +21,14 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
+from memseq.order import BlockShuffle
 from memseq.writer import Writer, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchIndexError",
+    "BlockShuffle",
     "Column",
     "CorruptFileError",
     "Dataset",

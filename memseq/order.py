@@ -9,10 +9,12 @@ Randomness is never global: the permutation of epoch ``e`` comes from
 ``np.random.default_rng([seed, e])``. ``tests/test_order.py`` pins the order for one
 seed, so it never drifts silently between releases.
 
-Orders are objects with a ``permutation(num_rows, seed, epoch)`` method, so that a
-block-wise shuffle for data larger than RAM (shuffle blocks of contiguous rows,
-then rows inside a window of blocks) can be added later as one more order, chosen
-by a new value of ``MemmapSequence(shuffle=...)``, without changing callers.
+Orders are objects with a ``permutation(num_rows, seed, epoch)`` method:
+:class:`Sequential` (``shuffle=False``), :class:`FullShuffle` (``shuffle=True``) and
+:class:`BlockShuffle` (``shuffle=memseq.BlockShuffle(...)`` or ``shuffle="block"``),
+the order for data larger than RAM: it shuffles blocks of contiguous rows, then rows
+inside a window of consecutive blocks, so that an epoch reads each block once, in
+large sequential pieces, while batches still mix rows from many places.
 
 :class:`BatchPlan` is the one place that answers "which rows, in which batch, for
 which replica, with which rng": it validates a subset (``indices``), caches the
@@ -31,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from memseq._checks import check_int, row_indices
+from memseq._checks import bounded_repr, check_int, row_indices
 from memseq.errors import BatchIndexError, SchemaError
 
 __all__ = [
     "BatchPlan",
+    "BlockShuffle",
     "EpochOrder",
     "FullShuffle",
     "ReplicaShare",
@@ -91,16 +94,103 @@ class FullShuffle(EpochOrder):
         return rng.permutation(np.arange(num_rows, dtype=_index_dtype(num_rows)))
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockShuffle(EpochOrder):
+    """Shuffle blocks of contiguous rows, then rows inside windows of consecutive blocks.
+
+    Epoch ``e``: the ``ceil(num_rows / block_rows)`` blocks of ``block_rows``
+    contiguous rows are put in a random order; the rows of every ``window_blocks``
+    consecutive blocks of that order (a window) are then shuffled together. Every row
+    appears once per epoch; the order is a pure function of ``(seed, epoch)``; memory
+    beyond the permutation itself is one window of rows.
+
+    Each batch then draws its rows from the ``window_blocks`` blocks of one window (two
+    at a window boundary), and the blocks of a window are read once, sequentially,
+    instead of rows from anywhere in the file: far fewer, far larger reads. What it
+    gives up against a full shuffle is measured in ``benchmarks/bench_cold.py``
+    (distinct blocks per batch, correlation of a row's file position with its
+    position in the epoch). With readahead, memseq reads a window's blocks ahead whole.
+
+    Args:
+        block_rows: Rows per block (>= 1). Blocks of a few MiB make reads large.
+        window_blocks: Blocks whose rows are mixed together (>= 1). Larger windows mix
+            better and need more page cache (``block_rows * window_blocks`` rows).
+
+    Example:
+        >>> seq = memseq.MemmapSequence("data/train", x="image", y="label", batch_size=64,
+        ...                             shuffle=memseq.BlockShuffle(block_rows=512, window_blocks=32))
+    """
+
+    block_rows: int = 512
+    window_blocks: int = 32
+    sorts_batches = True
+
+    def __post_init__(self) -> None:
+        check_int(self.block_rows, "block_rows", 1)
+        check_int(self.window_blocks, "window_blocks", 1)
+
+    def permutation(self, num_rows: int, seed: int, epoch: int) -> np.ndarray:
+        dtype = _index_dtype(num_rows)
+        rng = np.random.default_rng([seed, epoch])
+        num_blocks = -(-num_rows // self.block_rows)
+        starts = rng.permutation(num_blocks).astype(np.int64) * self.block_rows
+        lengths = np.minimum(self.block_rows, num_rows - starts)
+        # Rows of the blocks in block order: start of the row's block + offset in it.
+        ends = np.cumsum(lengths)
+        offsets = np.arange(num_rows, dtype=np.int64) - np.repeat(ends - lengths, lengths)
+        positions = (np.repeat(starts, lengths) + offsets).astype(dtype)
+        window_ends = ends[self.window_blocks - 1 :: self.window_blocks].tolist()
+        if not window_ends or window_ends[-1] != num_rows:
+            window_ends.append(num_rows)
+        begin = 0
+        for end in window_ends:
+            rng.shuffle(positions[begin:end])
+            begin = end
+        return positions
+
+    def blocks_of(self, rows: np.ndarray) -> np.ndarray:
+        """The distinct blocks (ascending) that ``rows`` fall in."""
+        return np.unique(np.asarray(rows, np.int64) // self.block_rows)
+
+
+def block_shuffle_for(row_nbytes: int) -> BlockShuffle:
+    """The measured defaults of ``shuffle="block"`` for rows of ``row_nbytes`` bytes.
+
+    Blocks of about 4 MiB (large sequential reads on any disk: past a few MiB, a
+    larger read gains little), 64 of them per window (256 MiB of page cache; each
+    batch mixes rows from 64 places of the file). See README, "Data larger than RAM".
+    """
+    block_rows = max(1, _BLOCK_BYTES // max(1, int(row_nbytes)))
+    return BlockShuffle(block_rows=block_rows, window_blocks=_WINDOW_BLOCKS)
+
+
+_BLOCK_BYTES = 4 * 2**20
+_WINDOW_BLOCKS = 64
+
+
+def _runs(rows: np.ndarray) -> np.ndarray:
+    """Ascending ``rows`` as ``(n, 2)`` [start, stop) ranges of adjacent rows."""
+    if rows.size == 0:
+        return np.empty((0, 2), np.int64)
+    rows = np.sort(rows)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = rows[np.concatenate([[0], breaks])]
+    stops = rows[np.concatenate([breaks - 1, [rows.size - 1]])] + 1
+    return np.stack([starts, stops], axis=1).astype(np.int64)
+
+
 def _index_dtype(num_rows: int) -> type:
     return np.int32 if num_rows < 2**31 else np.int64
 
 
-def resolve_shuffle(shuffle: Any) -> EpochOrder:
+def resolve_shuffle(shuffle: Any, row_nbytes: int = 0) -> EpochOrder:
     """Turns a ``shuffle=`` argument into an :class:`EpochOrder`.
 
     Args:
         shuffle: ``True`` (shuffle rows every epoch), ``False`` (stored order),
-            or an :class:`EpochOrder` instance.
+            ``"block"`` (a :class:`BlockShuffle` with defaults measured for rows of
+            ``row_nbytes`` bytes), or an :class:`EpochOrder` instance.
+        row_nbytes: Bytes per row (all selected fields), for ``"block"``.
 
     Returns:
         The order.
@@ -114,8 +204,11 @@ def resolve_shuffle(shuffle: Any) -> EpochOrder:
         return Sequential()
     if isinstance(shuffle, EpochOrder):
         return shuffle
+    if isinstance(shuffle, str) and shuffle == "block":
+        return block_shuffle_for(row_nbytes)
     raise SchemaError(
-        f"shuffle must be True (shuffle rows every epoch) or False (stored order). Received: {shuffle!r}"
+        "shuffle must be True (shuffle rows every epoch), False (stored order), \"block\" or "
+        f"memseq.BlockShuffle(...) (block shuffle, for data larger than RAM). Received: {bounded_repr(shuffle)}"
     )
 
 
@@ -191,6 +284,7 @@ class BatchPlan:
         seed: Seed of the orders and of the rng keys, an int >= 0.
         drop_remainder: Drop a last batch with fewer than ``batch_size`` rows.
         indices: Optional subset: 1-D row indices (no negatives) or a boolean mask.
+        row_nbytes: Bytes per row of the data read, for ``shuffle="block"``'s defaults.
 
     Raises:
         SchemaError: For invalid arguments, or when there would be no batch.
@@ -211,12 +305,13 @@ class BatchPlan:
         seed: int = 0,
         drop_remainder: bool = False,
         indices: Any = None,
+        row_nbytes: int = 0,
     ):
         self.batch_size = check_int(batch_size, "batch_size", 1)
         if not isinstance(drop_remainder, (bool, np.bool_)):
             raise SchemaError(f"drop_remainder must be True or False. Received: {drop_remainder!r}")
         self.drop_remainder = bool(drop_remainder)
-        self.order = resolve_shuffle(shuffle)
+        self.order = resolve_shuffle(shuffle, row_nbytes)
         self.seed = check_int(seed, "seed", 0)
         self.num_source_rows = int(num_source_rows)
         self.indices = None
@@ -233,6 +328,7 @@ class BatchPlan:
             )
         self._lock = threading.Lock()
         self._permutations: dict[int, np.ndarray] = {}
+        self._first_touches: tuple[int, np.ndarray] | None = None
         self._recent = 0
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -282,6 +378,34 @@ class BatchPlan:
             rows = np.sort(rows)
         return rows.astype(np.int64, copy=False)
 
+    def readahead_ranges(self, index: int, epoch: int) -> np.ndarray:
+        """Row ranges to read ahead for batch ``index`` of ``epoch``: an ``(n, 2)`` array of [start, stop).
+
+        For a :class:`BlockShuffle` over all rows, the whole blocks that batch
+        ``index`` is the first of the epoch to touch (so each block is asked for once
+        per epoch, in one large request); otherwise the batch's rows, adjacent rows
+        merged into one range.
+        """
+        rows = self.batch_rows(index, epoch)
+        if isinstance(self.order, BlockShuffle) and self.indices is None:
+            blocks = np.flatnonzero(self._first_touch(epoch) == index)
+            starts = blocks * self.order.block_rows
+            return np.stack([starts, np.minimum(starts + self.order.block_rows, self.num_rows)], axis=1)
+        return _runs(rows)
+
+    def _first_touch(self, epoch: int) -> np.ndarray:
+        """For each block, the first batch of ``epoch`` that reads a row of it (BlockShuffle only)."""
+        cached = self._first_touches
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        perm = self.permutation(epoch)
+        num_blocks = -(-self.num_rows // self.order.block_rows)
+        first = np.full(num_blocks, np.iinfo(np.int64).max, np.int64)
+        batch_of_position = np.arange(len(perm), dtype=np.int64) // self.batch_size
+        np.minimum.at(first, perm.astype(np.int64) // self.order.block_rows, batch_of_position)
+        self._first_touches = (epoch, first)  # one epoch: a tuple swap is atomic across threads
+        return first
+
     @staticmethod
     def replica_rows(rows: np.ndarray, replica: int, num_replicas: int) -> np.ndarray:
         """Replica ``replica``'s share of a global batch's ``rows``: ``rows[replica::num_replicas]``.
@@ -300,6 +424,7 @@ class BatchPlan:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_permutations"] = {}
+        state["_first_touches"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -150,6 +150,17 @@ def _pick(kind: str, value: Any, batch: Mapping[str, np.ndarray]) -> Any:
     return {key: batch[name] for key, name in value.items()}
 
 
+def _readahead_bytes(readahead: Any) -> int:
+    if isinstance(readahead, (bool, np.bool_)):
+        return _DEFAULT_READAHEAD_BYTES if readahead else 0
+    return check_int(readahead, "readahead", 0)
+
+
+# Bytes of coming batches asked for ahead: far below any page cache (it must never
+# evict what is about to be read), enough to keep a disk's queue busy.
+_DEFAULT_READAHEAD_BYTES = 256 * 2**20
+
+
 def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool) -> np.ndarray:
     """Rows ``rows`` of one column, in a recycled buffer.
 
@@ -186,12 +197,18 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         sample_weight: Optional per-row weights, selected the same way (needs ``y``).
         batch_size: Rows per batch.
         shuffle: ``True`` shuffles rows every epoch; ``False`` serves rows in stored
-            (or ``indices``) order.
+            (or ``indices``) order; ``"block"`` or ``memseq.BlockShuffle(block_rows,
+            window_blocks)`` shuffles blocks of contiguous rows and rows within windows
+            of blocks, for data larger than RAM (see :class:`memseq.BlockShuffle`).
         seed: Seed of the epoch orders and of ``augment``'s rng. ``None`` draws one
             now; it is shown in ``repr`` so the run can be repeated.
         drop_remainder: Drop the last batch if it has fewer than ``batch_size`` rows.
         indices: Optional 1-D row indices (or a boolean mask) to serve instead of
             all rows: a train/validation split, for example.
+        readahead: Ask the kernel to read the rows of coming batches while this one
+            is built, from the known order: ``True`` (up to 256 MiB ahead), ``False``,
+            or a number of bytes. It never changes what a batch holds, and skips
+            batches whose data are already in the page cache.
         workers: Keras worker count (``PyDataset`` option).
         use_multiprocessing: Keras workers are processes instead of threads.
         max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
@@ -217,10 +234,11 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         sample_weight: Any = None,
         *,
         batch_size: int = 32,
-        shuffle: bool = True,
+        shuffle: Any = True,
         seed: int | None = None,
         drop_remainder: bool = False,
         indices: Any = None,
+        readahead: bool | int = True,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -248,6 +266,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         )
         self.shuffle = shuffle
         self.seed = secrets.randbits(32) if seed is None else seed
+        row_nbytes = sum(int(np.prod(c.shape[1:], dtype=np.int64)) * np.dtype(c.dtype).itemsize
+                         for c in self._columns.values())
         self.plan = BatchPlan(
             num_source_rows,
             batch_size,
@@ -255,7 +275,11 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             seed=self.seed,
             drop_remainder=drop_remainder,
             indices=indices,
+            row_nbytes=row_nbytes,
         )
+        self.readahead = _readahead_bytes(readahead)
+        # Batches read ahead: enough to cover the byte bound, at least one.
+        self._lookahead = 0 if not self.readahead else max(1, self.readahead // max(1, row_nbytes * self.plan.batch_size))
         self.batch_size = self.plan.batch_size
         self.drop_remainder = self.plan.drop_remainder
         # Only call augment (and build its rng) when a subclass overrides it.
@@ -352,7 +376,24 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             SchemaError: If a subclass's ``augment`` does not return the batch dict.
         """
         index = self.plan.check_index(index)
-        return self._build(self.batch_rows(index, epoch), epoch, index, None)
+        batch = self._build(self.batch_rows(index, epoch), epoch, index, None)
+        if self._lookahead:
+            self._read_ahead(index, epoch)
+        return batch
+
+    def _read_ahead(self, index: int, epoch: int) -> None:
+        """Asks the kernel for batch ``index + lookahead`` (all up to it after batch 0).
+
+        Stateless, so workers need no coordination: whoever builds batch ``i`` asks for
+        batch ``i + k``. Block orders ask for each block once, whole.
+        """
+        first = 1 if index == 0 else index + self._lookahead
+        for ahead in range(first, min(index + self._lookahead, len(self) - 1) + 1):
+            ranges = self.plan.readahead_ranges(ahead, epoch)
+            for column in self._columns.values():
+                prefetch = getattr(column, "prefetch", None)
+                if prefetch is not None:
+                    prefetch(ranges)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
         """Replica ``replica``'s share of global batch ``index`` of ``epoch``, after :meth:`augment`.

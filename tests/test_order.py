@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memseq
-from memseq.order import EpochOrder, FullShuffle, Sequential, num_batches, resolve_shuffle
+from memseq.order import BatchPlan, BlockShuffle, EpochOrder, FullShuffle, Sequential, num_batches, resolve_shuffle
 
 
 def test_golden_full_shuffle_order():
@@ -43,7 +43,8 @@ def test_resolve_shuffle():
     custom = FullShuffle()
     assert resolve_shuffle(custom) is custom
     assert isinstance(custom, EpochOrder)
-    for bad in ("yes", 1, None, "block"):
+    assert isinstance(resolve_shuffle("block", row_nbytes=12288), BlockShuffle)
+    for bad in ("yes", 1, None, "blocks"):
         with pytest.raises(memseq.SchemaError, match="shuffle must be True"):
             resolve_shuffle(bad)
 

@@ -225,7 +225,7 @@ def test_batch_index_errors(data_dir):
         ({"x": "image", "batch_size": 2.0}, memseq.SchemaError, "batch_size must be an int"),
         ({"x": "image", "batch_size": True}, memseq.SchemaError, "batch_size must be an int"),
         ({"x": "image", "seed": -1}, memseq.SchemaError, "seed must be an int >= 0"),
-        ({"x": "image", "shuffle": "block"}, memseq.SchemaError, "shuffle must be True"),
+        ({"x": "image", "shuffle": "blocks"}, memseq.SchemaError, "shuffle must be True"),
         ({"x": "image", "drop_remainder": 1}, memseq.SchemaError, "drop_remainder must be True or False"),
         ({"x": "image", "workers": -1}, memseq.SchemaError, "workers must be an int >= 0"),
         ({"x": "image", "max_queue_size": 0}, memseq.SchemaError, "max_queue_size"),
