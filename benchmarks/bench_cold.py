@@ -1,0 +1,354 @@
+"""Cold-cache reading: readahead and block shuffle against sequential and random reads, with I/O counts.
+
+Usage:
+    python benchmarks/bench_cold.py [--dir DIR] [--rows 200000] [--skip-train] [--skip-fit]
+
+The dataset is 200,000 rows of 64x64x3 uint8 (12 KiB rows, 2.46 GB) plus labels, the
+one ``bench_fit.py`` builds (reused if present). Before every case the page cache
+is emptied: the parent holds no mapping of the files, asks the kernel to drop their
+pages (``posix_fadvise(DONTNEED)``), touches and frees 1.1x their size of anonymous
+memory (this VM hands free memory back to its host; refilling it costs a core,
+which must not be charged to the case), and confirms with ``mincore`` that nothing
+is resident. Each case then reads one epoch in a fresh process. Around each case the
+device's completed read requests and sectors are read from ``/proc/diskstats``.
+
+Printed per case: GB/s, the ratio to the sequential numpy read, read requests per
+GB, and the epoch time modelled on an IOPS-limited cloud volume (3,000 requests/s,
+125 MB/s): ``max(requests / 3000, bytes / 125 MB/s)`` per GB read. Also the device's
+random-read ceiling for these rows (``os.pread`` in random order from 1, 8 and 64
+threads), shuffle-quality statistics of full and block shuffle, ``fit(seq)`` cold
+against hot, and a training comparison on a label-sorted dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_fit  # noqa: E402 - the same dataset
+
+import memseq  # noqa: E402
+from memseq import bench  # noqa: E402
+
+BATCH = 256
+IOPS, VOLUME_BYTES_PER_S = 3000, 125e6
+
+CASES = {
+    "numpy sequential memmap[i:i+B]": ("numpy_sequential", {}),
+    "numpy shuffled sorted gather": ("numpy_shuffled", {}),
+    "seq[i] full shuffle": ("seq", {"shuffle": True, "readahead": False}),
+    "seq[i] full shuffle + readahead": ("seq", {"shuffle": True, "readahead": True}),
+    "seq[i] block shuffle": ("seq", {"shuffle": "block", "readahead": False}),
+    "seq[i] block shuffle + readahead": ("seq", {"shuffle": "block", "readahead": True}),
+    "fit path, workers=4, full + readahead": ("adapter", {"shuffle": True, "readahead": True, "workers": 4}),
+    "fit path, workers=4, full, no readahead": ("adapter", {"shuffle": True, "readahead": False, "workers": 4}),
+    "fit path, workers=4, block + readahead": ("adapter", {"shuffle": "block", "readahead": True, "workers": 4}),
+    "to_tf_dataset(), full + readahead": ("tfdata", {"shuffle": True, "readahead": True}),
+    "to_tf_dataset(), block + readahead": ("tfdata", {"shuffle": "block", "readahead": True}),
+}
+
+
+# --------------------------------------------------------------------------- the page cache and the disk
+
+
+def device_of(path: str) -> str:
+    st = os.stat(path)
+    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+    with open("/proc/diskstats") as f:
+        for line in f:
+            parts = line.split()
+            if int(parts[0]) == major and int(parts[1]) == minor:
+                return parts[2]
+    raise SystemExit(f"no /proc/diskstats line for device {major}:{minor} of {path}")
+
+
+def read_counts(device: str) -> tuple[int, int]:
+    """(completed read requests, sectors read) of ``device``."""
+    with open("/proc/diskstats") as f:
+        for line in f:
+            parts = line.split()
+            if parts[2] == device:
+                return int(parts[3]), int(parts[5])
+    raise SystemExit(f"device {device} vanished from /proc/diskstats")
+
+
+def evict(paths: list[str]) -> float:
+    """Empties the page cache of ``paths`` (see the module docstring); returns the fraction still cached."""
+    bench.drop_page_cache(paths)
+    size = sum(os.path.getsize(p) for p in paths)
+    filler = np.ones(int(size * 1.1), np.uint8)  # touched: the VM must hand the memory back
+    del filler
+    bench.drop_page_cache(paths)
+    return bench.cached_fraction(paths)
+
+
+# --------------------------------------------------------------------------- one case, in a fresh process
+
+
+def run_case(kind: str, options: dict, path: str) -> dict:
+    ds = memseq.open(path)
+    n = len(ds)
+    start = time.perf_counter()
+    nbytes = 0
+    if kind == "numpy_sequential":
+        image = np.load(os.path.join(path, "image.npy"), mmap_mode="r")
+        for i in range(0, n, BATCH):
+            nbytes += np.array(image[i : i + BATCH]).nbytes
+    elif kind == "numpy_shuffled":
+        image = np.load(os.path.join(path, "image.npy"), mmap_mode="r")
+        perm = np.random.default_rng(0).permutation(n)
+        for i in range(0, n, BATCH):
+            nbytes += image[np.sort(perm[i : i + BATCH])].nbytes
+    else:
+        workers = options.pop("workers", 0)
+        seq = memseq.MemmapSequence(path, x="image", batch_size=BATCH, seed=0, workers=workers, **options)
+        if kind == "seq":
+            for i in range(len(seq)):
+                nbytes += seq[i][0].nbytes
+        elif kind == "adapter":
+            from memseq._fit import SequenceAdapter
+
+            adapter = SequenceAdapter(seq)
+            for (x,) in adapter.get_numpy_iterator():
+                nbytes += x.nbytes
+        else:
+            for (x,) in seq.to_tf_dataset().as_numpy_iterator():
+                nbytes += x.nbytes
+    return {"seconds": time.perf_counter() - start, "bytes": nbytes}
+
+
+def measure(kind: str, options: dict, args: argparse.Namespace, paths: list[str], device: str) -> dict:
+    cached = evict(paths)
+    requests0, sectors0 = read_counts(device)
+    command = [sys.executable, __file__, "--case", json.dumps([kind, options]), "--dir", args.dir]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    requests1, sectors1 = read_counts(device)
+    if result.returncode != 0:
+        raise SystemExit(f"case {kind} {options} failed:\n{result.stderr[-3000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out.update(cached_at_start=cached, requests=requests1 - requests0, disk_bytes=(sectors1 - sectors0) * 512)
+    return out
+
+
+# --------------------------------------------------------------------------- the device's random-read ceiling
+
+
+def random_read_ceiling(path: str, threads: int, rows: int, row_bytes: int, offset: int) -> float:
+    """GB/s of ``os.pread`` of whole rows in random order, from ``threads`` threads (cold)."""
+    order = np.random.default_rng(threads).permutation(rows)[: min(rows, 20_000)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def read(chunk):
+            for r in chunk:
+                os.pread(fd, row_bytes, offset + int(r) * row_bytes)
+
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(read, np.array_split(order, threads * 8)))
+        return len(order) * row_bytes / (time.perf_counter() - start) / 1e9
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- shuffle quality
+
+
+def shuffle_quality(num_rows: int, row_nbytes: int) -> dict[str, dict[str, float]]:
+    """Per order: distinct 4 MiB blocks per batch, and rank correlation of file position and epoch position."""
+    from memseq.order import BatchPlan
+
+    block_rows = max(1, 4 * 2**20 // row_nbytes)
+    out = {}
+    for name, shuffle in (("full shuffle", True), ("block shuffle (defaults)", "block"), ("no shuffle", False)):
+        plan = BatchPlan(num_rows, BATCH, shuffle=shuffle, seed=0, row_nbytes=row_nbytes)
+        perm = plan.permutation(0).astype(np.int64)
+        distinct = [len(np.unique(perm[i : i + BATCH] // block_rows)) for i in range(0, num_rows, BATCH)]
+        position = np.empty(num_rows, np.int64)
+        position[perm] = np.arange(num_rows)
+        corr = float(np.corrcoef(np.arange(num_rows), position)[0, 1])
+        out[name] = {"distinct blocks per batch": statistics.median(distinct), "file/epoch position corr": corr}
+    return out
+
+
+# --------------------------------------------------------------------------- fit cold vs hot, and training quality
+
+
+def fit_case(path: str, cold: bool, batches: int) -> dict:
+    """fit(seq) for 2 epochs; the second starts cold (every mapping dropped, cache evicted) or hot."""
+    import keras
+
+    seq = memseq.MemmapSequence(path, x="image", y="label", batch_size=BATCH, seed=0, workers=4,
+                                indices=np.arange(batches * BATCH))
+    paths = bench.data_files(memseq.open(path))
+    times = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1 and cold:
+                drop_own_mappings(paths)
+                evict(paths)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model = bench_fit.make_model("tiny")
+    model.fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[Epochs()])
+    return {"seconds": times[1], "bytes": batches * BATCH * 12288}
+
+
+def drop_own_mappings(paths: list[str]) -> None:
+    """``madvise(MADV_DONTNEED)`` on every range of this process mapping one of ``paths``.
+
+    Pages a live mapping maps cannot be evicted; this unmaps their pages (not the
+    mappings: the sequence keeps working and faults them in again, from disk).
+    """
+    import ctypes
+    import mmap as mmap_module
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    real = {os.path.realpath(p) for p in paths}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and os.path.realpath(parts[5].strip()) in real:
+                lo, hi = (int(v, 16) for v in parts[0].split("-"))
+                libc.madvise(lo, hi - lo, mmap_module.MADV_DONTNEED)
+
+
+def train_quality(directory: str) -> dict[str, float]:
+    """Validation accuracy after 2 epochs on a label-sorted dataset: full, block and no shuffle."""
+    script = f"""
+import json, numpy as np, keras, memseq
+from memseq import demo
+path = {directory!r}
+rng = np.random.default_rng(0)
+images, labels = demo.synthetic_images(24_000, rng, demo.class_patterns(rng), demo.noise_bank(rng))
+order = np.argsort(labels, kind="stable")
+memseq.save(path + "/sorted", {{"image": images[order], "label": labels[order]}}, overwrite=True)
+val = memseq.MemmapSequence({{"image": images[-4000:], "label": labels[-4000:]}}, x="image", y="label", batch_size=256, shuffle=False)
+out = {{}}
+for name, shuffle in (("full", True), ("block", memseq.BlockShuffle(block_rows=64, window_blocks=16)), ("none", False)):
+    keras.utils.set_random_seed(0)
+    model = demo.build_model(keras)
+    seq = memseq.MemmapSequence(path + "/sorted", x="image", y="label", batch_size=64, seed=0, shuffle=shuffle,
+                                indices=np.arange(20_000))
+    model.fit(seq, epochs=2, shuffle=False, verbose=0)
+    out[name] = float(model.evaluate(val, verbose=0, return_dict=True).get("accuracy", float("nan")))
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"training comparison failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def per_gb(r: dict) -> tuple[float, float, float]:
+    gbs = r["bytes"] / r["seconds"] / 1e9
+    requests_per_gb = r["requests"] / max(r["disk_bytes"], 1) * 1e9
+    modelled = max(r["requests"] / IOPS, r["disk_bytes"] / VOLUME_BYTES_PER_S) / max(r["bytes"] / 1e9, 1e-9)
+    return gbs, requests_per_gb, modelled
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "memseq-bench-fit"))
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--fit-batches", type=int, default=500)
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-fit", action="store_true")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--fit", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        kind, options = json.loads(args.case)
+        print(json.dumps(run_case(kind, options, args.dir)))
+        return 0
+    if args.fit:
+        print(json.dumps(fit_case(args.dir, args.fit == "cold", args.fit_batches)))
+        return 0
+
+    bench_fit.build(args.dir, args.rows)
+    ds = memseq.open(args.dir)
+    paths = bench.data_files(ds)
+    image_path = os.path.join(args.dir, ds.manifest.shards[0].files["image"].path)
+    from memseq.format import read_npy_header
+
+    with open(image_path, "rb") as f:
+        _, _, data_offset = read_npy_header(f, image_path)
+    row_bytes = ds.fields["image"].row_nbytes
+    ds.close()
+    device = device_of(image_path)
+    print(f"dataset {args.dir}: {args.rows} rows of 12 KiB; device {device}; page cache emptied before every case "
+          "(fadvise DONTNEED, 1.1x anonymous memory touched, mincore-checked); one epoch per case, fresh process")
+
+    results = {name: measure(kind, dict(options), args, paths, device) for name, (kind, options) in CASES.items()}
+    base = results["numpy sequential memmap[i:i+B]"]
+    base_gbs = per_gb(base)[0]
+    print(f"\n  {'case':<42} {'GB/s':>6} {'x seq':>6} {'req/GB':>8} {'IOPS-vol s/GB':>13} {'cached@start':>12}")
+    for name, r in results.items():
+        gbs, rpg, modelled = per_gb(r)
+        print(f"  {name:<42} {gbs:6.2f} {gbs / base_gbs:6.2f} {rpg:8.0f} {modelled:13.1f} {r['cached_at_start']:11.1%}")
+
+    print("\nrandom-read ceiling for these rows (os.pread, random order, cold):")
+    ceiling = {}
+    for threads in (1, 8, 64):
+        evict(paths)
+        ceiling[threads] = random_read_ceiling(image_path, threads, args.rows, row_bytes, data_offset)
+        print(f"  {threads:>2} threads: {ceiling[threads]:.2f} GB/s ({ceiling[threads] / base_gbs:.2f}x sequential)")
+    best = max(ceiling.values())
+    full_ra = per_gb(results["seq[i] full shuffle + readahead"])[0]
+    full_no = per_gb(results["seq[i] full shuffle"])[0]
+    block_ra = per_gb(results["seq[i] block shuffle + readahead"])
+    print("\ntargets:")
+    print(f"  full shuffle + readahead vs without:       {full_ra / full_no:5.2f}x  (target >= 1.5x)")
+    print(f"  full shuffle + readahead vs sequential:    {full_ra / base_gbs:5.2f}x  (target >= 0.65x)")
+    print(f"  full shuffle + readahead vs random ceiling:{full_ra / best:6.2f}x  (target >= 0.9x)")
+    print(f"  block shuffle + readahead vs sequential:   {block_ra[0] / base_gbs:5.2f}x  (target >= 0.95x)")
+    print(f"  block shuffle requests/GB vs sequential:   {block_ra[1] / per_gb(base)[1]:5.2f}x  (target <= 1.5x)")
+
+    print("\nshuffle quality (one epoch, 4 MiB blocks):")
+    for name, stats in shuffle_quality(args.rows, row_bytes + 8).items():
+        print(f"  {name:<26} distinct blocks per batch {stats['distinct blocks per batch']:6.1f}   "
+              f"file/epoch position correlation {stats['file/epoch position corr']:+.3f}")
+
+    if not args.skip_fit:
+        fit = {}
+        for mode in ("hot", "cold"):
+            command = [sys.executable, __file__, "--fit", mode, "--dir", args.dir, "--fit-batches", str(args.fit_batches)]
+            result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+            if result.returncode != 0:
+                raise SystemExit(f"fit {mode} failed:\n{result.stderr[-3000:]}")
+            fit[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+        rate = {m: args.fit_batches * BATCH / r["seconds"] for m, r in fit.items()}
+        print(f"\nfit(seq), tiny model, workers=4, full shuffle + readahead, {args.fit_batches} batches: "
+              f"hot {rate['hot']:,.0f} samples/s, cold {rate['cold']:,.0f} samples/s: "
+              f"cold/hot {rate['cold'] / rate['hot']:.2f}x (target >= 0.9x)")
+    if not args.skip_train:
+        with tempfile.TemporaryDirectory() as tmp:
+            acc = train_quality(tmp)
+        print("\nlabel-sorted dataset, demo CNN, 2 epochs, validation accuracy: "
+              + ", ".join(f"{k} shuffle {v:.3f}" for k, v in acc.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
