@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from memseq import augment
-from memseq.dataset import Column, Dataset, open, open_raw
+from memseq.columns import Column
+from memseq.dataset import Dataset, open
 from memseq.errors import (
     BatchIndexError,
     CorruptFileError,
@@ -21,6 +22,7 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
+from memseq.raw import open_raw
 from memseq.writer import Writer, save
 
 __version__ = "0.1.0"
