@@ -16,6 +16,7 @@ import memseq
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 ROOT = pathlib.Path(memseq.__file__).parent
+_NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 
 
 def _modules() -> list[pathlib.Path]:
@@ -26,16 +27,14 @@ def _code_lines(source: str) -> set[int]:
     """Line numbers that hold code: not blank, not only a comment."""
     lines = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                          tokenize.ENDMARKER):
+        if token.type in _NOT_CODE:
             continue
         lines.update(range(token.start[0], token.end[0] + 1))
     return lines
 
 
-def function_lengths(path: pathlib.Path) -> list[tuple[str, int]]:
-    """``(qualified name, lines of code)`` of every function and method in ``path``."""
-    source = path.read_text()
+def function_lengths(source: str) -> list[tuple[str, int]]:
+    """``(qualified name, lines of code)`` of every function and method in ``source``."""
     code = _code_lines(source)
     found = []
 
@@ -45,10 +44,9 @@ def function_lengths(path: pathlib.Path) -> list[tuple[str, int]]:
                 name = f"{prefix}{child.name}"
                 if not isinstance(child, ast.ClassDef):
                     span = set(range(child.lineno, child.end_lineno + 1)) & code
-                    body = child.body
-                    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                            and isinstance(body[0].value.value, str):
-                        span -= set(range(body[0].lineno, body[0].end_lineno + 1))
+                    if ast.get_docstring(child, clean=False) is not None:
+                        docstring = child.body[0]
+                        span -= set(range(docstring.lineno, docstring.end_lineno + 1))
                     found.append((name, len(span)))
                 visit(child, name + ".")
             else:
@@ -56,6 +54,20 @@ def function_lengths(path: pathlib.Path) -> list[tuple[str, int]]:
 
     visit(ast.parse(source), "")
     return found
+
+
+def test_function_lengths_count_code_only():
+    source = '''
+def f(x):
+    """A docstring
+
+    of three lines."""
+    # a comment
+
+    return (x +
+            1)
+'''
+    assert function_lengths(source) == [("f", 3)]
 
 
 def test_no_module_is_over_600_lines():
@@ -67,7 +79,7 @@ def test_no_function_is_over_80_lines_of_code():
     long = {
         f"{p.relative_to(ROOT)}:{name}": n
         for p in _modules()
-        for name, n in function_lengths(p)
+        for name, n in function_lengths(p.read_text())
         if n > MAX_FUNCTION_LINES
     }
     assert long == {}
