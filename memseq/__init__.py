@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from memseq import augment
-from memseq.dataset import Column, Dataset, open, open_raw
+from memseq.columns import Column
+from memseq.dataset import Dataset, open
 from memseq.errors import (
     BatchIndexError,
     CorruptFileError,
@@ -22,6 +23,7 @@ from memseq.errors import (
     WriteError,
 )
 from memseq.order import BlockShuffle
+from memseq.raw import open_raw
 from memseq.writer import Writer, save
 
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ from memseq.errors import DatasetExistsError
 __all__ = [
     "TMP_MARKER",
     "fsync_dir",
+    "fsync_file",
     "exchange",
     "check_target",
     "make_temp_dir",
@@ -55,7 +56,16 @@ _AT_FDCWD = -100
 
 def fsync_dir(path: str) -> None:
     """fsyncs a directory, so that the renames and creations inside it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_file(path: str) -> None:
+    """fsyncs a file by path, so that what any process wrote into it is durable."""
+    _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import memseq
+from memseq import _fs
 from memseq.errors import SchemaError
 
 __all__ = ["METHOD_LABELS", "cached_fraction", "data_files", "drop_page_cache", "run_bench"]
@@ -50,9 +51,14 @@ def drop_page_cache(paths: Sequence[str]) -> None:
     pages; each file is ``fdatasync``-ed first so that dirty pages are written and
     can be dropped too. Pages that a process still has mapped *and touched* stay in
     memory: close datasets (and run ``gc.collect()``) before calling this.
+
+    Raises:
+        NotRegularFileError: If a path is a FIFO, socket, device or directory.
+        DatasetNotFoundError, DatasetPermissionError, FileAccessError: If a file
+            cannot be opened.
     """
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        fd, _ = _fs.open_regular(path, "data file")
         try:
             os.fdatasync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -64,6 +70,11 @@ def cached_fraction(paths: Sequence[str]) -> float:
     """The fraction of the bytes of ``paths`` in the page cache (via ``mincore``).
 
     Returns NaN where ``mincore`` is unavailable.
+
+    Raises:
+        NotRegularFileError: If a path is a FIFO, socket, device or directory.
+        DatasetNotFoundError, DatasetPermissionError, FileAccessError: If a file
+            cannot be opened.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -74,28 +85,33 @@ def cached_fraction(paths: Sequence[str]) -> float:
     page = mmap.PAGESIZE
     cached = total = 0
     for path in paths:
-        size = os.path.getsize(path)
-        if size == 0:
-            continue
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-            pages = (size + page - 1) // page
-            vec = np.zeros(pages, np.uint8)
-            # ctypes cannot take the address of a read-only mmap; numpy can. Mapping
-            # a file does not read it: mincore reports, it does not fault pages in.
-            view = np.frombuffer(m, np.uint8)
-            status = mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), ctypes.c_void_p(vec.ctypes.data))
-            del view
-            if status != 0:
-                return float("nan")
-            cached += int(np.count_nonzero(vec & 1)) * page
-            total += pages * page
+        fd, st = _fs.open_regular(path, "data file")
+        try:
+            size = st.st_size
+            if size == 0:
+                continue
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as m:
+                pages = (size + page - 1) // page
+                vec = np.zeros(pages, np.uint8)
+                # ctypes cannot take the address of a read-only mmap; numpy can. Mapping
+                # a file does not read it: mincore reports, it does not fault pages in.
+                view = np.frombuffer(m, np.uint8)
+                status = mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), ctypes.c_void_p(vec.ctypes.data))
+                del view
+        finally:
+            os.close(fd)
+        if status != 0:
+            return float("nan")
+        cached += int(np.count_nonzero(vec & 1)) * page
+        total += pages * page
     return cached / total if total else 0.0
 
 
 def _read_through(paths: Sequence[str]) -> None:
     """Reads every file once, so that its pages are cached."""
     for path in paths:
-        with open(path, "rb") as fh:
+        fd, _ = _fs.open_regular(path, "data file")
+        with os.fdopen(fd, "rb") as fh:
             while fh.read(16 * 2**20):
                 pass
 

@@ -79,25 +79,31 @@ Version policy
 ``version`` is a single integer. A reader refuses any version it does not know,
 newer or older, with a message that says which versions it reads. Additions that
 older readers could misread bump the version.
+
+Code
+----
+This module holds the manifest: its schema, reading, validation and writing. The
+``.npy`` headers live in :mod:`memseq._npy` and the shard layout in
+:mod:`memseq._layout`; their public functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
 import os
 import re
 import stat
-import struct
-from typing import Any, BinaryIO, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from memseq import _fs
 from memseq._checks import bounded_repr
-from memseq.errors import DatasetNotFoundError, FormatError, MemseqError, SchemaError, UnsafePathError
+from memseq._layout import check_shard_rows, shard_directory, shard_file, shard_layout
+from memseq._npy import MAX_BYTES, MAX_ROW_DIMS, MAX_ROWS, has_npy_magic, npy_header, read_npy_header, reserved_header_length
+from memseq.errors import DatasetNotFoundError, FormatError, SchemaError, UnsafePathError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -114,10 +120,16 @@ __all__ = [
     "read_manifest",
     "manifest_to_json",
     "resolve_inside",
+    "format_checksum",
+    # Re-exported from memseq._npy (the .npy headers) and memseq._layout (the shard layout):
     "npy_header",
     "reserved_header_length",
     "read_npy_header",
-    "format_checksum",
+    "has_npy_magic",
+    "check_shard_rows",
+    "shard_layout",
+    "shard_directory",
+    "shard_file",
 ]
 
 MANIFEST_NAME = "memseq.json"
@@ -125,30 +137,12 @@ FORMAT_NAME = "memseq"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-# The .npy magic string and the version (1, 0) we write: a 2-byte little-endian
-# header length, enough for any header memseq writes (65535 bytes).
-_NPY_MAGIC = b"\x93NUMPY"
-_NPY_VERSION_1_0 = b"\x01\x00"
-# numpy aligns the data of a .npy file to 64 bytes; so do we (and tf.data can
-# use 64-byte-aligned buffers without copying).
-_NPY_ALIGN = 64
-# Row counts are int64 at most: reserve header room for the widest possible count.
-_MAX_ROWS = 2**63 - 1
-# Every byte count (a row, a file) must fit an int64: numpy indexes and mmap offsets
-# are int64, and a product that overflows would silently wrap around.
-_MAX_BYTES = 2**63 - 1
-# numpy arrays have at most 64 dimensions; one of them is the row dimension.
-_MAX_ROW_DIMS = 63
 # A manifest larger than this is not one we wrote: refuse it while reading, never
 # reading more than this (plus one byte) from it.
 _MAX_MANIFEST_BYTES = 64 * 2**20
 # JSON integers longer than this cannot be an int64 (19 digits and a sign): refused
 # before Python converts them (a million-digit int takes quadratic time to parse).
 _MAX_INT_CHARS = 20
-# A .npy header memseq writes is at most 65535 bytes (version 1.0); numpy's own
-# reader refuses headers above 10,000 bytes by default. Anything larger is refused
-# before it is read or parsed.
-_MAX_NPY_HEADER_BYTES = 2**16 + 16
 # Field names become file names: keep them portable and free of path syntax.
 # (Matched with fullmatch: "$" would also accept a trailing newline.)
 _FIELD_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
@@ -292,11 +286,11 @@ def field_spec(name: str, dtype: Any, shape: Any) -> FieldSpec:
             raise SchemaError(
                 f"Field {name!r}: row shape must be a tuple of non-negative ints. Received: {bounded_repr(shape)}"
             )
-    if len(dims) > _MAX_ROW_DIMS:
-        raise SchemaError(f"Field {name!r}: a row has at most {_MAX_ROW_DIMS} dimensions. Received {len(dims)}.")
+    if len(dims) > MAX_ROW_DIMS:
+        raise SchemaError(f"Field {name!r}: a row has at most {MAX_ROW_DIMS} dimensions. Received {len(dims)}.")
     dims = tuple(int(d) for d in dims)
     # Python ints: a numpy int64 product would wrap around silently.
-    if math.prod(dims) * dt.itemsize > _MAX_BYTES:
+    if math.prod(dims) * dt.itemsize > MAX_BYTES:
         raise SchemaError(
             f"Field {name!r}: one row of shape {bounded_repr(dims)} and dtype {dt} would take more than "
             f"2**63 - 1 bytes. Received shape: {bounded_repr(dims)}"
@@ -329,7 +323,7 @@ def _count(obj: dict, key: str, where: str, path: str) -> int:
     value = _expect(obj, key, int, where, path)
     if value < 0:
         raise FormatError(f"{path}: {where}[{key!r}] must be >= 0. Received: {bounded_repr(value)}")
-    if value > _MAX_ROWS:
+    if value > MAX_ROWS:
         raise FormatError(f"{path}: {where}[{key!r}] must be <= 2**63 - 1. Received: {bounded_repr(value)}")
     return value
 
@@ -452,6 +446,22 @@ def _parse_constant(text: str) -> float:
 def parse_manifest(raw: bytes, directory: str) -> Manifest:
     """Parses and strictly validates the bytes of a manifest (see :func:`read_manifest`)."""
     path = os.path.join(directory, MANIFEST_NAME)
+    doc = _load_document(raw, path)
+    _no_unknown_keys(doc, {"format", "version", "num_rows", "fields", "shards"}, "manifest", path)
+    num_rows = _count(doc, "num_rows", "manifest", path)
+    fields = _parse_fields(_expect(doc, "fields", dict, "manifest", path), path)
+    shards = [
+        _parse_shard(shard, f"shards[{i}]", fields, directory, path)
+        for i, shard in enumerate(_expect(doc, "shards", list, "manifest", path))
+    ]
+    total = sum(s.num_rows for s in shards)
+    if total != num_rows:
+        raise FormatError(f"{path}: 'num_rows' is {num_rows} but the shards hold {total} rows.")
+    return Manifest(num_rows, fields, tuple(shards))
+
+
+def _load_document(raw: bytes, path: str) -> dict:
+    """The manifest's JSON object, once its format name and version are checked."""
     try:
         doc = json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_constant=_parse_constant)
     except FormatError as e:
@@ -473,15 +483,22 @@ def parse_manifest(raw: bytes, directory: str) -> Manifest:
             f"version(s) {list(SUPPORTED_VERSIONS)}."
             + (" The dataset was written by a newer memseq: upgrade memseq." if newer else "")
         )
-    _no_unknown_keys(doc, {"format", "version", "num_rows", "fields", "shards"}, "manifest", path)
-    num_rows = _count(doc, "num_rows", "manifest", path)
+    return doc
 
+
+def _object(value: Any, allowed: set[str], where: str, path: str) -> dict:
+    """``value`` if it is a JSON object with no keys but ``allowed``."""
+    if not isinstance(value, dict):
+        raise FormatError(f"{path}: {where} must be an object. Received: {bounded_repr(value)}")
+    _no_unknown_keys(value, allowed, where, path)
+    return value
+
+
+def _parse_fields(fields_doc: dict, path: str) -> dict[str, FieldSpec]:
     fields: dict[str, FieldSpec] = {}
-    for name, entry in _expect(doc, "fields", dict, "manifest", path).items():
+    for name, entry in fields_doc.items():
         where = f"fields[{bounded_repr(name)}]"
-        if not isinstance(entry, dict):
-            raise FormatError(f"{path}: {where} must be an object. Received: {bounded_repr(entry)}")
-        _no_unknown_keys(entry, {"dtype", "shape", "layout"}, where, path)
+        _object(entry, {"dtype", "shape", "layout"}, where, path)
         layout = _expect(entry, "layout", str, where, path)
         if layout != "fixed":
             raise FormatError(
@@ -500,45 +517,36 @@ def parse_manifest(raw: bytes, directory: str) -> Manifest:
             raise FormatError(f"{path}: {e}") from e
     if not fields:
         raise FormatError(f"{path}: the manifest has no fields.")
+    return fields
 
-    shards: list[ShardSpec] = []
-    for i, shard in enumerate(_expect(doc, "shards", list, "manifest", path)):
-        where = f"shards[{i}]"
-        if not isinstance(shard, dict):
-            raise FormatError(f"{path}: {where} must be an object. Received: {bounded_repr(shard)}")
-        _no_unknown_keys(shard, {"num_rows", "files"}, where, path)
-        rows = _count(shard, "num_rows", where, path)
-        files_doc = _expect(shard, "files", dict, where, path)
-        if set(files_doc) != set(fields):
+
+def _parse_shard(shard: Any, where: str, fields: dict[str, FieldSpec], directory: str, path: str) -> ShardSpec:
+    _object(shard, {"num_rows", "files"}, where, path)
+    rows = _count(shard, "num_rows", where, path)
+    files_doc = _expect(shard, "files", dict, where, path)
+    if set(files_doc) != set(fields):
+        raise FormatError(
+            f"{path}: {where}['files'] must name exactly the fields {bounded_repr(sorted(fields))}. "
+            f"Received: {bounded_repr(sorted(files_doc))}"
+        )
+    files: dict[str, FileEntry] = {}
+    for name, spec in fields.items():
+        if rows * spec.row_nbytes > MAX_BYTES:
             raise FormatError(
-                f"{path}: {where}['files'] must name exactly the fields {bounded_repr(sorted(fields))}. "
-                f"Received: {bounded_repr(sorted(files_doc))}"
+                f"{path}: {where} holds {rows} rows of field {name!r} ({spec.row_nbytes} bytes each): "
+                "more than 2**63 - 1 bytes."
             )
-        files: dict[str, FileEntry] = {}
-        for name, spec in fields.items():
-            if rows * spec.row_nbytes > _MAX_BYTES:
-                raise FormatError(
-                    f"{path}: {where} holds {rows} rows of field {name!r} ({spec.row_nbytes} bytes each): "
-                    "more than 2**63 - 1 bytes."
-                )
-            fwhere = f"{where}['files'][{name!r}]"
-            entry = files_doc[name]
-            if not isinstance(entry, dict):
-                raise FormatError(f"{path}: {fwhere} must be an object. Received: {bounded_repr(entry)}")
-            _no_unknown_keys(entry, {"path", "checksum"}, fwhere, path)
-            rel = _expect(entry, "path", str, fwhere, path)
-            checksum = _expect(entry, "checksum", str, fwhere, path)
-            if not _CHECKSUM_RE.fullmatch(checksum):
-                raise FormatError(
-                    f"{path}: {fwhere}['checksum'] must look like 'crc32:0123abcd'. Received: {bounded_repr(checksum)}"
-                )
-            resolve_inside(directory, rel, manifest=path)
-            files[name] = FileEntry(rel, checksum)
-        shards.append(ShardSpec(rows, files))
-    total = sum(s.num_rows for s in shards)
-    if total != num_rows:
-        raise FormatError(f"{path}: 'num_rows' is {num_rows} but the shards hold {total} rows.")
-    return Manifest(num_rows, fields, tuple(shards))
+        fwhere = f"{where}['files'][{name!r}]"
+        entry = _object(files_doc[name], {"path", "checksum"}, fwhere, path)
+        rel = _expect(entry, "path", str, fwhere, path)
+        checksum = _expect(entry, "checksum", str, fwhere, path)
+        if not _CHECKSUM_RE.fullmatch(checksum):
+            raise FormatError(
+                f"{path}: {fwhere}['checksum'] must look like 'crc32:0123abcd'. Received: {bounded_repr(checksum)}"
+            )
+        resolve_inside(directory, rel, manifest=path)
+        files[name] = FileEntry(rel, checksum)
+    return ShardSpec(rows, files)
 
 
 def manifest_to_json(manifest: Manifest) -> str:
@@ -553,180 +561,3 @@ def manifest_to_json(manifest: Manifest) -> str:
 def format_checksum(crc: int) -> str:
     """Formats a CRC-32 value as a manifest checksum string, e.g. ``'crc32:0000abcd'``."""
     return f"crc32:{crc & 0xFFFFFFFF:08x}"
-
-
-# --------------------------------------------------------------------------- .npy headers
-
-
-def _header_dict(dtype: np.dtype, shape: tuple[int, ...]) -> str:
-    descr = np.lib.format.dtype_to_descr(dtype)
-    return "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
-
-
-def npy_header(dtype: np.dtype, shape: tuple[int, ...], length: int | None = None) -> bytes:
-    """Returns a .npy version 1.0 header for a C-order array.
-
-    Args:
-        dtype: The array's dtype.
-        shape: The array's full shape.
-        length: Total header length in bytes (a multiple of 64), to pad to; by
-            default the shortest multiple of 64 that fits.
-
-    Returns:
-        The header bytes; the array data follows immediately.
-    """
-    text = _header_dict(dtype, shape)
-    minimum = len(_NPY_MAGIC) + 2 + 2 + len(text) + 1
-    if length is None:
-        length = -(-minimum // _NPY_ALIGN) * _NPY_ALIGN
-    if length < minimum or length % _NPY_ALIGN or length - 10 > 0xFFFF:
-        raise ValueError(f"Cannot fit a .npy header of {minimum} bytes into {length} bytes.")
-    body = text + " " * (length - minimum) + "\n"
-    return _NPY_MAGIC + _NPY_VERSION_1_0 + struct.pack("<H", len(body)) + body.encode("latin1")
-
-
-def reserved_header_length(dtype: np.dtype, row_shape: tuple[int, ...]) -> int:
-    """Header length that fits any row count, so data can be written before the count is known."""
-    return len(npy_header(dtype, (_MAX_ROWS, *row_shape)))
-
-
-def read_npy_header(f: BinaryIO, path: str) -> tuple[np.dtype, tuple[int, ...], int]:
-    """Reads and checks a .npy header written by memseq (or by ``np.save``).
-
-    The header is parsed here, not by numpy's reader, so that every malformed
-    header gives one error: unbalanced brackets, absurd or negative shapes, a shape
-    whose size overflows int64, a huge header length, an unknown dtype. At most
-    ``_MAX_NPY_HEADER_BYTES`` bytes are read.
-
-    Args:
-        f: The file, positioned at its start.
-        path: Its path, for error messages.
-
-    Returns:
-        ``(dtype, shape, data_offset)``.
-
-    Raises:
-        FormatError: If the file is not a C-order .npy file of a supported version,
-            or its header is malformed.
-    """
-    try:
-        dtype, shape, fortran, offset = _parse_npy_header(f)
-    except FormatError as e:
-        raise FormatError(f"{path}: not a readable .npy file ({e}).") from e
-    except OSError as e:
-        raise _fs.os_error(e, path, "data file") from e
-    if fortran:
-        raise FormatError(f"{path}: Fortran-order .npy files are not supported; save C-order arrays.")
-    return dtype, shape, offset
-
-
-def _read_exactly(f: BinaryIO, n: int, what: str) -> bytes:
-    data = f.read(n)
-    if data is None or len(data) != n:
-        raise FormatError(f"the file ends inside the {what}")
-    return data
-
-
-def _parse_npy_header(f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], bool, int]:
-    magic = _read_exactly(f, len(_NPY_MAGIC) + 2, "magic string")
-    if magic[: len(_NPY_MAGIC)] != _NPY_MAGIC:
-        raise FormatError(f"the magic string is {bounded_repr(magic[:len(_NPY_MAGIC)])}, not {_NPY_MAGIC!r}")
-    version = (magic[-2], magic[-1])
-    if version == (1, 0):
-        (length,) = struct.unpack("<H", _read_exactly(f, 2, "header length"))
-        prefix, encoding = len(magic) + 2, "latin1"
-    elif version in ((2, 0), (3, 0)):
-        (length,) = struct.unpack("<I", _read_exactly(f, 4, "header length"))
-        prefix, encoding = len(magic) + 4, "latin1" if version == (2, 0) else "utf8"
-    else:
-        raise FormatError(f"unsupported .npy version {version}")
-    if length > _MAX_NPY_HEADER_BYTES:
-        raise FormatError(f"the header claims {length} bytes; at most {_MAX_NPY_HEADER_BYTES} are allowed")
-    try:
-        text = _read_exactly(f, length, "header").decode(encoding)
-    except UnicodeDecodeError as e:
-        raise FormatError(f"the header is not {encoding} text") from e
-    if "\\" in text:
-        # No header of a plain numeric array has one; escapes only make literal_eval warn.
-        raise FormatError(f"the header contains a backslash: {bounded_repr(text.strip())}")
-    try:
-        header = ast.literal_eval(text)
-    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, Warning) as e:
-        # Warning: invalid escapes warn while parsing, and raise when warnings are errors.
-        raise FormatError(f"the header is not a Python literal: {bounded_repr(text.strip())}") from e
-    if not isinstance(header, dict) or set(header) != {"descr", "shape", "fortran_order"}:
-        raise FormatError(
-            f"the header must be a dict with the keys 'descr', 'fortran_order' and 'shape'. Received: {bounded_repr(header)}"
-        )
-    shape, fortran, descr = header["shape"], header["fortran_order"], header["descr"]
-    if not isinstance(fortran, bool):
-        raise FormatError(f"'fortran_order' must be True or False. Received: {bounded_repr(fortran)}")
-    if (
-        not isinstance(shape, tuple)
-        or len(shape) > _MAX_ROW_DIMS + 1
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_ROWS for d in shape)
-    ):
-        raise FormatError(f"'shape' must be a tuple of at most 64 ints >= 0. Received: {bounded_repr(shape)}")
-    try:
-        dtype = np.lib.format.descr_to_dtype(descr)
-    except Exception as e:  # numpy raises TypeError, ValueError, SyntaxError, KeyError... for bad descrs
-        if isinstance(e, MemseqError):
-            raise
-        raise FormatError(f"'descr' is not a dtype. Received: {bounded_repr(descr)}") from e
-    if math.prod(shape) * dtype.itemsize > _MAX_BYTES:
-        raise FormatError(f"shape {bounded_repr(shape)} of {dtype} takes more than 2**63 - 1 bytes")
-    return dtype, shape, fortran, prefix + length
-
-
-# --------------------------------------------------------------------------- shard layout
-# One rule for Writer and convert, so both write the same files for the same rows.
-
-__all__ += ["check_shard_rows", "shard_layout", "shard_directory", "shard_file", "has_npy_magic"]
-
-
-def check_shard_rows(shard_rows: Any) -> int | None:
-    """Returns ``shard_rows`` if it is a positive int or None; else raises SchemaError."""
-    if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
-        raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
-    return shard_rows
-
-
-def shard_layout(num_rows: int, shard_rows: int | None, first_row: int = 0) -> list[tuple[int, int, int]]:
-    """Which shard holds which rows: ``(shard, start, stop)`` pieces of rows ``[first_row, num_rows)``.
-
-    Shard ``k`` holds rows ``[k * shard_rows, (k + 1) * shard_rows)``; without
-    ``shard_rows`` shard 0 holds every row. A table without rows has one empty shard
-    0. A streaming writer passes the rows written so far as ``first_row``.
-
-    Example:
-        >>> shard_layout(5, 2)
-        [(0, 0, 2), (1, 2, 4), (2, 4, 5)]
-    """
-    if num_rows == 0:
-        return [(0, 0, 0)]
-    if shard_rows is None:
-        return [(0, first_row, num_rows)] if first_row < num_rows else []
-    pieces = []
-    start = first_row
-    while start < num_rows:
-        shard = start // shard_rows
-        stop = min(num_rows, (shard + 1) * shard_rows)
-        pieces.append((shard, start, stop))
-        start = stop
-    return pieces
-
-
-def shard_directory(shard: int, shard_rows: int | None) -> str:
-    """The sub-directory of shard ``shard`` (``"shard-00000"``), or ``""`` when unsharded."""
-    return "" if shard_rows is None else f"shard-{shard:05d}"
-
-
-def shard_file(shard: int, field: str, shard_rows: int | None) -> str:
-    """The manifest path (relative, ``/``-separated) of ``field``'s file in shard ``shard``."""
-    directory = shard_directory(shard, shard_rows)
-    return f"{directory}/{field}.npy" if directory else f"{field}.npy"
-
-
-def has_npy_magic(head: bytes) -> bool:
-    """Whether ``head`` (the first bytes of a file) starts with the ``.npy`` magic string."""
-    return head.startswith(_NPY_MAGIC)

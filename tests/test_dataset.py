@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import memseq
+from memseq import columns as columns_mod
 from memseq import dataset as dataset_mod
 from conftest import assert_same_array
 
@@ -613,7 +614,7 @@ def test_unsorted_gathers_never_alias_each_other(tmp_path):
 
 
 def test_large_unsorted_gathers_bypass_the_scratch_buffer(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset_mod, "_SCRATCH_MAX_BYTES", 64)
+    monkeypatch.setattr(columns_mod, "_SCRATCH_MAX_BYTES", 64)
     data = make_dataset(tmp_path / "ds", shard_rows=9)
     ds = memseq.open(tmp_path / "ds")
     idx = np.arange(N)[::-1]

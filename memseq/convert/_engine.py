@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import multiprocessing
 import os
-import shutil
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -273,14 +272,6 @@ def _run(plan: _Plan, units: list[_Unit], jobs: int, progress: bool | None, desc
 # --------------------------------------------------------------------------- finish
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _finish(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overwrite: bool) -> None:
     """Combines the units' CRC-32s in file order, fsyncs, writes the manifest last, publishes."""
     shard_units = collections.defaultdict(list)
@@ -294,7 +285,7 @@ def _finish(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overwrite: b
             for unit in shard_units[s]:
                 piece_crc, piece_len = results[unit][field]
                 crc = crc32_combine(crc, piece_crc, piece_len)
-            _fsync_file(plan.path(s, field))
+            _commit.fsync_file(plan.path(s, field))
             entries[field] = fmt.FileEntry(plan.rel_path(s, field), fmt.format_checksum(crc))
         directory = fmt.shard_directory(s, plan.shard_rows)
         if directory:
@@ -349,6 +340,6 @@ def convert(
         results = _run(plan, _units(plan), jobs, progress, f"converting {os.path.basename(dst)}")
         _finish(plan, results, dst, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _commit.remove_temp_dir(tmp)  # deletes it and drops its lock, as Writer.abort does
         raise
     return open_dataset(dst)

@@ -10,7 +10,7 @@ import numpy as np
 
 from memseq import format as fmt
 from memseq.convert._base import Source, check_file, field_spec_at
-from memseq.dataset import open_raw
+from memseq.raw import open_raw
 
 __all__ = ["RawSource", "MappedFileSource"]
 
