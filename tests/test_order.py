@@ -52,3 +52,79 @@ def test_resolve_shuffle():
 @pytest.mark.parametrize(("rows", "batch", "drop", "expected"), [(10, 3, False, 4), (10, 3, True, 3), (9, 3, True, 3), (2, 3, True, 0), (0, 3, False, 0)])
 def test_num_batches(rows, batch, drop, expected):
     assert num_batches(rows, batch, drop) == expected
+
+
+# --------------------------------------------------------------------------- block shuffle
+
+
+def test_golden_block_shuffle_order():
+    # If this changes, every user's block-shuffled "seed=0" run changes: never silently.
+    assert BlockShuffle(block_rows=3, window_blocks=2).permutation(10, 0, 0).tolist() == [2, 0, 8, 1, 7, 6, 9, 4, 5, 3]
+    assert BlockShuffle(block_rows=3, window_blocks=2).permutation(10, 0, 1).tolist() == [0, 2, 1, 9, 6, 7, 5, 3, 8, 4]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 5000),
+    block_rows=st.integers(1, 700),
+    window_blocks=st.integers(1, 20),
+    seed=st.integers(0, 2**32 - 1),
+    epoch=st.integers(0, 10**6),
+)
+def test_block_shuffle_is_a_pure_permutation_within_windows(n, block_rows, window_blocks, seed, epoch):
+    order = BlockShuffle(block_rows=block_rows, window_blocks=window_blocks)
+    a = order.permutation(n, seed, epoch)
+    assert np.array_equal(a, order.permutation(n, seed, epoch))
+    assert np.array_equal(np.sort(a), np.arange(n))
+    # Rows mix only within a window of blocks: any window-sized stretch of the epoch
+    # draws from at most two windows' blocks.
+    window = block_rows * window_blocks
+    for start in range(0, n, window):
+        blocks = np.unique(a[start : start + window] // block_rows)
+        assert len(blocks) <= 2 * window_blocks
+
+
+def test_block_shuffle_differs_across_epochs_and_mixes_blocks():
+    order = BlockShuffle(block_rows=100, window_blocks=8)
+    orders = {tuple(order.permutation(10_000, 0, epoch)) for epoch in range(4)}
+    assert len(orders) == 4
+    perm = order.permutation(10_000, 0, 0)
+    batch = np.unique(perm[:256] // 100)
+    assert 4 <= len(batch) <= 8  # one window: several blocks, never more than the window
+
+
+def test_block_shuffle_arguments_are_checked():
+    for bad in ({"block_rows": 0}, {"window_blocks": 0}, {"block_rows": 2.5}):
+        with pytest.raises(memseq.SchemaError, match="must be an int >= 1"):
+            BlockShuffle(**bad)
+
+
+def test_block_shuffle_defaults_are_about_4_mib_blocks():
+    order = resolve_shuffle("block", row_nbytes=12 * 1024 + 8)
+    assert isinstance(order, BlockShuffle) and order.block_rows == 4 * 2**20 // (12 * 1024 + 8)
+    assert order.window_blocks == 64
+
+
+def test_plan_with_block_shuffle_honours_indices_and_replica_shares():
+    indices = np.arange(0, 3000, 3)
+    plan = BatchPlan(3000, 64, shuffle=BlockShuffle(block_rows=50, window_blocks=4), seed=1, indices=indices)
+    rows = np.concatenate([plan.batch_rows(i, 2) for i in range(plan.num_batches)])
+    assert np.array_equal(np.sort(rows), indices)
+    shares = [plan.replica_rows(plan.batch_rows(5, 2), r, 4) for r in range(4)]
+    assert np.array_equal(np.sort(np.concatenate(shares)), plan.batch_rows(5, 2))
+
+
+def test_block_readahead_asks_for_each_block_once_per_epoch():
+    plan = BatchPlan(1000, 64, shuffle=BlockShuffle(block_rows=50, window_blocks=4), seed=0)
+    ranges = np.concatenate([plan.readahead_ranges(i, 3) for i in range(plan.num_batches)])
+    covered = np.zeros(1000, int)
+    for start, stop in ranges:
+        covered[start:stop] += 1
+    assert (covered == 1).all()
+
+
+def test_full_shuffle_readahead_is_the_batch_rows_as_runs():
+    plan = BatchPlan(1000, 64, shuffle=True, seed=0)
+    ranges = plan.readahead_ranges(3, 1)
+    rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+    assert np.array_equal(rows, plan.batch_rows(3, 1))

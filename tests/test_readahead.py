@@ -1,0 +1,103 @@
+"""Readahead from the known order (MemmapSequence(readahead=...), Column.prefetch): never changes a batch, stays in bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import memseq
+from memseq._fit import SequenceAdapter
+from memseq.columns import Column
+
+ROW = (8, 8, 3)
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("readahead") / "ds"
+    rng = np.random.default_rng(0)
+    memseq.save(path, {"image": rng.integers(0, 256, (N, *ROW), dtype=np.uint8), "label": np.arange(N)}, shard_rows=700)
+    return str(path)
+
+
+class Flipped(memseq.MemmapSequence):
+    def augment(self, batch, rng):
+        batch["image"] = memseq.augment.random_flip(batch["image"], rng)
+        return batch
+
+
+@pytest.mark.parametrize("shuffle", [True, "block", memseq.BlockShuffle(block_rows=40, window_blocks=3), False])
+def test_readahead_never_changes_a_batch(data_path, shuffle):
+    on = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=True)
+    off = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=False)
+    for epoch in (0, 1):
+        for i in range(len(on)):
+            a, b = on.get_batch(i, epoch), off.get_batch(i, epoch)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [False, True])
+def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
+    seq = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, workers=2, use_multiprocessing=processes)
+    plain = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, readahead=False)
+    for epoch in (0, 1):
+        seq.set_epoch(epoch)
+        for i, (x, y) in enumerate(SequenceAdapter(seq).get_numpy_iterator()):
+            expected = plain.get_batch(i, epoch)
+            np.testing.assert_array_equal(x, expected[0])
+            np.testing.assert_array_equal(y, expected[1])
+
+
+def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append((self.name, np.asarray(ranges))) or 0)
+    row_bytes = int(np.prod(ROW)) + 8
+    bound = 5 * 64 * row_bytes  # five batches
+    seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64, seed=1, readahead=bound)
+    asked_by_batch = {}
+    for i in range(len(seq)):
+        calls.clear()
+        seq.get_fields(i, 0)
+        rows = [np.concatenate([np.arange(a, b) for a, b in ranges]) for name, ranges in calls if name == "image"]
+        asked_by_batch[i] = np.sort(np.concatenate(rows)) if rows else np.empty(0, int)
+    # Batch 0 asks for batches 1..5; batch i > 0 for batch i + 5 only: never more than the bound ahead.
+    expected0 = np.sort(np.concatenate([seq.batch_rows(j, 0) for j in range(1, 6)]))
+    np.testing.assert_array_equal(asked_by_batch[0], expected0)
+    for i in range(1, len(seq)):
+        ahead = i + 5
+        expected = seq.batch_rows(ahead, 0) if ahead < len(seq) else np.empty(0, int)
+        np.testing.assert_array_equal(asked_by_batch[i], expected)
+        assert len(asked_by_batch[i]) * row_bytes <= bound
+
+
+def test_readahead_off_asks_nothing(data_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
+    seq = memseq.MemmapSequence(data_path, x="image", batch_size=64, readahead=False)
+    for i in range(len(seq)):
+        seq[i]
+    assert calls == []
+
+
+def test_readahead_argument_is_checked(data_path):
+    for bad in (-1, 2.5, "yes"):
+        with pytest.raises(memseq.SchemaError, match="readahead must be an int >= 0"):
+            memseq.MemmapSequence(data_path, x="image", readahead=bad)
+
+
+def test_column_prefetch_and_access_pattern_change_no_data(data_path):
+    ds = memseq.open(data_path)
+    column = ds["image"]
+    before = column[:]
+    column.set_access_pattern("random")
+    asked = column.prefetch([[0, 10], [650, 750], [1990, 2000]])
+    assert asked >= 0
+    column.set_access_pattern("normal")
+    np.testing.assert_array_equal(column[:], before)
+    # Pages just read are in the page cache: prefetch sees that and asks for nothing.
+    assert column.prefetch([[0, 10]]) == 0
+    with pytest.raises(memseq.SchemaError, match="pattern must be"):
+        column.set_access_pattern("backwards")
