@@ -29,7 +29,7 @@ import numpy as np
 from memseq import _fs
 from memseq.errors import CorruptFileError, DatasetClosedError
 
-__all__ = ["MappedFile", "advise_pattern", "advise_willneed", "map_read_only", "prod", "resident"]
+__all__ = ["MappedFile", "advise_willneed", "map_read_only", "prod", "resident"]
 
 
 class MappedFile:
@@ -229,19 +229,3 @@ def advise_willneed(starts: np.ndarray, stops: np.ndarray) -> int:
             total += b - a
     return total
 
-
-_PATTERNS = {"normal": mmap.MADV_NORMAL, "random": mmap.MADV_RANDOM, "sequential": mmap.MADV_SEQUENTIAL}
-
-
-def advise_pattern(array: np.ndarray, pattern: str) -> None:
-    """Tells the kernel how the mapping under ``array`` will be read: "normal", "random", "sequential".
-
-    "random" turns off read-around: by default a page fault in a file mapping reads
-    the surrounding 128 KiB too, ten times a 12 KiB row, so reading rows in random
-    order reads ten times the bytes it uses.
-    """
-    if _madvise is None or array.nbytes == 0:
-        return
-    address = array.ctypes.data
-    first = address - address % _PAGE
-    _madvise(first, address + array.nbytes - first, _PATTERNS[pattern])

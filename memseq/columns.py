@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from memseq._checks import row_indices
-from memseq._mapping import MappedFile, advise_pattern, advise_willneed, resident
+from memseq._mapping import MappedFile, advise_willneed, resident
 from memseq.errors import BatchIndexError, SchemaError
 
 __all__ = ["Column"]
@@ -217,23 +217,6 @@ class Column:
             base = int(self._starts[p])
             out[lo - start : hi - start] = array[lo - base : hi - base]
         return out
-
-    def set_access_pattern(self, pattern: str) -> None:
-        """Tells the kernel how rows will be read: ``"random"``, ``"sequential"`` or ``"normal"``.
-
-        ``"random"`` stops the kernel from reading 128 KiB around every row it faults
-        in (right for rows read in random order and fetched ahead with
-        :meth:`prefetch`); ``"normal"`` restores the default. It changes speed only,
-        never what is read; it applies to the column's mappings, shared by everything
-        reading this column.
-
-        Raises:
-            SchemaError: For an unknown pattern.
-        """
-        if pattern not in ("random", "sequential", "normal"):
-            raise SchemaError(f"pattern must be 'random', 'sequential' or 'normal'. Received: {pattern!r}")
-        for part in self._parts():
-            advise_pattern(part.data(), pattern)
 
     def prefetch(self, ranges: Any) -> int:
         """Asks the kernel to start reading rows ahead: each ``[start, stop)`` of ``ranges``.

@@ -46,7 +46,7 @@ from memseq._checks import check_bool, check_int, equal_row_counts, is_sorted
 from memseq.dataset import Column, Dataset, RawColumn
 from memseq.dataset import open as open_dataset
 from memseq.errors import SchemaError
-from memseq.order import BatchPlan, FullShuffle
+from memseq.order import BatchPlan, BlockShuffle
 
 __all__ = ["MemmapSequence"]
 
@@ -150,7 +150,12 @@ def _pick(kind: str, value: Any, batch: Mapping[str, np.ndarray]) -> Any:
     return {key: batch[name] for key, name in value.items()}
 
 
-def _readahead_bytes(readahead: Any) -> int:
+def _readahead_bytes(readahead: Any, order: Any) -> int:
+    if readahead is None:
+        # Measured (benchmarks/bench_cold.py): asking for a full shuffle's rows one
+        # by one is slower than the kernel's own read-around on a virtual disk, so by
+        # default only block orders, whose blocks are asked for whole, read ahead.
+        readahead = isinstance(order, BlockShuffle)
     if isinstance(readahead, (bool, np.bool_)):
         return _DEFAULT_READAHEAD_BYTES if readahead else 0
     return check_int(readahead, "readahead", 0)
@@ -207,8 +212,9 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             all rows: a train/validation split, for example.
         readahead: Ask the kernel to read the rows of coming batches while this one
             is built, from the known order: ``True`` (up to 256 MiB ahead), ``False``,
-            or a number of bytes. It never changes what a batch holds, and skips
-            batches whose data are already in the page cache.
+            or a number of bytes; ``None`` (default) means on for block shuffles (whole
+            blocks are asked for) and off otherwise. It never changes what a batch
+            holds, and skips batches whose data are already in the page cache.
         workers: Keras worker count (``PyDataset`` option).
         use_multiprocessing: Keras workers are processes instead of threads.
         max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
@@ -238,7 +244,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         seed: int | None = None,
         drop_remainder: bool = False,
         indices: Any = None,
-        readahead: bool | int = True,
+        readahead: bool | int | None = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -277,8 +283,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             indices=indices,
             row_nbytes=row_nbytes,
         )
-        self.readahead = _readahead_bytes(readahead)
-        self._random_access_pid = 0
+        self.readahead = _readahead_bytes(readahead, self.plan.order)
         # Batches read ahead: enough to cover the byte bound, at least one.
         self._lookahead = 0 if not self.readahead else max(1, self.readahead // max(1, row_nbytes * self.plan.batch_size))
         self.batch_size = self.plan.batch_size
@@ -388,15 +393,6 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         Stateless, so workers need no coordination: whoever builds batch ``i`` asks for
         batch ``i + k``. Block orders ask for each block once, whole.
         """
-        if self._random_access_pid != os.getpid():
-            # Rows come in random order and are fetched ahead: stop the kernel from
-            # reading 128 KiB around each one (measured: ten times the bytes read).
-            # Once per process: worker processes map the files anew.
-            self._random_access_pid = os.getpid()
-            if isinstance(self.plan.order, FullShuffle):
-                for column in self._columns.values():
-                    if isinstance(column, Column):
-                        column.set_access_pattern("random")
         first = 1 if index == 0 else index + self._lookahead
         for ahead in range(first, min(index + self._lookahead, len(self) - 1) + 1):
             ranges = self.plan.readahead_ranges(ahead, epoch)

@@ -30,6 +30,7 @@ class Flipped(memseq.MemmapSequence):
 @pytest.mark.parametrize("shuffle", [True, "block", memseq.BlockShuffle(block_rows=40, window_blocks=3), False])
 def test_readahead_never_changes_a_batch(data_path, shuffle):
     on = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=True)
+    assert on.readahead
     off = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=False)
     for epoch in (0, 1):
         for i in range(len(on)):
@@ -41,7 +42,8 @@ def test_readahead_never_changes_a_batch(data_path, shuffle):
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [False, True])
 def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
-    seq = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, workers=2, use_multiprocessing=processes)
+    seq = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, workers=2, use_multiprocessing=processes,
+                  readahead=True)
     plain = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, readahead=False)
     for epoch in (0, 1):
         seq.set_epoch(epoch)
@@ -88,16 +90,17 @@ def test_readahead_argument_is_checked(data_path):
             memseq.MemmapSequence(data_path, x="image", readahead=bad)
 
 
-def test_column_prefetch_and_access_pattern_change_no_data(data_path):
+def test_column_prefetch_changes_no_data_and_skips_cached_rows(data_path):
     ds = memseq.open(data_path)
     column = ds["image"]
     before = column[:]
-    column.set_access_pattern("random")
-    asked = column.prefetch([[0, 10], [650, 750], [1990, 2000]])
-    assert asked >= 0
-    column.set_access_pattern("normal")
+    assert column.prefetch([[0, 10], [650, 750], [1990, 2000]]) >= 0
     np.testing.assert_array_equal(column[:], before)
     # Pages just read are in the page cache: prefetch sees that and asks for nothing.
     assert column.prefetch([[0, 10]]) == 0
-    with pytest.raises(memseq.SchemaError, match="pattern must be"):
-        column.set_access_pattern("backwards")
+
+
+def test_readahead_default_is_on_for_block_orders_only(data_path):
+    assert memseq.MemmapSequence(data_path, x="image", shuffle="block").readahead > 0
+    assert memseq.MemmapSequence(data_path, x="image", shuffle=True).readahead == 0
+    assert memseq.MemmapSequence(data_path, x="image", shuffle=True, readahead=True).readahead == 256 * 2**20
