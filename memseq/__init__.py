@@ -21,6 +21,7 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
+from memseq._records import Records, records
 from memseq.writer import Writer, save
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "MemmapSequence",
     "MemseqError",
     "NotRegularFileError",
+    "Records",
     "SchemaError",
     "UnsafePathError",
     "WorkerError",
@@ -48,6 +50,7 @@ __all__ = [
     "augment",
     "open",
     "open_raw",
+    "records",
     "save",
 ]
 
