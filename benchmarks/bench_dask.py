@@ -11,7 +11,8 @@ Cases, each in a fresh process, output deleted after each run:
   64 MiB slices (what ``memseq.save`` did: it streams the array piece by piece in
   one process, computing each 16 MiB piece separately, so chunks are recomputed);
 - ``to_npy_stack``: ``dask.array.to_npy_stack`` on the threaded scheduler (one
-  ``.npy`` per chunk, no checksums, no fsync, no atomic commit);
+  ``.npy`` per chunk, no checksums, no fsync, no atomic commit), and the same
+  followed by an fsync of its files (memseq.save fsyncs before it commits);
 - ``save threads``: ``memseq.save`` on Dask's threaded scheduler;
 - ``save LocalCluster``: ``memseq.save`` inside a ``dask.distributed`` LocalCluster of
   2 worker processes (cluster start-up excluded).
@@ -38,6 +39,7 @@ CHUNK_ROWS = 16384  # 64 MiB of float32 rows
 CASES = {
     "sequential": "sequential Writer path (before)",
     "to_npy_stack": "dask.array.to_npy_stack (threads)",
+    "to_npy_stack_sync": "to_npy_stack + fsync of its files",
     "save_threads": "memseq.save, threaded scheduler",
     "save_cluster": "memseq.save, LocalCluster 2 processes",
 }
@@ -76,8 +78,13 @@ def run_case(case: str, size_gb: float, directory: str) -> float:
             with memseq.Writer(target, {"x": ("float32", (ROW,))}) as w:
                 for start in range(0, x.shape[0], step):
                     w.append({"x": x[start : start + step]})
-        elif case == "to_npy_stack":
+        elif case.startswith("to_npy_stack"):
             da.to_npy_stack(target, x, axis=0)
+            if case == "to_npy_stack_sync":  # the durability memseq.save pays (it fsyncs before committing)
+                for name in os.listdir(target):
+                    fd = os.open(os.path.join(target, name), os.O_RDONLY)
+                    os.fsync(fd)
+                    os.close(fd)
         else:
             memseq.save(target, {"x": x})
         seconds = time.perf_counter() - t
