@@ -22,6 +22,7 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
+from memseq._records import Records, records
 from memseq.order import BlockShuffle
 from memseq.raw import open_raw
 from memseq.writer import Writer, save
@@ -44,6 +45,7 @@ __all__ = [
     "MemmapSequence",
     "MemseqError",
     "NotRegularFileError",
+    "Records",
     "SchemaError",
     "UnsafePathError",
     "WorkerError",
@@ -52,6 +54,7 @@ __all__ = [
     "augment",
     "open",
     "open_raw",
+    "records",
     "save",
 ]
 

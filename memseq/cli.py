@@ -14,6 +14,7 @@ the argument parser and one handler per subcommand; the work happens elsewhere:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ examples:
   memseq convert data/train --field image=x.npy --field label=y.npy --jobs 4
   memseq convert data/train --raw image=images.mmap:uint8:-1,64,64,3 --raw label=labels.mmap:int64:-1
   memseq convert photos/ data/photos --image-size 64x64 --classes-file photos-classes.json
+  memseq convert 'parts/x-*.npy' data/train --field label='parts/y-*.npy' --scheduler tcp://10.0.0.1:8786
   memseq bench data/train --batch-size 256 --batches 100
   memseq demo
 """
@@ -177,15 +179,22 @@ def _convert(args: argparse.Namespace) -> int:
     if len(args.paths) > 2:
         raise SchemaError(f"convert takes [SRC] DST. Received {len(args.paths)} paths: {args.paths}")
     src, dst = (args.paths[0], args.paths[1]) if len(args.paths) == 2 else (None, args.paths[0])
-    sources = _convert_sources(args, src, dst)
-    classes = getattr(sources[0], "classes", None) if src is not None else None
+    use_dask = cv.is_dask_input(src, args.field)  # a Zarr store or a glob of .npy files: written through Dask
+    if use_dask and args.raw:
+        raise SchemaError("--raw cannot be combined with a Zarr store or a .npy glob; convert raw files separately.")
+    sources = [] if use_dask else _convert_sources(args, src, dst)
+    classes = getattr(sources[0], "classes", None) if src is not None and sources else None
     if args.classes_file and classes is None:
         raise SchemaError("--classes-file applies to an image folder given as SRC.")
 
     t = time.perf_counter()
-    ds = cv.convert(
+    convert = (
+        functools.partial(cv.convert_with_dask, src=src, field_options=args.field, scheduler=args.scheduler)
+        if use_dask
+        else functools.partial(cv.convert, sources=sources)
+    )
+    ds = convert(
         dst,
-        sources,
         shard_rows=args.shard_rows,
         jobs=args.jobs,
         overwrite=args.overwrite,
@@ -324,6 +333,8 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="worker processes writing in parallel (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing memseq dataset at DST")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal anyway)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="Zarr stores and .npy globs go through Dask: threads (default), "
+                   "processes, or a dask.distributed scheduler address (tcp://host:8786)")
     p.set_defaults(func=_convert)
 
 

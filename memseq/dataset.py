@@ -408,6 +408,17 @@ class Dataset(Mapping):
                 "Dataset serves (the version it opened) are intact; open the path again to read and verify the new one."
             )
 
+    def records(self, fields: Sequence[str] | None = None) -> Any:
+        """A Grain-ready record view: item ``i`` is ``{field: row i}`` (see :class:`memseq.Records`).
+
+        Thread-safe, picklable by reference (workers reopen the dataset by path),
+        with a batched ``_getitems``. Example:
+        ``grain.MapDataset.source(ds.records()).shuffle(seed=0).batch(64)``.
+        """
+        from memseq._records import Records
+
+        return Records(self, fields)
+
 
 def _manifest_fingerprint(directory: str) -> int | None:
     """CRC-32 of the manifest's bytes, or None if it cannot be read (read_manifest reports why)."""

@@ -535,6 +535,19 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
 
         return memseq.tfdata.to_tf_dataset(self, **kwargs)
 
+    def to_grain(self, **kwargs: Any) -> Any:
+        """This sequence's batches as a ``grain.MapDataset`` (see :func:`memseq._grain.to_grain`).
+
+        Item ``k`` is batch ``k % len(seq)`` of epoch ``seq.epoch + k // len(seq)``,
+        exactly ``seq.get_batch`` (augmentation included); endless by default.
+
+        Example:
+            >>> model.fit(seq.to_grain(), steps_per_epoch=len(seq), epochs=3)
+        """
+        from memseq import _grain
+
+        return _grain.to_grain(self, **kwargs)
+
     # Pickling: by reference. Columns pickle as file paths, the plan without its
     # permutation cache (recomputed in the worker), the buffer pool empty.
 

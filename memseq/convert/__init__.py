@@ -54,6 +54,7 @@ from __future__ import annotations
 from memseq._checksum import crc32_combine
 from memseq.convert._base import Source
 from memseq.convert._detect import source_for_path, source_kind
+from memseq.convert._dask_inputs import convert_with_dask, dask_arrays, is_dask_input
 from memseq.convert._engine import convert
 from memseq.convert._hdf5 import HDF5Source
 from memseq.convert._images import IMAGE_EXTENSIONS, ImageFolderSource, write_classes
@@ -71,6 +72,9 @@ __all__ = [
     "ImageFolderSource",
     "MemseqSource",
     "convert",
+    "convert_with_dask",
+    "dask_arrays",
+    "is_dask_input",
     "source_for_path",
     "source_kind",
     "write_classes",
