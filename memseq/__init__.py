@@ -25,7 +25,8 @@ from memseq.errors import (
 from memseq._records import Records, records
 from memseq.order import BlockShuffle
 from memseq.raw import open_raw
-from memseq.writer import Writer, save
+from memseq._save import save
+from memseq.writer import Writer
 
 __version__ = "0.1.0"
 

@@ -29,7 +29,6 @@ being overwritten is left intact.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 import zlib
 from typing import Any, BinaryIO, Mapping
@@ -367,11 +366,6 @@ def save(
     """
     if not isinstance(data, Mapping) or not data:
         raise SchemaError(f"save() takes a non-empty mapping of field name -> array. Received: {type(data).__name__}")
-    dask_array = getattr(sys.modules.get("dask.array"), "Array", None)  # never imports Dask itself
-    if dask_array is not None and any(isinstance(arr, dask_array) for arr in data.values()):
-        from memseq._dask import save_dask  # every chunk in parallel on the Dask scheduler in effect
-
-        return save_dask(path, data, overwrite=overwrite, shard_rows=shard_rows, progress=progress)
     arrays = {name: arr if hasattr(arr, "dtype") and hasattr(arr, "shape") else np.asarray(arr) for name, arr in data.items()}
     for name, arr in arrays.items():
         if len(arr.shape) < 1:

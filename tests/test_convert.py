@@ -235,7 +235,7 @@ def test_combined_sources_and_shards(tmp_path, arrays):
 def test_jobs_2_gives_the_same_dataset_as_jobs_1(tmp_path, arrays, monkeypatch):
     pytest.importorskip("PIL")
     # Small work units, so that both workers write pieces of every file.
-    monkeypatch.setattr(_engine, "_UNIT_BYTES", 4096)
+    monkeypatch.setattr(_engine, "UNIT_BYTES", 4096)
     np.savez(tmp_path / "data.npz", **arrays)
     for jobs in (1, 2):
         code = main(["convert", str(tmp_path / "data.npz"), str(tmp_path / f"j{jobs}"), "--no-progress", "--jobs", str(jobs), "--shard-rows", "100"])

@@ -67,7 +67,13 @@ def _memseq_imports() -> dict[str, set[str]]:
                 candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
-            targets |= {c for c in candidates if c in modules and c != name}
+            found = {c for c in candidates if c in modules and c != name}
+            # Importing "a.b.c" runs the __init__ of every package on the way ("a.b").
+            for c in list(found):
+                parts = c.split(".")
+                found |= {".".join(parts[:k]) for k in range(2, len(parts)) if ".".join(parts[:k]) in modules}
+            # A module's own packages are already being imported when it runs: not a cycle.
+            targets |= {t for t in found if t != name and not name.startswith(t + ".")}
         graph[name] = targets
     return graph
 

@@ -2,7 +2,7 @@
 
 ``memseq convert`` sends these inputs here instead of to the process-pool engine:
 they become Dask arrays, and :func:`memseq.save` writes Dask arrays with every
-chunk in parallel on the chosen Dask scheduler (see :mod:`memseq._dask`): local
+chunk in parallel on the chosen Dask scheduler (see :mod:`memseq.convert._dask_writer`): local
 threads or processes, or a ``dask.distributed`` cluster whose workers see the
 same filesystem.
 
@@ -225,7 +225,7 @@ def convert_with_dask(
 
     import dask
 
-    from memseq.writer import save
+    from memseq.convert._dask_writer import save_dask
 
     arrays = dask_arrays(src, field_options)
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -241,7 +241,7 @@ def convert_with_dask(
             options["num_workers"] = jobs
     try:
         with dask.config.set(**options):
-            save(dst, arrays, shard_rows=shard_rows, overwrite=overwrite, progress=show and client is None)
+            save_dask(dst, arrays, shard_rows=shard_rows, overwrite=overwrite, progress=show and client is None)
     finally:
         if client is not None:
             client.close()

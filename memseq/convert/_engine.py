@@ -2,7 +2,7 @@
 
 :func:`convert` runs in three steps:
 
-1. **plan** (:func:`_plan`): validate the sources, create the temporary directory's
+1. **plan** (:func:`plan`): validate the sources, create the temporary directory's
    files pre-sized with their final ``.npy`` headers, and cut the rows into work
    units (a few MiB each, never straddling a shard). The shard layout comes from
    :func:`memseq.format.shard_layout`, as in :class:`memseq.Writer`, so the output
@@ -10,7 +10,7 @@
 2. **run** (:func:`_run`): write every unit's rows at their final offsets with
    ``pwrite``, in this process or a pool of spawned worker processes; each unit
    returns the CRC-32 of the bytes it wrote per field.
-3. **finish** (:func:`_finish`): combine the units' CRC-32s in file order (no second
+3. **finish** (:func:`finish`): combine the units' CRC-32s in file order (no second
    read), fsync, write the manifest *last* and rename the directory into place.
 
 Any error removes the temporary directory: nothing appears at the destination.
@@ -42,7 +42,7 @@ __all__ = ["convert"]
 # A work unit holds about this many bytes of rows (all fields together): large
 # enough that per-unit overhead (a pickle round trip, a CRC combine) is negligible,
 # small enough that the progress bar moves and jobs balance.
-_UNIT_BYTES = 32 * 2**20
+UNIT_BYTES = 32 * 2**20
 # Inside a unit, rows are read and written in pieces of about this many bytes.
 _CHUNK_BYTES = 8 * 2**20
 
@@ -102,7 +102,7 @@ def _combine_sources(sources: Iterable[Source]) -> tuple[list[Source], dict[str,
     return sources, fields, owner
 
 
-def _plan(root: str, sources: list[Source], fields: dict[str, fmt.FieldSpec], owner: dict[str, int],
+def plan_dataset(root: str, sources: list[Source], fields: dict[str, fmt.FieldSpec], owner: dict[str, int],
           shard_rows: int | None) -> _Plan:
     """The plan of a conversion into ``root``, whose data files it creates with their final size."""
     plan = _Plan(
@@ -127,8 +127,8 @@ def _plan(root: str, sources: list[Source], fields: dict[str, fmt.FieldSpec], ow
 
 
 def _units(plan: _Plan) -> list[_Unit]:
-    """The work units: about ``_UNIT_BYTES`` of rows each, never straddling a shard."""
-    unit_rows = max(1, _UNIT_BYTES // max(plan.row_nbytes, 1))
+    """The work units: about ``UNIT_BYTES`` of rows each, never straddling a shard."""
+    unit_rows = max(1, UNIT_BYTES // max(plan.row_nbytes, 1))
     for source in plan.sources:
         if source.max_unit_rows is not None:
             unit_rows = min(unit_rows, source.max_unit_rows)
@@ -272,7 +272,7 @@ def _run(plan: _Plan, units: list[_Unit], jobs: int, progress: bool | None, desc
 # --------------------------------------------------------------------------- finish
 
 
-def _finish(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overwrite: bool) -> None:
+def finish_dataset(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overwrite: bool) -> None:
     """Combines the units' CRC-32s in file order, fsyncs, writes the manifest last, publishes."""
     shard_units = collections.defaultdict(list)
     for unit in sorted(results):
@@ -336,9 +336,9 @@ def convert(
     _commit.check_target(dst, overwrite)
     tmp = _commit.make_temp_dir(dst)
     try:
-        plan = _plan(tmp, sources, fields, owner, shard_rows)
+        plan = plan_dataset(tmp, sources, fields, owner, shard_rows)
         results = _run(plan, _units(plan), jobs, progress, f"converting {os.path.basename(dst)}")
-        _finish(plan, results, dst, overwrite)
+        finish_dataset(plan, results, dst, overwrite)
     except BaseException:
         _commit.remove_temp_dir(tmp)  # deletes it and drops its lock, as Writer.abort does
         raise

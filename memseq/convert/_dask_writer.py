@@ -41,7 +41,7 @@ from memseq import _commit, _fs
 from memseq import format as fmt
 from memseq._checks import equal_row_counts
 from memseq.convert._base import Source
-from memseq.convert._engine import _UNIT_BYTES, _finish, _plan
+from memseq.convert._engine import UNIT_BYTES, finish_dataset, plan_dataset
 from memseq.errors import MemseqError, SchemaError
 
 __all__ = ["save_dask"]
@@ -131,10 +131,10 @@ def _boundaries(num_rows: int, shards: list[tuple[int, int]], arrays: Mapping[st
 
 
 def _units(bounds: list[int], shards: list[tuple[int, int]], row_nbytes: int) -> list[_Unit]:
-    """Units between consecutive boundaries; a block of only non-Dask rows is cut to ~_UNIT_BYTES."""
+    """Units between consecutive boundaries; a block of only non-Dask rows is cut to ~UNIT_BYTES."""
     units = []
     shard = 0
-    max_rows = max(1, _UNIT_BYTES // max(row_nbytes, 1))
+    max_rows = max(1, UNIT_BYTES // max(row_nbytes, 1))
     for a, b in zip(bounds, bounds[1:]):
         while shards[shard][1] <= a:
             shard += 1
@@ -181,7 +181,7 @@ def save_dask(
             raise
         raise _fs.os_error(e, path, "dataset", writing=True) from e
     try:
-        plan = _plan(tmp, sources, fields, owner, shard_rows)
+        plan = plan_dataset(tmp, sources, fields, owner, shard_rows)
         units = _units(_boundaries(num_rows, plan.shards, arrays), plan.shards, plan.row_nbytes)
         results: dict[_Unit, dict[str, tuple[int, int]]] = {unit: {} for unit in units}
         tasks = []
@@ -201,7 +201,7 @@ def save_dask(
             for name, pieces in outputs:
                 for unit, crc, nbytes in pieces:
                     results[unit][name] = (crc, nbytes)
-        _finish(plan, results, path, overwrite)
+        finish_dataset(plan, results, path, overwrite)
     except BaseException:
         _commit.remove_temp_dir(tmp)
         raise
