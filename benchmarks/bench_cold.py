@@ -36,7 +36,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_fit  # noqa: E402 - the same dataset
+import _common  # noqa: E402 - the same dataset as bench_fit
+import bench_fit  # noqa: E402
 
 import memseq  # noqa: E402
 from memseq import bench  # noqa: E402
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
         print(json.dumps(fit_case(args.dir, args.fit == "cold", args.fit_batches)))
         return 0
 
-    bench_fit.build(args.dir, args.rows)
+    _common.build_images(args.dir, args.rows, random_labels=True)
     ds = memseq.open(args.dir)
     paths = bench.data_files(ds)
     image_path = os.path.join(args.dir, ds.manifest.shards[0].files["image"].path)

@@ -36,8 +36,11 @@ import time
 
 import numpy as np
 
-ROW_SHAPE = (64, 64, 3)
-BATCH = 256
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+ROW_SHAPE, BATCH = _common.ROW_SHAPE, _common.BATCH
 
 CASES = {
     "fit(seq) threads": "seq_threads",
@@ -50,50 +53,15 @@ CASES = {
 JAX_CASES = {"jax: fit(seq) threads": "seq_threads", "jax: in-RAM numpy arrays": "ram"}
 
 
-def build(path: str, rows: int) -> None:
-    import memseq
-
-    try:
-        if len(memseq.open(path)) == rows:
-            return
-    except memseq.MemseqError:
-        pass
-    print(f"writing {rows} rows to {path} ...", flush=True)
-    rng = np.random.default_rng(0)
-    chunk = 4096
-    with memseq.Writer(path, {"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}, overwrite=True) as w:
-        for start in range(0, rows, chunk):
-            n = min(chunk, rows - start)
-            labels = rng.integers(0, 10, n)
-            images = rng.integers(0, 256, (n, *ROW_SHAPE), dtype=np.uint8)
-            w.append({"image": images, "label": labels})
-
-
-def warm(path: str) -> None:
-    """Reads every file once so every case starts with a hot page cache."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                while f.read(64 << 20):
-                    pass
-
-
 def make_model(kind: str):
+    """The demo's CNN (``"cnn"``) or the tiny model, compiled."""
+    if kind != "cnn":
+        return _common.tiny_model()
     import keras
 
-    if kind == "cnn":
-        from memseq import demo
+    from memseq import demo
 
-        model = (getattr(demo, "build_model", None) or demo._build_model)(keras)
-    else:
-        model = keras.Sequential(
-            [
-                keras.Input(ROW_SHAPE),
-                keras.layers.Rescaling(1 / 255),
-                keras.layers.GlobalAveragePooling2D(),
-                keras.layers.Dense(10),
-            ]
-        )
+    model = demo.build_model(keras)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -182,11 +150,11 @@ def main(argv=None) -> int:
         print(json.dumps(run_case(args.case, args.model, args.dir, args.batches, args.epochs)))
         return 0
 
-    build(args.dir, args.rows)
-    warm(args.dir)
+    _common.build_images(args.dir, args.rows, random_labels=True)
+    _common.warm(args.dir)
     print(f"dataset {args.dir}: {args.rows} rows of {ROW_SHAPE} uint8; {args.batches} batches of {BATCH} per epoch, "
           f"{args.epochs} epochs per case (first excluded); every case in a fresh process")
-    for model_kind in args.models.split(","):
+    for model_kind in filter(None, args.models.split(",")):
         rates = {name: measure(case, model_kind, args, "tensorflow") for name, case in CASES.items()}
         report(f"{model_kind} model, TensorFlow backend:", rates, "in-RAM numpy arrays", "model-only ceiling")
     if not args.no_jax:

@@ -29,35 +29,19 @@ import numpy as np
 
 import memseq
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
 ROW_SHAPE = (64, 64, 3)
 BATCH = 256
 
 
 def build(path: str, size_gb: float) -> memseq.Dataset:
-    rows = int(size_gb * 1e9) // int(np.prod(ROW_SHAPE))
-    try:
-        ds = memseq.open(path)
-        if len(ds) == rows:
-            return ds
-    except memseq.MemseqError:
-        pass
-    print(f"writing {rows} rows ({size_gb} GB) to {path} ...", flush=True)
-    rng = np.random.default_rng(0)
-    chunk = 4096
-    block = rng.integers(0, 256, (chunk, *ROW_SHAPE), dtype=np.uint8)
-    with memseq.Writer(path, {"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}, overwrite=True) as w:
-        for start in range(0, rows, chunk):
-            n = min(chunk, rows - start)
-            w.append({"image": block[:n], "label": np.arange(start, start + n) % 10})
-    return memseq.open(path)
+    return _common.build_images(path, int(size_gb * 1e9) // int(np.prod(ROW_SHAPE)))
 
 
 def warm(ds: memseq.Dataset) -> None:
-    for name in ds:
-        col = ds[name]
-        step = max(1, (256 << 20) // max(col.nbytes // max(len(col), 1), 1))
-        for start in range(0, len(col), step):
-            col[start : start + step]
+    _common.warm(ds.path)
 
 
 def naive_pydataset(ds: memseq.Dataset, rows: np.ndarray | None = None, **kwargs):
@@ -116,18 +100,7 @@ def bench_getitem(ds: memseq.Dataset, batches: int, repeats: int) -> dict[str, f
 
 
 def tiny_model():
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input(ROW_SHAPE),
-            keras.layers.Rescaling(1 / 255),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
+    return _common.tiny_model()
 
 
 def fit_rate(make_fit, epochs: int) -> float:

@@ -2,7 +2,7 @@
 
 :func:`convert` runs in three steps:
 
-1. **plan** (:func:`plan`): validate the sources, create the temporary directory's
+1. **plan** (:func:`plan_dataset`): validate the sources, create the temporary directory's
    files pre-sized with their final ``.npy`` headers, and cut the rows into work
    units (a few MiB each, never straddling a shard). The shard layout comes from
    :func:`memseq.format.shard_layout`, as in :class:`memseq.Writer`, so the output
@@ -10,7 +10,7 @@
 2. **run** (:func:`_run`): write every unit's rows at their final offsets with
    ``pwrite``, in this process or a pool of spawned worker processes; each unit
    returns the CRC-32 of the bytes it wrote per field.
-3. **finish** (:func:`finish`): combine the units' CRC-32s in file order (no second
+3. **finish** (:func:`finish_dataset`): combine the units' CRC-32s in file order (no second
    read), fsync, write the manifest *last* and rename the directory into place.
 
 Any error removes the temporary directory: nothing appears at the destination.
