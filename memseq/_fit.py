@@ -193,9 +193,8 @@ class SequenceAdapter(DataAdapter):
         self._seq.on_epoch_begin()
 
     def on_epoch_end(self) -> None:
-        with self._lock:
-            self._close_tf_iterator()
-        self._producer.close()
+        # The epoch's producer stops when its iteration ends (or is dropped, or fails):
+        # with fit(steps_per_epoch=...) one iteration spans several Keras epochs.
         self._seq.on_epoch_end()
         self._within_epoch = False
 

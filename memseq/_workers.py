@@ -89,7 +89,11 @@ def _surface(error: BaseException, index: int, epoch: int) -> BaseException:
 
 
 class InlineProducer:
-    """Builds each batch when the consumer asks for it, in the consumer's thread (``workers=0``)."""
+    """Builds each batch when the consumer asks for it, in the consumer's thread (``workers=0``).
+
+    Errors propagate unchanged, as from ``seq[i]``: this is the training loop's own
+    thread, where a ``KeyboardInterrupt`` is the user's Ctrl-C.
+    """
 
     def __init__(self, build: BuildFn):
         self._build = build
@@ -97,14 +101,7 @@ class InlineProducer:
     def epoch(self, indices: Sequence[int], epoch: int) -> Iterator[Batch]:
         """Yields ``build(i, epoch)`` for ``i`` in ``indices``."""
         for index in indices:
-            try:
-                batch = self._build(index, epoch)
-            except BaseException as error:  # noqa: BLE001 - re-raised, maybe as WorkerError
-                surfaced = _surface(error, index, epoch)
-                if surfaced is error:
-                    raise
-                raise surfaced from error
-            yield batch
+            yield self._build(index, epoch)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -258,10 +255,12 @@ class ProcessProducer:
 
     def _take(self, state: _EpochState, position: int) -> Batch:
         with state.cond:
-            while position not in state.ready and state.error is None:
+            while position not in state.ready and state.error is None and not state.stopped:
                 state.cond.wait(_POLL_SECONDS)
             if state.error is not None and position not in state.ready:
                 raise state.error
+            if position not in state.ready:
+                raise WorkerError(f"The workers were stopped before batch {position} of this epoch was built.")
             state.consumed = position + 1
             state.cond.notify_all()
             return state.ready.pop(position)
