@@ -312,3 +312,13 @@ def test_legacy_form_in_keras3_is_still_a_type_error(data_path):
     with pytest.raises(TypeError):
         tiny_model().fit(seq, epochs=1, workers=2, verbose=0)
 
+
+
+@pytest.mark.parametrize(("workers", "processes"), [(0, False), (2, False), (2, True)])
+def test_fit_with_steps_per_epoch_spanning_keras_epochs(data_path, workers, processes):
+    # One iteration of the sequence then spans several Keras epochs (Keras keeps its
+    # iterator): nothing may be stopped under it at on_epoch_end.
+    seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=32, seed=0, workers=workers,
+                                use_multiprocessing=processes)
+    history = tiny_model().fit(seq, epochs=4, steps_per_epoch=3, shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 4
