@@ -23,6 +23,7 @@ from memseq.errors import (
     WriteError,
 )
 from memseq.order import BlockShuffle
+from memseq.ragged import RaggedColumn
 from memseq.raw import open_raw
 from memseq.writer import Writer, save
 
@@ -44,6 +45,7 @@ __all__ = [
     "MemmapSequence",
     "MemseqError",
     "NotRegularFileError",
+    "RaggedColumn",
     "SchemaError",
     "UnsafePathError",
     "WorkerError",
