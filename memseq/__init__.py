@@ -25,6 +25,7 @@ from memseq.errors import (
 from memseq.order import BlockShuffle
 from memseq.ragged import RaggedColumn
 from memseq.raw import open_raw
+from memseq.windows import TokenWindows, windows
 from memseq.writer import Writer, save
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "NotRegularFileError",
     "RaggedColumn",
     "SchemaError",
+    "TokenWindows",
     "UnsafePathError",
     "WorkerError",
     "WriteError",
@@ -55,6 +57,7 @@ __all__ = [
     "open",
     "open_raw",
     "save",
+    "windows",
 ]
 
 
