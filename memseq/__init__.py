@@ -22,6 +22,7 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
+from memseq._padding import Padding, padding_fraction
 from memseq.order import BlockShuffle
 from memseq.ragged import RaggedColumn
 from memseq.raw import open_raw
@@ -46,6 +47,7 @@ __all__ = [
     "MemmapSequence",
     "MemseqError",
     "NotRegularFileError",
+    "Padding",
     "RaggedColumn",
     "SchemaError",
     "TokenWindows",
@@ -56,6 +58,7 @@ __all__ = [
     "augment",
     "open",
     "open_raw",
+    "padding_fraction",
     "save",
     "windows",
 ]
