@@ -23,7 +23,7 @@ from memseq.errors import (
     WriteError,
 )
 from memseq._padding import Padding, padding_fraction
-from memseq.order import BlockShuffle
+from memseq.order import BlockShuffle, LengthBuckets
 from memseq.ragged import RaggedColumn
 from memseq.raw import open_raw
 from memseq.windows import TokenWindows, windows
@@ -44,6 +44,7 @@ __all__ = [
     "DatasetReplacedError",
     "FileAccessError",
     "FormatError",
+    "LengthBuckets",
     "MemmapSequence",
     "MemseqError",
     "NotRegularFileError",
