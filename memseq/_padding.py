@@ -61,6 +61,19 @@ class Padding:
             raise SchemaError(f"Padding: value must be a number. Received: {bounded_repr(self.value)}")
 
 
+def _empty(buffers: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A recycled array of ``shape``: a view of a pooled flat buffer whose size is a power of two.
+
+    Padded shapes change from batch to batch; pooling them by exact shape would fill
+    the pool with buffers never asked for again and allocate (and page-fault) every
+    batch. A view keeps its pooled buffer referenced, so the pool reuses it only once
+    the batch is dropped.
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    capacity = 1 << max(12, (n - 1).bit_length())
+    return buffers.empty((capacity,), dtype)[:n].reshape(shape)
+
+
 def padded_length(lengths: np.ndarray, padding: Padding) -> int:
     """The padded length of a batch whose (truncated) row lengths are ``lengths``: at least 1."""
     longest = max(1, int(lengths.max())) if len(lengths) else 1
@@ -99,7 +112,7 @@ class PaddedField(BatchField):
 
     def gather(self, rows: np.ndarray, buffers: Any) -> np.ndarray:
         arrays, part_of, starts, lengths = self.lengths(rows)
-        out = buffers.empty((len(rows), padded_length(lengths, self.padding), *self.column.value_shape), self.dtype)
+        out = _empty(buffers, (len(rows), padded_length(lengths, self.padding), *self.column.value_shape), self.dtype)
         out.fill(self.pad)
         if len(arrays) == 1:
             values = arrays[0]
@@ -136,7 +149,7 @@ class MaskField(BatchField):
 
     def gather(self, rows: np.ndarray, buffers: Any) -> np.ndarray:
         lengths = self.padded.lengths(rows)[3]
-        out = buffers.empty((len(rows), padded_length(lengths, self.padded.padding)), self.dtype)
+        out = _empty(buffers, (len(rows), padded_length(lengths, self.padded.padding)), self.dtype)
         np.less(np.arange(out.shape[1]), lengths[:, None], out=out)
         return out
 
