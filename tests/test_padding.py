@@ -137,7 +137,9 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("processes", [False, True], ids=["threads", "spawned-processes"])
+@pytest.mark.parametrize(
+    "processes", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["threads", "spawned-processes"]
+)
 def test_keras_workers_serve_the_same_padded_batches(ragged_path, run_python, tmp_path, processes):
     out = tmp_path / "batches.pkl"
     result = run_python(WORKERS, ragged_path, int(processes), out)

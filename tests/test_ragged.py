@@ -239,3 +239,48 @@ def test_checksum_of_offsets_is_verified(ragged_dir):
     _rewrite_offsets(ragged_dir, lambda o: o.__setitem__(1, 2))
     with pytest.raises(memseq.CorruptFileError, match="checksum mismatch"):
         memseq.open(ragged_dir).verify()
+
+
+# --------------------------------------------------------------------------- golden manifest
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden" / "small_ragged_v1.json"
+
+
+def golden_ragged_data():
+    """Deterministic variable-length rows: 1-D tokens (one empty row) and 2-wide frames."""
+    return {
+        "tokens": [np.arange(n, dtype=np.uint16) * 3 for n in (4, 0, 2, 5, 1)],
+        "frames": [np.full((n, 2), n, dtype=np.float32) for n in (1, 2, 0, 3, 1)],
+        "label": np.array([3, 1, 4, 1, 5], dtype=np.int64),
+    }
+
+
+def test_ragged_manifest_matches_golden_byte_for_byte(tmp_path):
+    memseq.save(tmp_path / "ds", golden_ragged_data(), shard_rows=3)
+    written = (tmp_path / "ds" / "memseq.json").read_bytes()
+    if __import__("os").environ.get("MEMSEQ_REGEN_GOLDEN") == "1":
+        GOLDEN.write_bytes(written)
+    assert written == GOLDEN.read_bytes(), "The ragged manifest format drifted (MEMSEQ_REGEN_GOLDEN=1 if intended)."
+
+
+def test_golden_ragged_checksums_are_crc32_of_values_and_offsets():
+    import zlib
+
+    doc = json.loads(GOLDEN.read_text())
+    assert doc["fields"]["tokens"] == {"dtype": "<u2", "shape": [None], "layout": "ragged"}
+    assert doc["fields"]["frames"] == {"dtype": "<f4", "shape": [None, 2], "layout": "ragged"}
+    data = golden_ragged_data()
+    start = 0
+    for shard in doc["shards"]:
+        stop = start + shard["num_rows"]
+        for name in ("tokens", "frames"):
+            rows = data[name][start:stop]
+            values = np.concatenate(rows)
+            offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype("<i8")
+            entry = shard["files"][name]
+            assert entry["num_values"] == len(values)
+            assert entry["checksum"] == f"crc32:{zlib.crc32(values.tobytes()):08x}"
+            assert entry["offsets"]["checksum"] == f"crc32:{zlib.crc32(offsets.tobytes()):08x}"
+            assert entry["offsets"]["path"] == entry["path"].replace(".npy", ".offsets.npy")
+        start = stop
+    assert start == doc["num_rows"] == 5

@@ -95,3 +95,15 @@ def test_windows_in_a_sequence_split_into_inputs_and_targets(tmp_path, shuffle):
         assert_same_array(y, np.stack([tokens[r * 32 + 1 : r * 32 + 33] for r in rows]))
         seen += rows.tolist()
     assert sorted(seen) == list(range(len(win)))  # every window once per epoch
+
+
+def test_windows_through_to_tf_dataset_with_output_signature(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    tokens, raw = _raw_tokens(tmp_path, 5_000)
+    win = memseq.windows(raw, length=17, stride=16)
+    seq = NextToken({"inputs": win, "targets": win}, x="inputs", y="targets", batch_size=8, seed=1)
+    spec = tf.TensorSpec((None, 16), tf.uint16)
+    for i, (x, y) in enumerate(seq.to_tf_dataset(output_signature=(spec, spec))):
+        want_x, want_y = seq.get_batch(i)
+        assert_same_array(x.numpy(), want_x)
+        assert_same_array(y.numpy(), want_y)
