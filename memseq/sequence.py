@@ -265,6 +265,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         columns, self._description = _as_columns(data)
         self.data = columns
         columns = _padding.selectable(columns, padding)
+        self.padding = padding
         self._x = _parse_selection(x, "x", columns)
         self._y = None if y is None else _parse_selection(y, "y", columns)
         if sample_weight is not None and y is None:
@@ -529,7 +530,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             **kwargs: Keyword arguments of :func:`memseq.tfdata.to_tf_dataset`:
                 ``output_signature`` (for an ``augment`` that changes dtypes or
                 shapes), ``deterministic``, ``input_context`` (distributed input),
-                ``epoch``, ``num_parallel_calls``.
+                ``epoch``, ``num_parallel_calls``, ``ragged``.
 
         Returns:
             A ``tf.data.Dataset`` whose elements have the structure of ``seq[i]``:

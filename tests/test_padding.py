@@ -153,3 +153,20 @@ def test_keras_workers_serve_the_same_padded_batches(ragged_path, run_python, tm
         assert_same_array(x[0], want_x[0])
         assert_same_array(x[1], want_x[1])
         assert_same_array(y, want_y)
+
+
+def test_to_tf_dataset_ragged_serves_the_rows(ragged_path):
+    tf = pytest.importorskip("tensorflow")
+    rows = _rows()
+    seq = memseq.MemmapSequence(ragged_path, x={"tokens": "tokens", "mask": "tokens:mask"}, y="label",
+                                batch_size=16, seed=4, padding=memseq.Padding(max_length=25, multiple=8))
+    ds = seq.to_tf_dataset(ragged=True)
+    spec_x, spec_y = ds.element_spec
+    assert isinstance(spec_x["tokens"], tf.RaggedTensorSpec) and spec_x["tokens"].dtype == tf.uint16
+    assert spec_x["mask"] == tf.TensorSpec((None, None), tf.bool)  # derived fields stay dense
+    for i, (x, y) in enumerate(ds):
+        assert_same_array(y.numpy(), seq.batch_rows(i))
+        for got, r in zip(x["tokens"], seq.batch_rows(i)):
+            assert_same_array(got.numpy(), rows[r][:25])
+    with pytest.raises(memseq.SchemaError, match="ragged must be True or False"):
+        seq.to_tf_dataset(ragged="yes")
