@@ -20,6 +20,7 @@ import numpy as np
 
 from memseq._checks import row_indices
 from memseq._mapping import MappedFile
+from memseq.columns import Column
 from memseq.errors import BatchIndexError, CorruptFileError
 
 __all__ = ["RaggedColumn", "RaggedPart", "check_offsets"]
@@ -167,6 +168,15 @@ class RaggedColumn:
         """The number of values of all rows together."""
         return sum(len(part.values.data()) for part in self._parts())
 
+    @property
+    def values(self) -> Column:
+        """All rows' values concatenated, as a :class:`~memseq.Column` of shape ``(num_values, *value_shape)``.
+
+        Reads nothing; pickles by reference like this column. ``memseq.windows`` over
+        a token field uses it: windows then run across row boundaries.
+        """
+        return _ValuesColumn(self)
+
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
             i = int(key)
@@ -213,3 +223,15 @@ class RaggedColumn:
         """Checks every offset of every shard (see :func:`check_offsets`)."""
         for part in self._parts():
             check_offsets(part)
+
+
+class _ValuesColumn(Column):
+    """The values of a :class:`RaggedColumn`, all shards concatenated, as a fixed-shape column."""
+
+    def __init__(self, ragged: RaggedColumn):
+        sizes = [len(part.values.data()) for part in ragged._parts()]
+        super().__init__(f"{ragged.name} (values)", ragged.dtype, ragged.value_shape, sizes)
+        self.ragged = ragged
+
+    def _parts(self) -> Sequence[MappedFile]:
+        return [part.values for part in self.ragged._parts()]

@@ -40,6 +40,8 @@ def _as_source(tokens: Any) -> Any:
             return open_raw(os.fspath(tokens.filename), tokens.dtype, tuple(tokens.shape), int(tokens.offset))
         except MemseqError:
             return tokens
+    if getattr(tokens, "ragged", False) is True:
+        return tokens.values  # a variable-length field: its rows' tokens, concatenated
     if isinstance(tokens, (Column, np.ndarray)):
         return tokens
     raise SchemaError(
@@ -109,7 +111,8 @@ def windows(tokens: Any, *, length: int, stride: int | None = None) -> TokenWind
 
     Args:
         tokens: A 1-D column: ``memseq.open_raw("train.bin", dtype="uint16", shape=(-1,))``,
-            a 1-D dataset field, an ``np.memmap`` or an ndarray.
+            a 1-D dataset field, an ``np.memmap`` or an ndarray; or a variable-length
+            token field, whose rows are taken concatenated (``column.values``).
         length: Tokens per window (>= 1): ``block_size + 1`` for next-token training.
         stride: Tokens between window starts (>= 1); defaults to ``length``.
             ``stride=length - 1`` makes every token a target exactly once.

@@ -107,3 +107,15 @@ def test_windows_through_to_tf_dataset_with_output_signature(tmp_path):
         want_x, want_y = seq.get_batch(i)
         assert_same_array(x.numpy(), want_x)
         assert_same_array(y.numpy(), want_y)
+
+
+def test_windows_over_a_ragged_field_run_across_rows(tmp_path):
+    rows = [np.arange(n, dtype=np.uint16) + 100 * i for i, n in enumerate([5, 0, 9, 3, 7, 11])]
+    memseq.save(tmp_path / "ds", {"tokens": rows}, shard_rows=4)
+    column = memseq.open(tmp_path / "ds")["tokens"]
+    stream = np.concatenate(rows)
+    assert_same_array(column.values[:], stream)
+    assert len(pickle.dumps(column.values)) < 2000
+    win = memseq.windows(column, length=8, stride=5)
+    assert_same_array(win[:], np.stack([stream[i : i + 8] for i in range(0, len(stream) - 7, 5)]))
+    assert_same_array(pickle.loads(pickle.dumps(win))[2], stream[10:18])
