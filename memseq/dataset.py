@@ -342,7 +342,7 @@ class Dataset(Mapping):
 
     # -- the table
 
-    def __getitem__(self, name: str) -> Column:
+    def __getitem__(self, name: str) -> Column | RaggedColumn:
         try:
             return self._columns[name]
         except (KeyError, TypeError):
@@ -501,7 +501,8 @@ def open(path: str | os.PathLike) -> Dataset:  # noqa: A001 - mirrors io.open / 
         DatasetPermissionError, FileAccessError: If a file cannot be opened.
         FormatError: If the manifest or a header is invalid or disagrees with the other.
         UnsafePathError: If the manifest names a file outside the directory.
-        CorruptFileError: If a file has the wrong size.
+        CorruptFileError: If a file has the wrong size, or a variable-length field's
+            offsets do not start at 0 and end at its number of values.
 
     Example:
         >>> ds = memseq.open("data/train")

@@ -21,7 +21,7 @@ import numpy as np
 from memseq._checks import row_indices
 from memseq._mapping import MappedFile
 from memseq.columns import Column
-from memseq.errors import BatchIndexError, CorruptFileError
+from memseq.errors import BatchIndexError, CorruptFileError, SchemaError
 
 __all__ = ["RaggedColumn", "RaggedPart", "check_offsets"]
 
@@ -148,6 +148,12 @@ class RaggedColumn:
 
     def __repr__(self) -> str:
         return f"<memseq.RaggedColumn {self.name!r} rows={self._num_rows} row_shape={self.row_shape} dtype={self.dtype}>"
+
+    def __array__(self, dtype=None, copy=None):
+        raise SchemaError(
+            f"{self.name}: a variable-length column has no single array form. Use column[i] or column[a:b] "
+            "(lists of arrays), column.values (all values concatenated), or MemmapSequence for padded batches."
+        )
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(self._num_rows):

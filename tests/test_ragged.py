@@ -284,3 +284,9 @@ def test_golden_ragged_checksums_are_crc32_of_values_and_offsets():
             assert entry["offsets"]["path"] == entry["path"].replace(".npy", ".offsets.npy")
         start = stop
     assert start == doc["num_rows"] == 5
+
+
+def test_no_single_array_form(tmp_path):
+    _write(tmp_path / "ds", _rows([2, 3]))
+    with pytest.raises(memseq.SchemaError, match="no single array form"):
+        np.asarray(memseq.open(tmp_path / "ds")["tokens"])
