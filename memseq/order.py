@@ -12,11 +12,11 @@ seed, so it never drifts silently between releases.
 Orders are objects with a ``permutation(num_rows, seed, epoch)`` method:
 :class:`Sequential` (``shuffle=False``), :class:`FullShuffle` (``shuffle=True``) and
 :class:`BlockShuffle` (``shuffle=memseq.BlockShuffle(...)`` or ``shuffle="block"``),
-:class:`LengthBuckets` (``shuffle=memseq.LengthBuckets(ds["tokens"])``: batches of rows
-of similar length, for variable-length fields),
 the order for data larger than RAM: it shuffles blocks of contiguous rows, then rows
 inside a window of consecutive blocks, so that an epoch reads each block once, in
 large sequential pieces, while batches still mix rows from many places.
+:class:`LengthBuckets` (``shuffle=memseq.LengthBuckets(ds["tokens"])``) batches rows of
+similar length together, to cut the padding of variable-length fields.
 
 :class:`BatchPlan` is the one place that answers "which rows, in which batch, for
 which replica, with which rng": it validates a subset (``indices``), caches the
