@@ -22,10 +22,13 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
+from memseq._padding import Padding, padding_fraction
 from memseq._records import Records, records
-from memseq.order import BlockShuffle
-from memseq.raw import open_raw
 from memseq._save import save
+from memseq.order import BlockShuffle, LengthBuckets
+from memseq.ragged import RaggedColumn
+from memseq.raw import open_raw
+from memseq.windows import TokenWindows, windows
 from memseq.writer import Writer
 
 __version__ = "0.1.0"
@@ -43,11 +46,15 @@ __all__ = [
     "DatasetReplacedError",
     "FileAccessError",
     "FormatError",
+    "LengthBuckets",
     "MemmapSequence",
     "MemseqError",
     "NotRegularFileError",
+    "Padding",
+    "RaggedColumn",
     "Records",
     "SchemaError",
+    "TokenWindows",
     "UnsafePathError",
     "WorkerError",
     "WriteError",
@@ -55,8 +62,10 @@ __all__ = [
     "augment",
     "open",
     "open_raw",
+    "padding_fraction",
     "records",
     "save",
+    "windows",
 ]
 
 

@@ -14,7 +14,7 @@ from memseq import convert as cv
 from memseq import format as fmt
 from memseq.errors import SchemaError
 
-__all__ = ["parse_shape", "parse_raw_option", "parse_field_option", "parse_image_size"]
+__all__ = ["parse_shape", "parse_raw_option", "parse_field_option", "parse_image_size", "parse_tokens_option"]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -107,6 +107,7 @@ def parse_raw_option(text: str) -> cv.RawSource:
 def parse_field_option(text: str, *, dtype: str | None = None, shape: str | Sequence[int] | None = None) -> cv.Source:
     """Parses ``--field NAME=PATH[:KEY]`` into a source, by the file's kind.
 
+    - a directory: ``NAME=rows/``, one-row ``.npy`` files as a variable-length field.
     - ``.npy``: ``NAME=file.npy`` (no KEY).
     - ``.npz``: ``NAME=file.npz[:ARRAY]``; the array is NAME unless ARRAY is given.
     - HDF5 (``.h5``, ``.hdf5``, ...): ``NAME=file.h5[:/dataset/path]``; the dataset
@@ -123,6 +124,8 @@ def parse_field_option(text: str, *, dtype: str | None = None, shape: str | Sequ
         DatasetNotFoundError, FormatError, CorruptFileError: From the source.
     """
     name, rest = _split_name("--field", text)
+    if os.path.isdir(rest):
+        return cv.NpyRowsSource(rest, name)
     path, key = _split_existing(rest)
     kind = cv.source_kind(path, f"the source of field {name!r}")
     if kind == "npy":
@@ -141,3 +144,23 @@ def parse_field_option(text: str, *, dtype: str | None = None, shape: str | Sequ
             "--shape, or use --raw NAME=PATH:DTYPE:SHAPE (e.g. --raw image=images.mmap:uint8:-1,64,64,3)."
         )
     return cv.RawSource(path, name, dtype, parse_shape(shape) if isinstance(shape, str) else tuple(shape))
+
+
+def parse_tokens_option(text: str) -> cv.TokenStreamSource:
+    """Parses ``--tokens NAME=PATH:DTYPE:SEPARATOR`` into a :class:`~memseq.convert.TokenStreamSource`.
+
+    Example: ``tokens=train.bin:uint16:50256`` (rows end after each token 50256).
+
+    Raises:
+        SchemaError: If the text does not have that form.
+    """
+    name, rest = _split_name("--tokens", text)
+    path, spec = _split_existing(rest)
+    parts = (spec or "").split(":")
+    if spec is None or len(parts) != 2:
+        raise SchemaError(f"--tokens takes NAME=PATH:DTYPE:SEPARATOR, e.g. tokens=train.bin:uint16:50256. Received: {text!r}")
+    try:
+        separator = int(parts[1])
+    except ValueError:
+        raise SchemaError(f"--tokens: SEPARATOR must be an integer token. Received: {parts[1]!r}") from None
+    return cv.TokenStreamSource(path, name, parts[0], separator)

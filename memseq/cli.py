@@ -89,7 +89,7 @@ def _info(args: argparse.Namespace) -> int:
             "dtype_str": spec.dtype.str,
             "shape": list(spec.shape),
             "row_bytes": spec.row_nbytes,
-            "bytes": spec.row_nbytes * ds.num_rows,
+            "bytes": spec.row_nbytes * (ds[name].num_values if spec.ragged else ds.num_rows),
         }
         for name, spec in ds.fields.items()
     }
@@ -147,7 +147,7 @@ def _convert_sources(args: argparse.Namespace, src: str | None, dst: str) -> lis
 
     if (args.dtype is None) != (args.shape is None):
         raise SchemaError("--dtype and --shape go together (they describe headerless raw --field files).")
-    if src is None and not args.field and not args.raw:
+    if src is None and not args.field and not args.raw and not args.tokens:
         if os.path.exists(dst):
             raise SchemaError(f"convert takes SRC DST: where should {dst} be converted to? See memseq convert --help.")
         raise SchemaError("Nothing to convert: give SRC, or --field / --raw options. See memseq convert --help.")
@@ -170,6 +170,8 @@ def _convert_sources(args: argparse.Namespace, src: str | None, dst: str) -> lis
         sources.append(options.parse_field_option(text, dtype=args.dtype, shape=args.shape))
     for text in args.raw:
         sources.append(options.parse_raw_option(text))
+    for text in args.tokens:
+        sources.append(options.parse_tokens_option(text))
     return sources
 
 
@@ -310,6 +312,13 @@ Sources (combine several; all need the same number of rows):
                             e.g. --raw image=images.mmap:uint8:-1,64,64,3
 SHAPE is rows first, comma-separated, with one -1 inferred from the file size.
 
+Variable-length fields (converted in one process; --jobs does not apply):
+  --field NAME=DIR/         a directory of .npy files, one row each (natural
+                            file-name order), e.g. --field tokens=docs/
+  --tokens NAME=FILE:DTYPE:SEPARATOR
+                            a headerless token stream cut into rows after each
+                            SEPARATOR token, e.g. --tokens tokens=train.bin:uint16:50256
+
 Image folders: SRC/<class>/<image files>. Fields 'image' (uint8, HxWxC; C=3, or 1
 with --gray) and 'label' (int64: the class's index in alphabetical order). Without
 --image-size every image must have the first image's size; with it every image is
@@ -324,6 +333,8 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
     p.add_argument("--field", action="append", default=[], metavar="NAME=PATH[:KEY]", help="add a field from a file (repeatable)")
     p.add_argument("--raw", action="append", default=[], metavar="NAME=PATH:DTYPE:SHAPE[:OFFSET]",
                    help="add a field from a headerless raw file (repeatable)")
+    p.add_argument("--tokens", action="append", default=[], metavar="NAME=PATH:DTYPE:SEPARATOR",
+                   help="a raw token stream cut into variable-length rows after each SEPARATOR token (repeatable)")
     p.add_argument("--dtype", help="dtype of headerless raw --field files, e.g. float32")
     p.add_argument("--shape", help="shape of headerless raw --field files, e.g. --shape=-1,64,64,3")
     p.add_argument("--image-size", metavar="HxW", help="resize images to HxW (default: the first image's size, others must match)")

@@ -218,6 +218,42 @@ class Column:
             out[lo - start : hi - start] = array[lo - base : hi - base]
         return out
 
+    def read_windows(self, starts: Any, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Copies rows ``[starts[k], starts[k] + length)`` into ``out[k]``, for every k.
+
+        The gather of :func:`memseq.windows`: one size check per file, then one copy
+        per window. A window that crosses into the next shard is read piece by piece.
+
+        Args:
+            starts: 1-D first rows of the windows; every window must lie inside the column.
+            length: Rows per window.
+            out: Optional C-contiguous array of shape ``(len(starts), length, *row_shape)``.
+
+        Returns:
+            The array of windows.
+
+        Raises:
+            BatchIndexError: If a window does not lie inside the column.
+        """
+        starts = np.asarray(starts, np.int64).reshape(-1)
+        if out is None:
+            out = np.empty((len(starts), length, *self.row_shape), self.dtype)
+        if len(starts) and (int(starts.min()) < 0 or int(starts.max()) + length > self._num_rows):
+            raise BatchIndexError(f"{self.name}: a window of {length} rows leaves the column's {self._num_rows} rows.")
+        parts = self._parts()
+        part_of = np.searchsorted(self._starts, starts, side="right") - 1
+        for p in np.unique(part_of).tolist():
+            array = parts[p].data()
+            parts[p].check_size()
+            base, end = int(self._starts[p]), int(self._starts[p + 1])
+            for k in np.flatnonzero(part_of == p).tolist():
+                a = int(starts[k])
+                if a + length <= end:
+                    out[k] = array[a - base : a - base + length]
+                else:
+                    out[k] = self._read_range(a, a + length)
+        return out
+
     def prefetch(self, ranges: Any) -> int:
         """Asks the kernel to start reading rows ahead: each ``[start, stop)`` of ``ranges``.
 

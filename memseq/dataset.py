@@ -49,10 +49,11 @@ from memseq.errors import (
     MemseqError,
     SchemaError,
 )
+from memseq.ragged import RaggedColumn, RaggedPart, check_offsets
 from memseq.raw import RawColumn, open_raw
 from memseq.raw import _reopen_raw  # noqa: F401 - named by pickles made before memseq.raw existed
 
-__all__ = ["Column", "Dataset", "RawColumn", "open", "open_raw"]
+__all__ = ["Column", "Dataset", "RaggedColumn", "RawColumn", "open", "open_raw"]
 
 # How often to start opening a dataset again that was replaced while it was being opened.
 _OPEN_ATTEMPTS = 3
@@ -85,6 +86,28 @@ class _DatasetColumn(Column):
 
     def __repr__(self) -> str:
         return f"<memseq.Column {self.name!r} of {self._files.path!r} shape={self.shape} dtype={self.dtype}>"
+
+
+class _DatasetRaggedColumn(RaggedColumn):
+    """A variable-length column of a :class:`Dataset`; pickles as (the dataset's files, field name)."""
+
+    def __init__(self, files: "_DatasetFiles", name: str):
+        spec = files.manifest.fields[name]
+        super().__init__(name, spec.dtype, spec.value_shape, [s.num_rows for s in files.manifest.shards])
+        self._files = files
+
+    def _parts(self) -> Sequence[RaggedPart]:
+        return self._files.mapped()[self.name]
+
+    def __reduce__(self):
+        return (_ragged_column_of, (self._files, self.name, self.dtype.str, self.value_shape, self._part_rows))
+
+
+def _ragged_column_of(files: "_DatasetFiles", name: str, dtype: str, value_shape: tuple, part_rows: Sequence[int]) -> RaggedColumn:
+    column = _DatasetRaggedColumn.__new__(_DatasetRaggedColumn)
+    RaggedColumn.__init__(column, name, np.dtype(dtype), value_shape, part_rows)
+    column._files = files
+    return column
 
 
 def _column_of(files: "_DatasetFiles", name: str, dtype: str, row_shape: tuple[int, ...], part_rows: Sequence[int]) -> Column:
@@ -176,8 +199,26 @@ class _DatasetFiles:
             raise
         return mapped
 
-    def _open_data_file(self, shard: fmt.ShardSpec, spec: fmt.FieldSpec) -> MappedFile:
-        rel = shard.files[spec.name].path
+    def _open_data_file(self, shard: fmt.ShardSpec, spec: fmt.FieldSpec) -> Any:
+        entry = shard.files[spec.name]
+        if not spec.ragged:
+            return self._open_checked(entry.path, spec, shard.num_rows)
+        values = self._open_checked(entry.path, spec, entry.num_values)
+        try:
+            offsets_spec = fmt.FieldSpec(f"{spec.name} (offsets)", np.dtype("<i8"), ())
+            part = RaggedPart(values, self._open_checked(entry.offsets.path, offsets_spec, shard.num_rows + 1))
+        except BaseException:
+            values.close()
+            raise
+        try:
+            part.check_ends()
+        except BaseException:
+            part.close()
+            raise
+        return part
+
+    def _open_checked(self, rel: str, spec: fmt.FieldSpec, num_rows: int) -> MappedFile:
+        """Opens and maps a .npy file of ``num_rows`` rows of ``spec``'s dtype and value shape, checked."""
         path = fmt.resolve_inside(self.path, rel, manifest=self.manifest_path)
         fd, st = _fs.open_regular(path, f"data file of field {spec.name!r}")
         try:
@@ -185,7 +226,7 @@ class _DatasetFiles:
             # a file swapped in between could otherwise pass the checks for another.
             with io.FileIO(fd, "rb", closefd=False) as f:
                 dtype, shape, offset = fmt.read_npy_header(f, path)
-            expected_shape = (shard.num_rows, *spec.shape)
+            expected_shape = (num_rows, *spec.value_shape)
             if dtype != spec.dtype:
                 raise FormatError(
                     f"{path}: field {spec.name!r} should have dtype {spec.dtype} (manifest) but the file has {dtype}."
@@ -195,7 +236,7 @@ class _DatasetFiles:
                     f"{path}: field {spec.name!r} should have shape {bounded_repr(expected_shape)} (manifest) "
                     f"but the file has {bounded_repr(shape)}."
                 )
-            expected_size = offset + shard.num_rows * spec.row_nbytes
+            expected_size = offset + num_rows * spec.row_nbytes
             if st.st_size != expected_size:
                 raise CorruptFileError(
                     f"{path}: expected {expected_size} bytes for {bounded_repr(shape)} of {dtype}, but the file is "
@@ -292,13 +333,16 @@ class Dataset(Mapping):
             self.__dict__.setdefault("manifest", manifest)
             self.__dict__.setdefault("fields", dict(manifest.fields))
             if "_columns" not in self.__dict__:
-                self.__dict__["_columns"] = {n: _DatasetColumn(state, n) for n in manifest.fields}
+                self.__dict__["_columns"] = {
+                    n: (_DatasetRaggedColumn if spec.ragged else _DatasetColumn)(state, n)
+                    for n, spec in manifest.fields.items()
+                }
             return self.__dict__[name]
         raise AttributeError(name)
 
     # -- the table
 
-    def __getitem__(self, name: str) -> Column:
+    def __getitem__(self, name: str) -> Column | RaggedColumn:
         try:
             return self._columns[name]
         except (KeyError, TypeError):
@@ -371,6 +415,9 @@ class Dataset(Mapping):
         sorted_idx = idx if order is None else idx[order]
         out = {}
         for name, col in zip(names, columns):
+            if isinstance(col, RaggedColumn):
+                out[name] = col.take(idx)
+                continue
             out[name] = np.empty((len(idx), *col.row_shape), col.dtype)
             col._take_valid(sorted_idx, order, out[name])
         return out
@@ -383,25 +430,22 @@ class Dataset(Mapping):
         Every file is read once, sequentially, without holding it in memory.
 
         Raises:
-            CorruptFileError: Naming the first file whose size or checksum is wrong.
+            CorruptFileError: Naming the first file whose size or checksum is wrong,
+                or whose offsets (of a variable-length field) are not valid.
             DatasetReplacedError: If everything this Dataset serves is intact, but the
                 dataset on disk was replaced since it was opened (open it again to
                 verify the new one).
             DatasetClosedError: If the Dataset was closed.
         """
-        from memseq._checksum import crc32_of_array
-
         files = self._state.mapped()
         for s, shard in enumerate(self.manifest.shards):
             for name, entry in shard.files.items():
                 part = files[name][s]
-                part.check_size()
-                actual = fmt.format_checksum(crc32_of_array(part.data(), between=part.check_size))
-                if actual != entry.checksum:
-                    raise CorruptFileError(
-                        f"{part.path}: checksum mismatch for field {name!r}: manifest says {entry.checksum}, "
-                        f"the file has {actual}. The file is corrupt."
-                    )
+                if isinstance(part, RaggedPart):
+                    check_offsets(part)  # first: its message says what is wrong, a checksum only that something is
+                    _verify_file(part.offsets, name, entry.offsets.checksum)
+                    part = part.values
+                _verify_file(part, name, entry.checksum)
         if not self._state.is_current():
             raise DatasetReplacedError(
                 f"{self.path}: the dataset on disk was replaced after this Dataset opened it. The data this "
@@ -418,6 +462,18 @@ class Dataset(Mapping):
         from memseq._records import Records
 
         return Records(self, fields)
+
+
+def _verify_file(part: MappedFile, name: str, checksum: str) -> None:
+    from memseq._checksum import crc32_of_array
+
+    part.check_size()
+    actual = fmt.format_checksum(crc32_of_array(part.data(), between=part.check_size))
+    if actual != checksum:
+        raise CorruptFileError(
+            f"{part.path}: checksum mismatch for field {name!r}: manifest says {checksum}, "
+            f"the file has {actual}. The file is corrupt."
+        )
 
 
 def _manifest_fingerprint(directory: str) -> int | None:
@@ -456,7 +512,8 @@ def open(path: str | os.PathLike) -> Dataset:  # noqa: A001 - mirrors io.open / 
         DatasetPermissionError, FileAccessError: If a file cannot be opened.
         FormatError: If the manifest or a header is invalid or disagrees with the other.
         UnsafePathError: If the manifest names a file outside the directory.
-        CorruptFileError: If a file has the wrong size.
+        CorruptFileError: If a file has the wrong size, or a variable-length field's
+            offsets do not start at 0 and end at its number of values.
 
     Example:
         >>> ds = memseq.open("data/train")

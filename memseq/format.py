@@ -62,9 +62,9 @@ Manifest
   signed and unsigned integers, floats and complex numbers are allowed: never
   objects, strings or structured records.
 - ``shape`` is the shape of one row; ``[]`` for scalar rows.
-- ``layout`` is ``"fixed"`` (every row has ``shape``). The value ``"ragged"`` is
-  reserved for variable-length fields stored flat with an int64 offsets array;
-  this version refuses it.
+- ``layout`` is ``"fixed"`` (every row has ``shape``) or ``"ragged"`` (a
+  variable-length field, see below). Manifests without ragged fields are exactly
+  what memseq wrote before ragged fields existed.
 - ``path`` is relative to the dataset directory, uses ``/`` separators, and must
   stay inside the directory: absolute paths, ``..`` components and symlinks that
   resolve outside the directory are refused.
@@ -73,6 +73,24 @@ Manifest
   The header itself is checked field by field on open instead. CRC-32 detects
   corruption (it is no defence against tampering) and runs at several GB/s.
   Unknown keys are refused, so that a misspelt key never goes unnoticed.
+
+Variable-length (ragged) fields
+-------------------------------
+A field whose rows differ in length (token sequences, audio) has ``"layout":
+"ragged"`` and ``null`` as the first entry of its shape: ``"shape": [null]`` for
+1-D rows, ``"shape": [null, 80]`` for rows of 80-band frames. Each shard stores it
+in two ``.npy`` files: the *values* of all its rows, concatenated, of shape
+``(num_values, *trailing)``, and an int64 *offsets* file of shape
+``(num_rows + 1,)``, where row ``i`` of the shard is ``values[offsets[i]:offsets[i+1]]``.
+Its file entry names both and the number of values::
+
+    "tokens": {"path": "tokens.npy", "checksum": "crc32:...", "num_values": 51234,
+               "offsets": {"path": "tokens.offsets.npy", "checksum": "crc32:..."}}
+
+Offsets must start at 0, never decrease, and end at ``num_values``. Opening checks
+the offsets file's dtype (``<i8``), shape, first and last value (two reads); every
+read checks the offsets it uses; ``Dataset.verify()`` checks them all. A violation is
+a :class:`~memseq.CorruptFileError`, never a read outside the values.
 
 Version policy
 --------------
@@ -101,6 +119,10 @@ import numpy as np
 
 from memseq import _fs
 from memseq._checks import bounded_repr
+from memseq._manifest_json import count as _count
+from memseq._manifest_json import expect as _expect
+from memseq._manifest_json import json_object as _object
+from memseq._manifest_json import no_unknown_keys as _no_unknown_keys
 from memseq._layout import check_shard_rows, shard_directory, shard_file, shard_layout
 from memseq._npy import MAX_BYTES, MAX_ROW_DIMS, MAX_ROWS, has_npy_magic, npy_header, read_npy_header, reserved_header_length
 from memseq.errors import DatasetNotFoundError, FormatError, SchemaError, UnsafePathError
@@ -162,16 +184,26 @@ class FieldSpec:
 
     name: str
     dtype: np.dtype
-    shape: tuple[int, ...]
+    shape: tuple[Any, ...]
+
+    @property
+    def ragged(self) -> bool:
+        """Whether rows vary in length (``shape[0] is None``)."""
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def value_shape(self) -> tuple[int, ...]:
+        """The shape of one element along the row: ``shape[1:]`` if ragged, else ``shape``."""
+        return tuple(self.shape[1:]) if self.ragged else tuple(self.shape)
 
     @property
     def row_nbytes(self) -> int:
-        """Bytes per row."""
-        return int(self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64)))
+        """Bytes per row; for a ragged field, bytes per value (one step along the row)."""
+        return int(self.dtype.itemsize * int(np.prod(self.value_shape, dtype=np.int64)))
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry for this field."""
-        return {"dtype": self.dtype.str, "shape": list(self.shape), "layout": "fixed"}
+        return {"dtype": self.dtype.str, "shape": list(self.shape), "layout": "ragged" if self.ragged else "fixed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +212,17 @@ class FileEntry:
 
     path: str
     checksum: str
+    # Ragged fields only: the number of values and the offsets file.
+    num_values: int | None = None
+    offsets: "FileEntry | None" = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry for this file."""
-        return {"path": self.path, "checksum": self.checksum}
+        entry: dict[str, Any] = {"path": self.path, "checksum": self.checksum}
+        if self.offsets is not None:
+            entry["num_values"] = self.num_values
+            entry["offsets"] = self.offsets.to_json()
+        return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +300,9 @@ def field_spec(name: str, dtype: Any, shape: Any) -> FieldSpec:
     Args:
         name: The field name.
         dtype: Anything ``np.dtype`` accepts (bool or numeric).
-        shape: The row shape: a tuple of non-negative ints, or an int.
+        shape: The row shape: a tuple of non-negative ints, or an int. A ``None``
+            first dimension makes a variable-length (ragged) field: ``(None,)``,
+            ``(None, 80)``.
 
     Returns:
         The field spec.
@@ -281,16 +322,17 @@ def field_spec(name: str, dtype: Any, shape: Any) -> FieldSpec:
         dims = tuple(shape)
     except TypeError as e:
         raise SchemaError(f"Field {name!r}: row shape must be a tuple of ints. Received: {bounded_repr(shape)}") from e
-    for d in dims:
+    ragged = bool(dims) and dims[0] is None
+    for d in dims[1:] if ragged else dims:
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
             raise SchemaError(
                 f"Field {name!r}: row shape must be a tuple of non-negative ints. Received: {bounded_repr(shape)}"
             )
     if len(dims) > MAX_ROW_DIMS:
         raise SchemaError(f"Field {name!r}: a row has at most {MAX_ROW_DIMS} dimensions. Received {len(dims)}.")
-    dims = tuple(int(d) for d in dims)
+    dims = (None,) * ragged + tuple(int(d) for d in dims[ragged:])
     # Python ints: a numpy int64 product would wrap around silently.
-    if math.prod(dims) * dt.itemsize > MAX_BYTES:
+    if math.prod(dims[ragged:]) * dt.itemsize > MAX_BYTES:
         raise SchemaError(
             f"Field {name!r}: one row of shape {bounded_repr(dims)} and dtype {dt} would take more than "
             f"2**63 - 1 bytes. Received shape: {bounded_repr(dims)}"
@@ -299,33 +341,6 @@ def field_spec(name: str, dtype: Any, shape: Any) -> FieldSpec:
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-def _expect(obj: Any, key: str, kind: type | tuple[type, ...], where: str, path: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise FormatError(f"{path}: {where} is missing the key {key!r}.")
-    value = obj[key]
-    # bool is an int subclass; JSON true/false must never pass as a number.
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise FormatError(f"{path}: {where}[{key!r}] has the wrong type. Received: {bounded_repr(value)}")
-    if not isinstance(value, kind):
-        raise FormatError(f"{path}: {where}[{key!r}] has the wrong type. Received: {bounded_repr(value)}")
-    return value
-
-
-def _no_unknown_keys(obj: dict, allowed: set[str], where: str, path: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise FormatError(f"{path}: {where} has unknown keys {bounded_repr(unknown)}; allowed: {sorted(allowed)}.")
-
-
-def _count(obj: dict, key: str, where: str, path: str) -> int:
-    value = _expect(obj, key, int, where, path)
-    if value < 0:
-        raise FormatError(f"{path}: {where}[{key!r}] must be >= 0. Received: {bounded_repr(value)}")
-    if value > MAX_ROWS:
-        raise FormatError(f"{path}: {where}[{key!r}] must be <= 2**63 - 1. Received: {bounded_repr(value)}")
-    return value
 
 
 def resolve_inside(directory: str, relative: str, *, manifest: str) -> str:
@@ -486,27 +501,23 @@ def _load_document(raw: bytes, path: str) -> dict:
     return doc
 
 
-def _object(value: Any, allowed: set[str], where: str, path: str) -> dict:
-    """``value`` if it is a JSON object with no keys but ``allowed``."""
-    if not isinstance(value, dict):
-        raise FormatError(f"{path}: {where} must be an object. Received: {bounded_repr(value)}")
-    _no_unknown_keys(value, allowed, where, path)
-    return value
-
-
 def _parse_fields(fields_doc: dict, path: str) -> dict[str, FieldSpec]:
     fields: dict[str, FieldSpec] = {}
     for name, entry in fields_doc.items():
         where = f"fields[{bounded_repr(name)}]"
         _object(entry, {"dtype", "shape", "layout"}, where, path)
         layout = _expect(entry, "layout", str, where, path)
-        if layout != "fixed":
+        if layout not in ("fixed", "ragged"):
             raise FormatError(
-                f"{path}: {where} has layout {bounded_repr(layout)}; this memseq reads only 'fixed' "
-                "(variable-length 'ragged' fields are planned, not yet supported)."
+                f"{path}: {where} has layout {bounded_repr(layout)}; this memseq reads 'fixed' and 'ragged'."
             )
         dtype_str = _expect(entry, "dtype", str, where, path)
         shape = _expect(entry, "shape", list, where, path)
+        if (layout == "ragged") != (bool(shape) and shape[0] is None):
+            raise FormatError(
+                f"{path}: {where}: a 'ragged' field has null as the first dimension of its shape, a 'fixed' one "
+                f"has none. Received: layout {layout!r}, shape {bounded_repr(shape)}"
+            )
         try:
             dtype = np.dtype(dtype_str)
         except (TypeError, ValueError, SyntaxError, RecursionError, MemoryError) as e:
@@ -531,22 +542,41 @@ def _parse_shard(shard: Any, where: str, fields: dict[str, FieldSpec], directory
         )
     files: dict[str, FileEntry] = {}
     for name, spec in fields.items():
+        fwhere = f"{where}['files'][{name!r}]"
+        if spec.ragged:
+            files[name] = _parse_ragged_entry(files_doc[name], fwhere, spec, rows, directory, path)
+            continue
         if rows * spec.row_nbytes > MAX_BYTES:
             raise FormatError(
                 f"{path}: {where} holds {rows} rows of field {name!r} ({spec.row_nbytes} bytes each): "
                 "more than 2**63 - 1 bytes."
             )
-        fwhere = f"{where}['files'][{name!r}]"
         entry = _object(files_doc[name], {"path", "checksum"}, fwhere, path)
-        rel = _expect(entry, "path", str, fwhere, path)
-        checksum = _expect(entry, "checksum", str, fwhere, path)
-        if not _CHECKSUM_RE.fullmatch(checksum):
-            raise FormatError(
-                f"{path}: {fwhere}['checksum'] must look like 'crc32:0123abcd'. Received: {bounded_repr(checksum)}"
-            )
-        resolve_inside(directory, rel, manifest=path)
-        files[name] = FileEntry(rel, checksum)
+        files[name] = _parse_file_entry(entry, fwhere, directory, path)
     return ShardSpec(rows, files)
+
+
+def _parse_file_entry(entry: dict, where: str, directory: str, path: str) -> FileEntry:
+    rel = _expect(entry, "path", str, where, path)
+    checksum = _expect(entry, "checksum", str, where, path)
+    if not _CHECKSUM_RE.fullmatch(checksum):
+        raise FormatError(
+            f"{path}: {where}['checksum'] must look like 'crc32:0123abcd'. Received: {bounded_repr(checksum)}"
+        )
+    resolve_inside(directory, rel, manifest=path)
+    return FileEntry(rel, checksum)
+
+
+def _parse_ragged_entry(doc: Any, where: str, spec: FieldSpec, rows: int, directory: str, path: str) -> FileEntry:
+    """A ragged field's entry: values file, checksum, num_values and the offsets file."""
+    entry = _object(doc, {"path", "checksum", "num_values", "offsets"}, where, path)
+    values = _parse_file_entry(entry, where, directory, path)
+    num_values = _count(entry, "num_values", where, path)
+    if num_values * spec.row_nbytes > MAX_BYTES or (rows + 1) * 8 > MAX_BYTES:
+        raise FormatError(f"{path}: {where} holds more than 2**63 - 1 bytes.")
+    offsets_doc = _object(_expect(entry, "offsets", dict, where, path), {"path", "checksum"}, f"{where}['offsets']", path)
+    offsets = _parse_file_entry(offsets_doc, f"{where}['offsets']", directory, path)
+    return FileEntry(values.path, values.checksum, num_values, offsets)
 
 
 def manifest_to_json(manifest: Manifest) -> str:

@@ -15,6 +15,8 @@ Orders are objects with a ``permutation(num_rows, seed, epoch)`` method:
 the order for data larger than RAM: it shuffles blocks of contiguous rows, then rows
 inside a window of consecutive blocks, so that an epoch reads each block once, in
 large sequential pieces, while batches still mix rows from many places.
+:class:`LengthBuckets` (``shuffle=memseq.LengthBuckets(ds["tokens"])``) batches rows of
+similar length together, to cut the padding of variable-length fields.
 
 :class:`BatchPlan` is the one place that answers "which rows, in which batch, for
 which replica, with which rng": it validates a subset (``indices``), caches the
@@ -41,6 +43,7 @@ __all__ = [
     "BlockShuffle",
     "EpochOrder",
     "FullShuffle",
+    "LengthBuckets",
     "ReplicaShare",
     "Sequential",
     "num_batches",
@@ -319,6 +322,8 @@ class BatchPlan:
             self.indices, _ = row_indices(
                 indices, self.num_source_rows, what="indices", allow_negative=False, invalid=SchemaError
             )
+        if hasattr(self.order, "bind"):  # an order that needs the batch size and the rows served (LengthBuckets)
+            self.order = self.order.bind(self.num_source_rows, self.batch_size, self.indices)
         self.num_rows = self.num_source_rows if self.indices is None else len(self.indices)
         self.num_batches = num_batches(self.num_rows, self.batch_size, self.drop_remainder)
         if self.num_batches == 0:
@@ -430,3 +435,66 @@ class BatchPlan:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+class LengthBuckets(EpochOrder):
+    """Batches of rows of similar length, in random order: less padding for variable-length fields.
+
+    Epoch ``e``, with ``rng = np.random.default_rng([seed, e])``: the rows are
+    permuted at random and cut into windows of ``window_batches * batch_size`` rows;
+    each window is sorted by length (stably) and cut into batches; then the full
+    batches of the epoch are put in a random order (a last partial batch stays last,
+    where ``drop_remainder`` finds it). Every row is served once per epoch, and the
+    order is a pure function of ``(seed, epoch)``. A batch then holds rows whose
+    lengths are neighbours among ``window_batches * batch_size`` random rows:
+    larger windows pad less and mix less. :func:`memseq.padding_fraction` measures
+    what it saves.
+
+    Args:
+        lengths: Every row's length, in stored order: ``ds["tokens"].lengths``, or
+            the ragged column itself (its lengths are read once, from the offsets).
+            Lengths of all rows of the data, also when the sequence serves a subset
+            (``indices``).
+        window_batches: Batches per sorted window (>= 1).
+
+    Example:
+        >>> seq = memseq.MemmapSequence(ds, x="tokens", y="label", batch_size=32, seed=0,
+        ...                             shuffle=memseq.LengthBuckets(ds["tokens"], window_batches=64))
+    """
+
+    sorts_batches = True
+
+    def __init__(self, lengths: Any, window_batches: int = 64):
+        source = lengths.lengths if getattr(lengths, "ragged", False) is True else lengths
+        array = np.asarray(source)
+        if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+            raise SchemaError(f"LengthBuckets: lengths must be 1-D integers. Received: {array.dtype} {array.shape}")
+        self.lengths = array.astype(np.int64, copy=False)
+        self.window_batches = check_int(window_batches, "window_batches", 1, where="LengthBuckets")
+        self.batch_size = 0  # set by bind(): BatchPlan binds the order to its batch size
+        self._served = self.lengths
+
+    def bind(self, num_source_rows: int, batch_size: int, indices: np.ndarray | None) -> "LengthBuckets":
+        """This order for a plan: its batch size, and the lengths of the rows it serves."""
+        if len(self.lengths) != num_source_rows:
+            raise SchemaError(
+                f"LengthBuckets: needs one length per row of the data ({num_source_rows}). Received {len(self.lengths)}."
+            )
+        bound = LengthBuckets(self.lengths, self.window_batches)
+        bound.batch_size = batch_size
+        bound._served = self.lengths if indices is None else self.lengths[indices]
+        return bound
+
+    def permutation(self, num_rows: int, seed: int, epoch: int) -> np.ndarray:
+        if self.batch_size < 1 or len(self._served) != num_rows:
+            raise SchemaError("LengthBuckets: use it as a MemmapSequence's (or BatchPlan's) shuffle=.")
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(np.arange(num_rows, dtype=_index_dtype(num_rows)))
+        window = np.arange(num_rows, dtype=np.int64) // (self.window_batches * self.batch_size)
+        perm = perm[np.lexsort((self._served[perm], window))]
+        full = num_rows // self.batch_size
+        batches = perm[: full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]
+        return np.concatenate([batches.reshape(-1), perm[full * self.batch_size :]])
+
+    def __repr__(self) -> str:
+        return f"LengthBuckets(<{len(self.lengths)} lengths>, window_batches={self.window_batches})"

@@ -40,7 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from memseq import _fit
+from memseq import _fit, _padding
 from memseq._buffers import ALIGN, BufferPool
 from memseq._checks import check_bool, check_int, equal_row_counts, is_sorted
 from memseq.dataset import Column, Dataset, RawColumn
@@ -173,6 +173,8 @@ def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool)
     and ``ascending`` must say whether they are sorted: neither is checked again
     here (that is the point: this is the hot path).
     """
+    if isinstance(column, _padding.BatchField):
+        return column.gather(rows, buffers)
     if isinstance(column, (Column, np.ndarray)):
         out = buffers.empty((len(rows), *column.shape[1:]), column.dtype)
         if isinstance(column, Column):
@@ -215,6 +217,11 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             or a number of bytes; ``None`` (default) means on for block shuffles (whole
             blocks are asked for) and off otherwise. It never changes what a batch
             holds, and skips batches whose data are already in the page cache.
+        padding: How variable-length fields are padded: a :class:`memseq.Padding`
+            (pad value, ``max_length``, ``multiple``) for all of them, or a dict
+            ``{field: Padding}``; default ``Padding()`` (zeros, to the longest row of
+            the batch). For a variable-length field ``"f"``, ``x``/``y`` may also
+            select ``"f:lengths"`` (int32 lengths) and ``"f:mask"`` (bool mask).
         workers: Keras worker count (``PyDataset`` option).
         use_multiprocessing: Keras workers are processes instead of threads.
         max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
@@ -245,6 +252,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         drop_remainder: bool = False,
         indices: Any = None,
         readahead: bool | int | None = None,
+        padding: Any = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -256,6 +264,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         )
         columns, self._description = _as_columns(data)
         self.data = columns
+        columns = _padding.selectable(columns, padding)
+        self.padding = padding
         self._x = _parse_selection(x, "x", columns)
         self._y = None if y is None else _parse_selection(y, "y", columns)
         if sample_weight is not None and y is None:
@@ -272,8 +282,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         )
         self.shuffle = shuffle
         self.seed = secrets.randbits(32) if seed is None else seed
-        row_nbytes = sum(int(np.prod(c.shape[1:], dtype=np.int64)) * np.dtype(c.dtype).itemsize
-                         for c in self._columns.values())
+        row_nbytes = sum(_padding.row_nbytes(c) for c in self._columns.values())
         self.plan = BatchPlan(
             num_source_rows,
             batch_size,
@@ -521,7 +530,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             **kwargs: Keyword arguments of :func:`memseq.tfdata.to_tf_dataset`:
                 ``output_signature`` (for an ``augment`` that changes dtypes or
                 shapes), ``deterministic``, ``input_context`` (distributed input),
-                ``epoch``, ``num_parallel_calls``.
+                ``epoch``, ``num_parallel_calls``, ``ragged``.
 
         Returns:
             A ``tf.data.Dataset`` whose elements have the structure of ``seq[i]``:

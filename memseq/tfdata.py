@@ -220,6 +220,7 @@ def to_tf_dataset(
     input_context: Any = None,
     epoch: int | None = None,
     num_parallel_calls: int | None = None,
+    ragged: bool = False,
 ) -> Any:
     """A ``tf.data.Dataset`` serving the batches of ``seq``.
 
@@ -260,6 +261,9 @@ def to_tf_dataset(
         epoch: The epoch of the first iteration. Default: ``seq.epoch``.
         num_parallel_calls: Batches built in parallel. Default:
             ``tf.data.AUTOTUNE``.
+        ragged: Serve stored variable-length fields as ``tf.RaggedTensor`` (rows
+            truncated to ``Padding.max_length``, no padding) instead of padded
+            tensors. Not with ``input_context``.
 
     Returns:
         A ``tf.data.Dataset`` of batches, with ``len(seq)`` elements per iteration
@@ -296,6 +300,11 @@ def to_tf_dataset(
         )
     num_elements = len(seq) * (1 if share is None else share.replicas_per_pipeline)
     load = _Loader(seq, names, specs, share)
+    row_lengths = None
+    if check_bool(ragged, "ragged"):
+        from memseq._tfragged import RowLengths
+
+        row_lengths = RowLengths(seq, names, input_context)
 
     @tf.autograph.experimental.do_not_convert
     def build(epoch: Any, element: Any) -> Any:
@@ -304,6 +313,10 @@ def to_tf_dataset(
         for name, array in zip(names, arrays):
             array.set_shape(specs[name].shape)
             by_name[name] = array
+        if row_lengths is not None and row_lengths.names:
+            lengths = tf.numpy_function(row_lengths, [epoch, element], [tf.int32] * len(row_lengths.names),
+                                        stateful=False, name="memseq_lengths")
+            row_lengths.wrap(by_name, lengths)
         return tf.nest.map_structure(lambda name: by_name[name], template)
 
     ds = _epochs_and_elements(first_epoch, num_elements)

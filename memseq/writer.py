@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
-from memseq import _commit, _fs
+from memseq import _commit, _fs, _ragged_write
 from memseq import format as fmt
 from memseq._checks import equal_row_counts
 from memseq.errors import MemseqError, SchemaError
@@ -60,6 +60,12 @@ def _normalize_fields(fields: Mapping[str, Any]) -> dict[str, fmt.FieldSpec]:
         else:
             raise SchemaError(
                 f"Field {name!r}: expected (dtype, row_shape), e.g. ('uint8', (64, 64, 3)). Received: {spec!r}"
+            )
+    for name, spec in specs.items():
+        if spec.ragged and _ragged_write.offsets_name(name) in specs:
+            raise SchemaError(
+                f"Field {_ragged_write.offsets_name(name)!r} would share its file with the offsets of the "
+                f"variable-length field {name!r}: rename one of them."
             )
     return specs
 
@@ -97,6 +103,39 @@ class _FieldFile:
     def close(self) -> None:
         self.file.close()
 
+    def entry(self, root: str) -> fmt.FileEntry:
+        """Finishes the file; its manifest entry (path relative to ``root``)."""
+        rel = os.path.relpath(self.path, root).replace(os.sep, "/")
+        return fmt.FileEntry(rel, self.finish())
+
+
+class _RaggedFile:
+    """A variable-length field of one shard: a values file and an int64 offsets file."""
+
+    def __init__(self, values_path: str, offsets_path: str, spec: fmt.FieldSpec):
+        self.spec = spec
+        self.values = _FieldFile(values_path, fmt.FieldSpec(spec.name, spec.dtype, spec.value_shape))
+        self.offsets = _FieldFile(offsets_path, fmt.FieldSpec(spec.name, _ragged_write.OFFSETS_DTYPE, ()))
+        self.offsets.write(np.zeros(1, _ragged_write.OFFSETS_DTYPE))
+        self.rows = 0
+
+    def write_rows(self, rows: Any) -> None:
+        """Appends rows (a sequence of arrays already checked), in pieces of bounded size."""
+        for values, lengths in _ragged_write.flat_pieces(rows, self.spec.dtype, self.spec.row_nbytes, _WRITE_CHUNK_BYTES):
+            self.offsets.write((self.values.rows + np.cumsum(lengths)).astype(_ragged_write.OFFSETS_DTYPE))
+            self.values.write(values)
+            self.rows += len(lengths)
+
+    def entry(self, root: str) -> fmt.FileEntry:
+        """Finishes both files; the field's manifest entry."""
+        num_values = self.values.rows
+        values, offsets = self.values.entry(root), self.offsets.entry(root)
+        return fmt.FileEntry(values.path, values.checksum, num_values, offsets)
+
+    def close(self) -> None:
+        self.values.close()
+        self.offsets.close()
+
 
 class Writer:
     """Streams rows into a new memseq dataset and commits it atomically.
@@ -108,7 +147,9 @@ class Writer:
     Args:
         path: The dataset directory to create.
         fields: Mapping of field name -> ``(dtype, row_shape)``; dtypes must be
-            bool or numeric, ``row_shape`` is ``()`` for scalar rows.
+            bool or numeric, ``row_shape`` is ``()`` for scalar rows. A ``None``
+            first dimension declares a variable-length field: ``("uint16", (None,))``
+            for token sequences, ``("float32", (None, 80))`` for 80-band frames.
         overwrite: Replace an existing memseq dataset at ``path``. The old one stays
             intact and readable until the new one is committed.
         shard_rows: Start a new shard (sub-directory) every this many rows. By
@@ -187,6 +228,10 @@ class Writer:
         lengths = {}
         for name, spec in self.fields.items():
             arr = batch[name]
+            if spec.ragged:
+                arrays[name] = _ragged_write.ragged_rows(arr, spec.dtype, spec.value_shape, f"{self.path}: field {name!r}")
+                lengths[name] = len(arrays[name])
+                continue
             if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
                 arr = np.asarray(arr)
             dtype = np.dtype(arr.dtype)
@@ -212,7 +257,8 @@ class Writer:
             batch: Mapping of every field name -> array (ndarray, memmap or any
                 array-like with ``shape``, ``dtype`` and slicing) of shape
                 ``(n, *row_shape)`` and the field's dtype or one that casts to it
-                safely.
+                safely. A variable-length field takes a list (or tuple) of ``n``
+                arrays of shape ``(length, *trailing)``, or a ragged column.
 
         Raises:
             SchemaError: For missing or unknown fields, a dtype that does not cast
@@ -232,6 +278,9 @@ class Writer:
         for shard, start, stop in fmt.shard_layout(first + n, self.shard_rows, first):
             files = self._shard_files(shard)
             for name, spec in self.fields.items():
+                if spec.ragged:
+                    files[name].write_rows(arrays[name][start - first : stop - first])
+                    continue
                 step = max(1, _WRITE_CHUNK_BYTES // max(spec.row_nbytes, 1))
                 for a in range(start - first, stop - first, step):
                     b = min(stop - first, a + step)
@@ -247,11 +296,15 @@ class Writer:
             self._current_dir = fmt.shard_directory(shard, self.shard_rows)
             if self._current_dir:
                 os.mkdir(os.path.join(self._tmp, self._current_dir))
-            self._current = {
-                name: _FieldFile(os.path.join(self._tmp, fmt.shard_file(shard, name, self.shard_rows)), spec)
-                for name, spec in self.fields.items()
-            }
+            self._current = {name: self._open_field(shard, spec) for name, spec in self.fields.items()}
         return self._current
+
+    def _open_field(self, shard: int, spec: fmt.FieldSpec) -> Any:
+        path = os.path.join(self._tmp, fmt.shard_file(shard, spec.name, self.shard_rows))
+        if not spec.ragged:
+            return _FieldFile(path, spec)
+        offsets = fmt.shard_file(shard, _ragged_write.offsets_name(spec.name), self.shard_rows)
+        return _RaggedFile(path, os.path.join(self._tmp, offsets), spec)
 
     def _finish_shard(self) -> None:
         files, self._current = self._current, None
@@ -260,8 +313,7 @@ class Writer:
         entries = {}
         rows = 0
         for name, f in files.items():
-            rel = os.path.relpath(f.path, self._tmp).replace(os.sep, "/")
-            entries[name] = fmt.FileEntry(rel, f.finish())
+            entries[name] = f.entry(self._tmp)
             rows = f.rows
         if self._current_dir:
             _commit.fsync_dir(os.path.join(self._tmp, self._current_dir))
@@ -352,6 +404,9 @@ def save(
         path: The dataset directory to create.
         data: Mapping of field name -> array (ndarray, ``np.memmap``, memseq column)
             with equal first dimensions; the rest of each shape is the row shape.
+            A list (or tuple) of ndarrays, or a ragged column, is a variable-length
+            field: its dtype is the rows' common dtype, its shape ``(None, *trailing)``
+            (use :class:`Writer` for a variable-length field without rows).
         overwrite: Replace an existing memseq dataset; it stays readable until the
             new one is committed.
         shard_rows: Start a new shard every this many rows.
@@ -366,13 +421,22 @@ def save(
     """
     if not isinstance(data, Mapping) or not data:
         raise SchemaError(f"save() takes a non-empty mapping of field name -> array. Received: {type(data).__name__}")
-    arrays = {name: arr if hasattr(arr, "dtype") and hasattr(arr, "shape") else np.asarray(arr) for name, arr in data.items()}
+    ragged = {name: arr for name, arr in data.items() if _ragged_write.is_ragged_input(arr)}
+    arrays = {
+        name: arr if name in ragged or (hasattr(arr, "dtype") and hasattr(arr, "shape")) else np.asarray(arr)
+        for name, arr in data.items()
+    }
     for name, arr in arrays.items():
-        if len(arr.shape) < 1:
+        if name not in ragged and len(arr.shape) < 1:
             raise SchemaError(f"Field {name!r}: needs at least one dimension (rows). Received shape: {tuple(arr.shape)}")
-    n = equal_row_counts({name: arr.shape[0] for name, arr in arrays.items()})
-    fields = {name: (arr.dtype, tuple(arr.shape[1:])) for name, arr in arrays.items()}
-    row_bytes = sum(np.dtype(d).itemsize * int(np.prod(s, dtype=np.int64)) for d, s in fields.values())
+    n = equal_row_counts({name: len(arr) if name in ragged else arr.shape[0] for name, arr in arrays.items()})
+    fields = {
+        name: _ragged_write.infer_ragged_field(name, arr) if name in ragged else (arr.dtype, tuple(arr.shape[1:]))
+        for name, arr in arrays.items()
+    }
+    # A ragged row counts as 256 values here: only the size of the appends depends on it.
+    row_bytes = sum(np.dtype(d).itemsize * int(np.prod([256 if x is None else x for x in s], dtype=np.int64))
+                    for d, s in fields.values())
     step = max(1, _WRITE_CHUNK_BYTES * 4 // max(row_bytes, 1))
     with Writer(path, fields, overwrite=overwrite, shard_rows=shard_rows, progress=progress, total_rows=n) as w:
         if n == 0:

@@ -79,7 +79,11 @@ def read_everything(ds: memseq.Dataset) -> None:
     """What a user does with a dataset that opened: read every column, verify it."""
     for name in ds:
         col = ds[name]
-        np.asarray(col)
+        if isinstance(col, memseq.RaggedColumn):
+            col[:]
+            col.lengths
+        else:
+            np.asarray(col)
         if len(col):
             col[[len(col) - 1, 0]]
     ds.verify()
@@ -130,7 +134,11 @@ def base(tmp_path_factory):
     path = root / "ds"
     memseq.save(
         path,
-        {"image": np.arange(6 * 3 * 2, dtype=np.uint8).reshape(6, 3, 2), "label": np.arange(6, dtype=np.int64)},
+        {
+            "image": np.arange(6 * 3 * 2, dtype=np.uint8).reshape(6, 3, 2),
+            "label": np.arange(6, dtype=np.int64),
+            "tokens": [np.arange(n, dtype=np.uint16) for n in (3, 0, 5, 1, 2, 4)],
+        },
         shard_rows=3,
     )
     files = sorted(p for p in path.rglob("*.npy"))
@@ -317,6 +325,29 @@ def test_mutated_npy_headers_give_memseq_errors_or_open(base):
             target.write_bytes(files[target])
     restore(path, manifest, files)
     record(".npy header mutations", results)
+
+
+def test_mutated_offsets_give_memseq_errors_or_open(base):
+    # Offsets are data, not header: every value is a possible read position. Random
+    # values (huge, negative, backwards) must give CorruptFileError, never a read
+    # outside the values file.
+    path, manifest, files = base
+    rnd = random.Random(SEED + 2)
+    targets = [p for p in files if p.name.endswith(".offsets.npy")]
+    values = [0, 1, -1, 2, 3, 5, 2**31, 2**62, -(2**63), 2**63 - 1]
+    results = []
+    with campaign_limits():
+        for i in range(MUTATIONS):
+            target = rnd.choice(targets)
+            offsets = np.frombuffer(files[target][_header_end(files[target]):], "<i8").copy()
+            for _ in range(rnd.randint(1, 3)):
+                offsets[rnd.randrange(len(offsets))] = rnd.choice(values)
+            target.write_bytes(files[target][: _header_end(files[target])] + offsets.tobytes())
+            results.append((f"#{i} {target.parent.name}: {offsets.tolist()}", outcome(lambda: memseq.open(path))))
+            target.write_bytes(files[target])
+    restore(path, manifest, files)
+    record("offsets mutations", results)
+    assert {r for _, r in results} >= {"CorruptFileError"}
 
 
 # --------------------------------------------------------------------------- special files

@@ -15,6 +15,10 @@ file into memory:
   opened with :func:`memseq.open_raw` (the dtype and shape must be given).
 - :class:`HDF5Source`: datasets of an HDF5 file, read by ``h5py`` slicing (needs the
   optional ``h5py``: ``pip install "memseq[convert]"``).
+- :class:`NpyRowsSource`: a directory of ``.npy`` files with one row each, as a
+  variable-length field; :class:`TokenStreamSource`: a headerless token file cut into
+  rows (documents) after each separator token. Conversions with a variable-length
+  field stream through one :class:`memseq.Writer` in this process.
 - :class:`ImageFolderSource`: a folder with one sub-folder per class, giving the
   fields ``image`` (``uint8``, ``(height, width, channels)``) and ``label``
   (``int64``, the index of the class in alphabetical order). Images are decoded one
@@ -61,6 +65,7 @@ from memseq.convert._images import IMAGE_EXTENSIONS, ImageFolderSource, write_cl
 from memseq.convert._memseq import MemseqSource
 from memseq.convert._npy import NpySource
 from memseq.convert._npz import NpzSource
+from memseq.convert._ragged import NpyRowsSource, TokenStreamSource
 from memseq.convert._raw import RawSource
 
 __all__ = [
@@ -71,6 +76,8 @@ __all__ = [
     "HDF5Source",
     "ImageFolderSource",
     "MemseqSource",
+    "NpyRowsSource",
+    "TokenStreamSource",
     "convert",
     "convert_with_dask",
     "dask_arrays",

@@ -12,6 +12,7 @@ from memseq.convert._images import ImageFolderSource
 from memseq.convert._memseq import MemseqSource
 from memseq.convert._npy import NpySource
 from memseq.convert._npz import ZIP_MAGIC, NpzSource
+from memseq.convert._ragged import NpyRowsSource
 from memseq.errors import FormatError
 
 __all__ = ["source_kind", "source_for_path"]
@@ -58,10 +59,21 @@ def source_kind(path: str, what: str) -> str:
     return _sniff(path)
 
 
+def _is_npy_rows_directory(path: str) -> bool:
+    """A directory of .npy files and no sub-directory: one-row files, not an image folder."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    return any(e.name.endswith(".npy") for e in entries) and not any(e.is_dir() for e in entries)
+
+
 def source_for_path(path: str | os.PathLike, *, image_size: Sequence[int] | int | None = None, color: str = "rgb") -> Source:
     """A source for a whole input given as one path (``memseq convert SRC DST``).
 
     - a memseq dataset directory: its fields (:class:`MemseqSource`; to re-shard it);
+    - a directory of ``.npy`` files (no sub-directory): one row per file, a
+      variable-length field named after the directory (:class:`NpyRowsSource`);
     - another directory: an image folder (:class:`ImageFolderSource`);
     - an ``.npz`` file: all its arrays, named by their keys;
     - an HDF5 file: all its datasets, named by their paths (``group/x`` -> ``group.x``);
@@ -75,6 +87,9 @@ def source_for_path(path: str | os.PathLike, *, image_size: Sequence[int] | int 
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)):
             return MemseqSource(path)
+        if _is_npy_rows_directory(path):
+            name = os.path.basename(os.path.normpath(path))
+            return NpyRowsSource(path, fmt.check_field_name(name))
         return ImageFolderSource(path, image_size=image_size, color=color)
     if not os.path.exists(path):
         raise missing_file(path, "a source file or image folder")

@@ -33,6 +33,7 @@ from memseq import format as fmt
 from memseq._checks import check_int, equal_row_counts
 from memseq._checksum import crc32_combine
 from memseq.convert._base import Source
+from memseq.convert._ragged import convert_streaming
 from memseq.dataset import Dataset
 from memseq.dataset import open as open_dataset
 from memseq.errors import MemseqError, SchemaError
@@ -311,7 +312,8 @@ def convert(
         sources: One source or several with equal row counts and distinct fields.
         shard_rows: Start a new shard every this many rows (one file per field by
             default). The output does not depend on ``jobs``.
-        jobs: Worker processes writing in parallel (1: in this process).
+        jobs: Worker processes writing in parallel (1: in this process). A
+            conversion with a variable-length field runs in this process.
         overwrite: Replace an existing memseq dataset at ``dst``.
         progress: Show a tqdm progress bar (None: only on a terminal).
 
@@ -333,6 +335,10 @@ def convert(
     sources, fields, owner = _combine_sources([sources] if isinstance(sources, Source) else sources)
     jobs = check_int(jobs, "jobs", 1)
     shard_rows = fmt.check_shard_rows(shard_rows)
+    if any(spec.ragged for spec in fields.values()):
+        # Variable-length rows cannot go into pre-sized files: one streaming Writer, here.
+        convert_streaming(dst, sources, fields, owner, shard_rows=shard_rows, overwrite=overwrite, progress=progress)
+        return open_dataset(dst)
     _commit.check_target(dst, overwrite)
     tmp = _commit.make_temp_dir(dst)
     try:
