@@ -121,13 +121,13 @@ class SequenceAdapter(DataAdapter):
         return data_adapter_utils.get_torch_dataloader(self._iterate())
 
     def get_tf_dataset(self) -> Any:
-        """A tf.data pipeline: one epoch per iteration, prefetched, without ``from_generator``.
+        """A tf.data pipeline: one epoch per iteration, without ``from_generator``.
 
         Each iteration calls (through ``numpy_function``) a Python step that starts
-        the epoch's producer on the first element and takes the next batch in order
-        after that; ``prefetch`` runs those steps on tf.data's thread, ahead of the
-        training step. ``from_generator`` is avoided: creating one makes TensorFlow
-        set glibc's malloc thresholds process-wide (see DESIGN.md).
+        the epoch's producer on the first element and takes the next finished batch
+        in order after that; the producer's workers build batches ahead, so the
+        step only hands one over. ``from_generator`` is avoided: creating one makes
+        TensorFlow set glibc's malloc thresholds process-wide (see DESIGN.md).
         """
         import tensorflow as tf
 
