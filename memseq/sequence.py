@@ -19,8 +19,10 @@ Keras facts this module is built around (Keras 3.15):
   epoch, then once after each epoch. A fresh sequence therefore serves epoch 1 in
   ``fit``'s first epoch. To resume exactly: ``seq.set_epoch(initial_epoch)`` then
   ``model.fit(seq, initial_epoch=initial_epoch, ...)``.
-- The worker pool is rebuilt every epoch and gets the sequence through the pool
-  initializer: inherited under fork, pickled under spawn and forkserver. A
+- In Keras 3, ``fit(seq)`` runs through memseq's own adapter (:mod:`memseq._fit`):
+  batches are built ahead by :mod:`memseq._workers` in threads or processes, one
+  pool per epoch, and a dead worker raises instead of hanging. Worker processes
+  get the sequence inherited under fork, pickled under spawn and forkserver. A
   sequence pickles by reference (file paths, seed, epoch: a few KiB), never array
   data, so workers start fast and share the page cache.
 - ``fit(shuffle=True)`` (the default) only reorders whole batches, with Python's
