@@ -411,3 +411,14 @@ def test_reshard_an_existing_dataset(tmp_path, arrays):
     assert ds.num_shards == 5
     memseq.save(tmp_path / "saved", arrays, shard_rows=64)
     assert _tree_bytes(tmp_path / "sharded") == _tree_bytes(tmp_path / "saved")
+
+
+def test_destination_inside_the_source_is_refused(tmp_path, arrays, capsys):
+    memseq.save(tmp_path / "src", arrays)
+    code = main(["convert", str(tmp_path / "src"), str(tmp_path / "src" / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "is inside the source" in err, err
+    assert not any(name.startswith(("out", ".out")) for name in os.listdir(tmp_path / "src"))
+    # Converting a dataset onto itself (re-sharding in place) stays possible.
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "src"), "--shard-rows", "64", "--overwrite", "--no-progress"]) == 0
+    assert memseq.open(tmp_path / "src").num_shards == 5

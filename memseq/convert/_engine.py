@@ -296,6 +296,25 @@ def finish_dataset(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overw
     _commit.publish(plan.root, dst, overwrite)
 
 
+def _check_not_inside_a_source(dst: str, sources: list[Source]) -> None:
+    """Refuses a destination inside a source directory: replacing that source later would delete it.
+
+    (Converting a dataset onto itself, ``dst == src`` with ``overwrite=True``, stays
+    allowed: every row is read before the new directory takes the old one's place.)
+    """
+    real_dst = os.path.realpath(dst)
+    for source in sources:
+        path = getattr(source, "path", None)
+        if path is None:
+            continue
+        real_src = os.path.realpath(os.fspath(path))
+        if real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+            raise SchemaError(
+                f"{dst}: the destination is inside the source {path}; a later conversion or overwrite of "
+                "the source would delete it. Choose a destination outside the source."
+            )
+
+
 def convert(
     dst: str | os.PathLike,
     sources: Source | Iterable[Source],
@@ -333,6 +352,7 @@ def convert(
     """
     dst = os.path.abspath(os.fspath(dst))
     sources, fields, owner = _combine_sources([sources] if isinstance(sources, Source) else sources)
+    _check_not_inside_a_source(dst, sources)
     jobs = check_int(jobs, "jobs", 1)
     shard_rows = fmt.check_shard_rows(shard_rows)
     if any(spec.ragged for spec in fields.values()):
