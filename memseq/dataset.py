@@ -58,9 +58,6 @@ __all__ = ["Column", "Dataset", "RaggedColumn", "RawColumn", "open", "open_raw"]
 # How often to start opening a dataset again that was replaced while it was being opened.
 _OPEN_ATTEMPTS = 3
 
-# Kept for imports of its old home; _checks.is_sorted is the one home.
-_is_sorted = is_sorted
-
 
 class _DatasetColumn(Column):
     """A column of a :class:`Dataset`; pickles as (the dataset's files, field name).

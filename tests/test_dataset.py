@@ -791,7 +791,6 @@ def test_take_trusted_skips_checks_and_matches_take(tmp_path):
 
 
 def test_row_index_helpers_have_one_home():
+    # memseq._checks.row_indices / is_sorted are the only copies.
     assert not hasattr(dataset_mod, "_row_indices")
-    from memseq import _checks
-
-    assert dataset_mod._is_sorted is _checks.is_sorted  # kept only for memseq.sequence's import
+    assert not hasattr(dataset_mod, "_is_sorted")
