@@ -38,7 +38,7 @@ import numpy as np
 
 from memseq import _fs
 from memseq import format as fmt
-from memseq._checks import bounded_repr, is_sorted, row_indices
+from memseq._checks import bounded_repr, row_indices
 from memseq._mapping import MappedFile
 from memseq.columns import Column
 from memseq.errors import (

@@ -124,7 +124,7 @@ from memseq._manifest_json import expect as _expect
 from memseq._manifest_json import json_object as _object
 from memseq._manifest_json import no_unknown_keys as _no_unknown_keys
 from memseq._layout import check_shard_rows, shard_directory, shard_file, shard_layout
-from memseq._npy import MAX_BYTES, MAX_ROW_DIMS, MAX_ROWS, has_npy_magic, npy_header, read_npy_header, reserved_header_length
+from memseq._npy import MAX_BYTES, MAX_ROW_DIMS, has_npy_magic, npy_header, read_npy_header, reserved_header_length
 from memseq.errors import DatasetNotFoundError, FormatError, SchemaError, UnsafePathError
 
 __all__ = [

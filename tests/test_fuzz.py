@@ -26,10 +26,8 @@ import random
 import resource
 import signal
 import socket
-import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Callable
 
