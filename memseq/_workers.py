@@ -138,6 +138,8 @@ class ThreadProducer:
                 if error is not None:
                     surfaced = _surface(error, index, epoch)
                     raise surfaced from (None if surfaced is error else error)
+                if position == len(indices) - 1:
+                    self.close()  # as ProcessProducer: nothing left running after the last batch
                 yield batch
         finally:
             self.close()
@@ -249,7 +251,13 @@ class ProcessProducer:
         self._dispatcher.start()
         try:
             for position in range(len(indices)):
-                yield self._take(state, position)
+                batch = self._take(state, position)
+                if position == len(indices) - 1:
+                    # Stop the workers with the last batch, not when the consumer
+                    # next asks: tf.data and Keras never ask past an epoch's last
+                    # batch, and a suspended generator would keep them alive.
+                    self.close()
+                yield batch
         finally:
             self.close()
 

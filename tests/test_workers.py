@@ -110,3 +110,17 @@ def test_make_producer_follows_keras_options():
     producer = make_producer(build, workers=2, use_multiprocessing=True, max_queue_size=10, start_method="fork")
     assert isinstance(producer, ProcessProducer)
     producer.close()
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_workers_stop_with_the_last_batch_even_if_the_consumer_never_asks_again(kind):
+    import multiprocessing
+
+    producer = PRODUCERS[kind](build)
+    batches = producer.epoch(list(range(4)), 0)
+    got = [next(batches) for _ in range(4)]  # like tf.data: exactly the epoch's batches, no StopIteration
+    assert len(got) == 4
+    assert multiprocessing.active_children() == []
+    for thread in [t for t in threading.enumerate() if t.name.startswith("memseq")]:
+        thread.join(10)  # idle pool threads exit once the pool is shut down
+        assert not thread.is_alive(), thread.name
