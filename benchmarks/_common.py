@@ -6,7 +6,9 @@ batch 256) so that their figures compare; this module builds it once per path.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -48,6 +50,19 @@ def warm(path: str) -> None:
             with open(os.path.join(root, name), "rb") as f:
                 while f.read(64 << 20):
                     pass
+
+
+def run_json(command: list[str], what: str, env: dict[str, str] | None = None):
+    """Runs ``command`` (a case, in a fresh Python process) and returns the JSON of its last output line.
+
+    TensorFlow's logging is quieted; a failing case stops the benchmark with its stderr.
+    """
+    env = dict(os.environ if env is None else env)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def tiny_model():

@@ -27,7 +27,6 @@ import concurrent.futures
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -137,12 +136,8 @@ def measure(kind: str, options: dict, args: argparse.Namespace, paths: list[str]
     cached = evict(paths)
     requests0, sectors0 = read_counts(device)
     command = [sys.executable, __file__, "--case", json.dumps([kind, options]), "--dir", args.dir]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    out = _common.run_json(command, f"case {kind} {options}")
     requests1, sectors1 = read_counts(device)
-    if result.returncode != 0:
-        raise SystemExit(f"case {kind} {options} failed:\n{result.stderr[-3000:]}")
-    out = json.loads(result.stdout.strip().splitlines()[-1])
     out.update(cached_at_start=cached, requests=requests1 - requests0, disk_bytes=(sectors1 - sectors0) * 512)
     return out
 
@@ -255,11 +250,7 @@ for name, shuffle in (("full", True), ("block", memseq.BlockShuffle(block_rows=6
     out[name] = float(model.evaluate(val, verbose=0, return_dict=True).get("accuracy", float("nan")))
 print(json.dumps(out))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"training comparison failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _common.run_json([sys.executable, "-c", script], "training comparison")
 
 
 # --------------------------------------------------------------------------- report
@@ -338,11 +329,7 @@ def main(argv=None) -> int:
         fit = {}
         for mode in ("hot", "cold"):
             command = [sys.executable, __file__, "--fit", mode, "--dir", args.dir, "--fit-batches", str(args.fit_batches)]
-            result = subprocess.run(command, capture_output=True, text=True, check=False,
-                                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-            if result.returncode != 0:
-                raise SystemExit(f"fit {mode} failed:\n{result.stderr[-3000:]}")
-            fit[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+            fit[mode] = _common.run_json(command, f"fit {mode}")
         rate = {m: args.fit_batches * BATCH / r["seconds"] for m, r in fit.items()}
         print(f"\nfit(seq), tiny model, workers=4, full shuffle + readahead, {args.fit_batches} batches: "
               f"hot {rate['hot']:,.0f} samples/s, cold {rate['cold']:,.0f} samples/s: "

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,13 +116,9 @@ def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -
 
 def measure(case: str, model_kind: str, args: argparse.Namespace, backend: str) -> float:
     """Samples/s of ``case`` in a fresh process: median over epochs after the first."""
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, "--case", case, "--model", model_kind, "--dir", args.dir,
                "--batches", str(args.batches), "--epochs", str(args.epochs)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"case {case} ({model_kind}, {backend}) failed:\n{result.stderr[-3000:]}")
-    times = json.loads(result.stdout.strip().splitlines()[-1])
+    times = _common.run_json(command, f"case {case} ({model_kind}, {backend})", dict(os.environ, KERAS_BACKEND=backend))
     return args.batches * BATCH / statistics.median(times[1:])
 
 

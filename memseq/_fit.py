@@ -47,6 +47,7 @@ import numpy as np
 from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
+from memseq import tfdata
 from memseq._workers import default_start_method, make_producer
 
 __all__ = ["SequenceAdapter", "install"]
@@ -135,30 +136,25 @@ class SequenceAdapter(DataAdapter):
         specs = tf.nest.flatten(signature)
         num_batches = len(self._seq)
 
-        def start(_: Any) -> np.int64:
+        def start() -> int:
             with self._lock:
                 self._close_tf_iterator()
                 self._tf_iterator = self._iterate()
-            return np.int64(0)
+            return 0
 
         def step(_: Any) -> list[np.ndarray]:
             return [np.asarray(part) for part in tf.nest.flatten(next(self._tf_iterator))]
 
         @tf.autograph.experimental.do_not_convert
-        def begin(element: Any) -> Any:
-            return tf.numpy_function(start, [element], tf.int64, stateful=True, name="memseq_fit_epoch")
-
-        @tf.autograph.experimental.do_not_convert
-        def load(element: Any) -> Any:
+        def load(_: Any, element: Any) -> Any:
             arrays = tf.numpy_function(step, [element], [s.dtype for s in specs], stateful=True, name="memseq_fit")
             for array, spec in zip(arrays, specs):
                 array.set_shape(spec.shape)
             return tf.nest.pack_sequence_as(signature, arrays)
 
-        # One element per iteration, evaluated when the iteration asks for its first
-        # batch (after Keras' on_epoch_begin): it starts the epoch. Then one load per batch.
-        ds = tf.data.Dataset.from_tensors(np.int64(0)).map(begin)
-        ds = ds.flat_map(lambda _: tf.data.Dataset.range(num_batches)).map(load)
+        # Each iteration starts the epoch's producer when it asks for its first batch
+        # (after Keras' on_epoch_begin), then loads one finished batch per element.
+        ds = tfdata.per_iteration(start, num_batches).map(load)
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
         # No tf.data prefetch, not even the one tf.data injects by default: the
         # producer already builds max_queue_size batches ahead in its workers, so a

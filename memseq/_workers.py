@@ -197,6 +197,19 @@ class _Worker:
         self.task: tuple[int, int] | None = None  # (position in the epoch, batch index)
 
 
+def _died(worker: _Worker, epoch: int) -> WorkerError:
+    """The error for ``worker``, whose process died while building its batch."""
+    # The sentinel (or EOF) comes as the process exits, a moment before the kernel
+    # reports its status: wait for it, bounded.
+    worker.process.join(_STOP_SECONDS)
+    _, index = worker.task
+    return WorkerError(
+        f"A memseq worker process (pid {worker.process.pid}) died with "
+        f"{_describe_exit(worker.process.exitcode)} while building batch {index} of epoch {epoch}. "
+        "If it was killed for lack of memory, use fewer workers or a smaller max_queue_size or batch_size."
+    )
+
+
 class _EpochState:
     """Results of one epoch shared by the dispatcher thread and the consumer."""
 
@@ -312,16 +325,7 @@ class ProcessProducer:
                 if ready is worker.conn or worker.conn.poll():
                     self._receive(state, worker, epoch)
                 else:
-                    position, index = worker.task
-                    # The sentinel fires as the process exits, a moment before the
-                    # kernel reports its status: wait for it (bounded).
-                    worker.process.join(_STOP_SECONDS)
-                    raise WorkerError(
-                        f"A memseq worker process (pid {worker.process.pid}) died with "
-                        f"{_describe_exit(worker.process.exitcode)} while building batch {index} of epoch "
-                        f"{epoch}. If it was killed for lack of memory, use fewer workers or a smaller "
-                        "max_queue_size or batch_size."
-                    )
+                    raise _died(worker, epoch)
                 in_flight -= 1
 
     def _receive(self, state: _EpochState, worker: _Worker, epoch: int) -> None:
@@ -340,11 +344,7 @@ class ProcessProducer:
                     worker.conn.recv_bytes()
                 batch[name] = out
         except (EOFError, OSError) as error:
-            worker.process.join(_STOP_SECONDS)
-            raise WorkerError(
-                f"A memseq worker process (pid {worker.process.pid}) died with "
-                f"{_describe_exit(worker.process.exitcode)} while building batch {index} of epoch {epoch}."
-            ) from error
+            raise _died(worker, epoch) from error
         worker.task = None
         with state.cond:
             state.ready[position] = batch

@@ -64,6 +64,7 @@ class Column:
         # starts[i] is the first global row of part i; starts[-1] is the row count.
         self._starts = np.concatenate([[0], np.cumsum(self._part_rows, dtype=np.int64)]).astype(np.int64)
         self._num_rows = int(self._starts[-1])
+        self._row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
     # -- subclasses provide the mapped files (opened lazily after unpickling)
     def _parts(self) -> Sequence[MappedFile]:
@@ -272,7 +273,7 @@ class Column:
             >>> ds["image"].prefetch([[0, 1024]])   # the first 1,024 rows, read in the background
         """
         ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
-        row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        row_nbytes = self._row_nbytes
         if len(ranges) == 0 or row_nbytes == 0:
             return 0
         parts = self._parts()

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from memseq._checks import bounded_repr, check_int, row_indices
+from memseq._checks import bounded_repr, check_bool, check_int, row_indices
 from memseq.errors import BatchIndexError, SchemaError
 
 __all__ = [
@@ -75,6 +75,20 @@ class EpochOrder:
             A 1-D integer array, a permutation of ``range(num_rows)``.
         """
         raise NotImplementedError
+
+    def bind(self, num_source_rows: int, batch_size: int, indices: np.ndarray | None) -> "EpochOrder":
+        """This order as used by one :class:`BatchPlan`: the plan calls it once.
+
+        Orders that depend only on ``(num_rows, seed, epoch)`` return themselves; an
+        order that needs the batch size or which rows are served (such as
+        :class:`LengthBuckets`) returns a copy that knows them.
+
+        Args:
+            num_source_rows: Rows in the data.
+            batch_size: Rows per batch.
+            indices: The rows served (a subset), or None for all rows.
+        """
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,9 +323,7 @@ class BatchPlan:
         row_nbytes: int = 0,
     ):
         self.batch_size = check_int(batch_size, "batch_size", 1)
-        if not isinstance(drop_remainder, (bool, np.bool_)):
-            raise SchemaError(f"drop_remainder must be True or False. Received: {drop_remainder!r}")
-        self.drop_remainder = bool(drop_remainder)
+        self.drop_remainder = check_bool(drop_remainder, "drop_remainder")
         self.order = resolve_shuffle(shuffle, row_nbytes)
         self.seed = check_int(seed, "seed", 0)
         self.num_source_rows = int(num_source_rows)
@@ -320,8 +332,7 @@ class BatchPlan:
             self.indices, _ = row_indices(
                 indices, self.num_source_rows, what="indices", allow_negative=False, invalid=SchemaError
             )
-        if hasattr(self.order, "bind"):  # an order that needs the batch size and the rows served (LengthBuckets)
-            self.order = self.order.bind(self.num_source_rows, self.batch_size, self.indices)
+        self.order = self.order.bind(self.num_source_rows, self.batch_size, self.indices)
         self.num_rows = self.num_source_rows if self.indices is None else len(self.indices)
         self.num_batches = num_batches(self.num_rows, self.batch_size, self.drop_remainder)
         if self.num_batches == 0:
@@ -389,12 +400,11 @@ class BatchPlan:
         per epoch, in one large request); otherwise the batch's rows, adjacent rows
         merged into one range.
         """
-        rows = self.batch_rows(index, epoch)
         if isinstance(self.order, BlockShuffle) and self.indices is None:
             blocks = np.flatnonzero(self._first_touch(epoch) == index)
             starts = blocks * self.order.block_rows
             return np.stack([starts, np.minimum(starts + self.order.block_rows, self.num_rows)], axis=1)
-        return _runs(rows)
+        return _runs(self.batch_rows(index, epoch))
 
     def _first_touch(self, epoch: int) -> np.ndarray:
         """For each block, the first batch of ``epoch`` that reads a row of it (BlockShuffle only)."""

@@ -283,13 +283,12 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             {name: column.shape[0] for name, column in self._columns.items()}, "selected fields"
         )
         self.shuffle = shuffle
-        self.seed = secrets.randbits(32) if seed is None else seed
         row_nbytes = sum(_padding.row_nbytes(c) for c in self._columns.values())
         self.plan = BatchPlan(
             num_source_rows,
             batch_size,
             shuffle=shuffle,
-            seed=self.seed,
+            seed=secrets.randbits(32) if seed is None else seed,
             drop_remainder=drop_remainder,
             indices=indices,
             row_nbytes=row_nbytes,
@@ -297,6 +296,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         self.readahead = _readahead_bytes(readahead, self.plan.order)
         # Batches read ahead: enough to cover the byte bound, at least one.
         self._lookahead = 0 if not self.readahead else max(1, self.readahead // max(1, row_nbytes * self.plan.batch_size))
+        self.seed = self.plan.seed
         self.batch_size = self.plan.batch_size
         self.drop_remainder = self.plan.drop_remainder
         # Only call augment (and build its rng) when a subclass overrides it.
@@ -370,9 +370,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             each part is an array, a tuple of arrays or a dict of arrays, as
             selected by ``x``, ``y`` and ``sample_weight``.
         """
-        index = self.plan.check_index(index)
-        epoch = self._epoch if epoch is None else check_int(epoch, "epoch", 0)
-        return self.pack(self.get_fields(index, epoch))
+        # get_fields checks the index and the epoch.
+        return self.pack(self.get_fields(index, self._epoch if epoch is None else epoch))
 
     def get_fields(self, index: int, epoch: int) -> dict[str, np.ndarray]:
         """Batch ``index`` of ``epoch`` as a dict of field name -> array, after :meth:`augment`.

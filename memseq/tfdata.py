@@ -59,7 +59,7 @@ from memseq._checks import check_bool, check_int
 from memseq.errors import SchemaError
 from memseq.order import ReplicaShare, replica_share
 
-__all__ = ["dataset_fn", "distribute", "to_tf_dataset"]
+__all__ = ["dataset_fn", "distribute", "per_iteration", "to_tf_dataset"]
 
 
 class _EpochCounter:
@@ -191,19 +191,27 @@ def _check_arguments(seq: Any, deterministic: Any, epoch: Any, num_parallel_call
     return first_epoch, int(num_parallel_calls)
 
 
-def _epochs_and_elements(first_epoch: int, num_elements: int) -> Any:
-    """A dataset of ``(epoch, element index)``: each iteration the next epoch, all its elements.
+def per_iteration(start: Callable[[], Any], num_elements: int) -> Any:
+    """A ``tf.data.Dataset`` of ``(start(), i)`` for ``i`` in ``range(num_elements)``, anew each iteration.
 
-    One element per iteration, read when the iteration asks for its first batch: the
-    epoch number. Then ``(epoch, element index)`` for every element of the epoch.
+    ``start`` (a Python callable returning an int) runs once per iteration of the
+    dataset, when that iteration asks for its first element, not when the dataset
+    or its iterator is made: so it sees state set just before an epoch begins (the
+    next epoch number, Keras' ``on_epoch_begin``). Used by :func:`to_tf_dataset`
+    (each iteration the next epoch) and by ``fit(seq)``'s adapter.
+
+    Args:
+        start: Called with no argument at the start of every iteration.
+        num_elements: Elements per iteration.
+
+    Returns:
+        A dataset of ``(int64 scalar, int64 element index)`` pairs.
     """
     import tensorflow as tf
 
-    counter = _EpochCounter(first_epoch)
-
     @tf.autograph.experimental.do_not_convert
     def next_epoch(_: Any) -> Any:
-        return tf.numpy_function(counter, [], tf.int64, stateful=True, name="memseq_epoch")
+        return tf.numpy_function(lambda: np.int64(start()), [], tf.int64, stateful=True, name="memseq_iteration")
 
     @tf.autograph.experimental.do_not_convert
     def elements(epoch: Any) -> Any:
@@ -319,7 +327,8 @@ def to_tf_dataset(
             row_lengths.wrap(by_name, lengths)
         return tf.nest.map_structure(lambda name: by_name[name], template)
 
-    ds = _epochs_and_elements(first_epoch, num_elements)
+    # Each iteration of the dataset serves the next epoch.
+    ds = per_iteration(_EpochCounter(first_epoch), num_elements)
     ds = ds.map(build, num_parallel_calls=num_parallel_calls, deterministic=bool(deterministic))
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_elements))
     ds = ds.prefetch(tf.data.AUTOTUNE)
