@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from memseq import _fs
+from memseq import _fs, _readahead
 from memseq.errors import CorruptFileError, DatasetClosedError
 
-__all__ = ["MappedFile", "advise_willneed", "map_read_only", "prod", "resident"]
+__all__ = ["MappedFile", "map_read_only", "prod"]
 
 
 class MappedFile:
@@ -38,7 +38,7 @@ class MappedFile:
     The mapping is private to this object; ``array`` is a read-only ndarray over it.
     """
 
-    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity")
+    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity", "_large_reads")
 
     def __init__(self, path: str, fd: int, st: os.stat_result, dtype: np.dtype, shape: tuple[int, ...], offset: int):
         """Maps the open regular file ``fd`` (``st`` its fstat); the caller closes ``fd``."""
@@ -49,6 +49,7 @@ class MappedFile:
         self._identity = (st.st_dev, st.st_ino)
         self._mmap = None
         self.array = None
+        self._large_reads = False
         self._check(st.st_size)
         if nbytes == 0:
             # mmap cannot map zero bytes; an empty array needs no file pages.
@@ -106,6 +107,13 @@ class MappedFile:
         if array is None:
             raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
         return array
+
+    def prefer_large_reads(self) -> None:
+        """Marks this mapping as read in large pieces (``MADV_HUGEPAGE``; see :mod:`memseq._readahead`), once."""
+        array = self.array
+        if not self._large_reads and array is not None and self._mmap is not None:
+            self._large_reads = True
+            _readahead.prefer_large_reads(array.ctypes.data - self.offset, self.expected_size)
 
     def close(self) -> None:
         """Drops the mapping. Arrays handed out are copies, so user data stay valid.
@@ -172,60 +180,9 @@ def map_read_only(fd: int, length: int) -> Any:
     return buffer
 
 
-
 def prod(shape: Sequence[int]) -> int:
     """The product of ``shape`` as a Python int (numpy's int64 product would wrap)."""
     n = 1
     for d in shape:
         n *= int(d)
     return n
-
-
-# Readahead: madvise(MADV_WILLNEED) starts reading a mapped range in the background
-# (the kernel's own readahead machinery; the call does not wait for the disk) and
-# mincore tells whether a page is already in the page cache.
-_madvise = _mincore = None
-try:
-    _libc_advice = ctypes.CDLL(None, use_errno=True)
-    _madvise, _mincore = _libc_advice.madvise, _libc_advice.mincore
-    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-except (OSError, AttributeError):
-    _madvise = _mincore = None
-_PAGE = mmap.PAGESIZE
-
-
-def resident(address: int) -> bool:
-    """Whether the page holding ``address`` (inside a mapping) is in the page cache."""
-    if _mincore is None:
-        return False
-    page = address - address % _PAGE
-    vec = ctypes.c_ubyte(0)
-    if _mincore(page, _PAGE, ctypes.byref(vec)) != 0:
-        return False
-    return bool(vec.value & 1)
-
-
-def advise_willneed(starts: np.ndarray, stops: np.ndarray) -> int:
-    """Asks the kernel to read the mapped byte ranges ``[starts[i], stops[i])`` ahead.
-
-    Ranges are widened to whole pages and merged where they touch, so rows smaller
-    than a page cost one call per page run, not one per row. Returns the bytes
-    asked for.
-    """
-    if _madvise is None or len(starts) == 0:
-        return 0
-    first = np.asarray(starts, np.int64) // _PAGE * _PAGE
-    last = -(-np.asarray(stops, np.int64) // _PAGE) * _PAGE
-    order = np.argsort(first, kind="stable")
-    first, last = first[order], last[order]
-    reach = np.maximum.accumulate(last)
-    new_run = np.concatenate([[True], first[1:] > reach[:-1]])
-    run_starts = first[new_run]
-    run_stops = reach[np.concatenate([np.flatnonzero(new_run)[1:] - 1, [len(first) - 1]])]
-    total = 0
-    for a, b in zip(run_starts.tolist(), run_stops.tolist()):
-        if _madvise(a, b - a, mmap.MADV_WILLNEED) == 0:
-            total += b - a
-    return total
-

@@ -15,7 +15,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from memseq._checks import row_indices
-from memseq._mapping import MappedFile, advise_willneed, resident
+from memseq._mapping import MappedFile
+from memseq._readahead import read_ahead, resident
 from memseq.errors import BatchIndexError, SchemaError
 
 __all__ = ["Column"]
@@ -255,16 +256,19 @@ class Column:
                     out[k] = self._read_range(a, a + length)
         return out
 
-    def prefetch(self, ranges: Any) -> int:
-        """Asks the kernel to start reading rows ahead: each ``[start, stop)`` of ``ranges``.
+    def prefetch(self, ranges: Any, large_reads: bool = False) -> int:
+        """Starts reading rows into the page cache ahead of use: each ``[start, stop)`` of ``ranges``.
 
-        ``madvise(MADV_WILLNEED)`` on the mapped rows: the kernel reads them in the
-        background and the call returns at once; nothing is copied and no result
-        changes. If the first row asked for is already in the page cache, the data
-        are taken to be in RAM and nothing is asked (one ``mincore`` call).
+        Returns at once: background threads read the ranges in the order given (see
+        :mod:`memseq._readahead`); nothing is copied and no result changes. If the
+        first row asked for is already in the page cache, the data are taken to be
+        in RAM and nothing is asked (one ``mincore`` call).
 
         Args:
             ranges: An ``(n, 2)`` array of row ranges ``[start, stop)``, in bounds.
+            large_reads: The file is read in blocks of MiBs (a block order): let a
+                read fetch 4 MiB at once, in large pages of the page cache. Leave it
+                off for rows read one by one from data larger than RAM.
 
         Returns:
             The bytes asked for (0 when skipped).
@@ -287,9 +291,12 @@ class Column:
             base = array.ctypes.data
             starts = base + (np.maximum(mine[:, 0], lo) - lo) * row_nbytes
             stops = base + (np.minimum(mine[:, 1], hi) - lo) * row_nbytes
-            if total == 0 and p == part_of[0] and resident(int(starts[0])):
+            # The last byte of the first range: its first page may hold the file's header, always cached.
+            if total == 0 and p == part_of[0] and resident(int(stops[0]) - 1):
                 return 0
-            total += advise_willneed(starts, stops)
+            if large_reads:
+                parts[p].prefer_large_reads()
+            total += read_ahead(array, starts, stops)
         return total
 
     def check_sizes(self) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import zlib
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 from typing import Any, Iterator, Sequence
 
@@ -38,6 +37,7 @@ import numpy as np
 
 from memseq import _fs
 from memseq import format as fmt
+from memseq._checksum import crc32
 from memseq._checks import bounded_repr, row_indices
 from memseq._mapping import MappedFile
 from memseq.columns import Column
@@ -163,7 +163,7 @@ class _DatasetFiles:
             # after opening, and start again if it changed.
             for _ in range(_OPEN_ATTEMPTS):
                 raw = fmt.read_manifest_bytes(self.path)
-                crc = zlib.crc32(raw)
+                crc = crc32(raw)
                 if self.fingerprint is not None and crc != self.fingerprint:
                     raise DatasetReplacedError(
                         f"{self.manifest_path}: the dataset changed since this Dataset object was pickled; "
@@ -476,7 +476,7 @@ def _verify_file(part: MappedFile, name: str, checksum: str) -> None:
 def _manifest_fingerprint(directory: str) -> int | None:
     """CRC-32 of the manifest's bytes, or None if it cannot be read (read_manifest reports why)."""
     try:
-        return zlib.crc32(fmt.read_manifest_bytes(directory))
+        return crc32(fmt.read_manifest_bytes(directory))
     except MemseqError:
         return None
 

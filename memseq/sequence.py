@@ -48,7 +48,7 @@ from memseq._checks import check_bool, check_int, equal_row_counts, is_sorted
 from memseq.dataset import Column, Dataset, RawColumn
 from memseq.dataset import open as open_dataset
 from memseq.errors import SchemaError
-from memseq.order import BatchPlan, BlockShuffle
+from memseq.order import BatchPlan, BlockShuffle, Sequential
 
 __all__ = ["MemmapSequence"]
 
@@ -154,10 +154,9 @@ def _pick(kind: str, value: Any, batch: Mapping[str, np.ndarray]) -> Any:
 
 def _readahead_bytes(readahead: Any, order: Any) -> int:
     if readahead is None:
-        # Measured (benchmarks/bench_cold.py): asking for a full shuffle's rows one
-        # by one is slower than the kernel's own read-around on a virtual disk, so by
-        # default only block orders, whose blocks are asked for whole, read ahead.
-        readahead = isinstance(order, BlockShuffle)
+        # Measured cold (benchmarks/bench_cold.py): readahead threads beat page
+        # faults for every random order; a sequential read has the kernel's own.
+        readahead = not isinstance(order, Sequential)
     if isinstance(readahead, (bool, np.bool_)):
         return _DEFAULT_READAHEAD_BYTES if readahead else 0
     return check_int(readahead, "readahead", 0)
@@ -216,9 +215,11 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             all rows: a train/validation split, for example.
         readahead: Ask the kernel to read the rows of coming batches while this one
             is built, from the known order: ``True`` (up to 256 MiB ahead), ``False``,
-            or a number of bytes; ``None`` (default) means on for block shuffles (whole
-            blocks are asked for) and off otherwise. It never changes what a batch
-            holds, and skips batches whose data are already in the page cache.
+            or a number of bytes; ``None`` (default) means on for shuffled orders and
+            off for ``shuffle=False`` (the kernel reads a sequential scan ahead by
+            itself). Background threads read the coming rows (block orders: whole
+            blocks, in 4 MiB reads). It never changes what a batch holds, and skips
+            batches whose data are already in the page cache.
         padding: How variable-length fields are padded: a :class:`memseq.Padding`
             (pad value, ``max_length``, ``multiple``) for all of them, or a dict
             ``{field: Padding}``; default ``Padding()`` (zeros, to the longest row of
@@ -392,23 +393,25 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             SchemaError: If a subclass's ``augment`` does not return the batch dict.
         """
         index = self.plan.check_index(index)
-        batch = self._build(self.batch_rows(index, epoch), epoch, index, None)
         if self._lookahead:
             self._read_ahead(index, epoch)
-        return batch
+        return self._build(self.batch_rows(index, epoch), epoch, index, None)
 
     def _read_ahead(self, index: int, epoch: int) -> None:
-        """Asks the kernel for batch ``index + lookahead`` (all up to it after batch 0).
+        """Asks for batch ``index + lookahead`` to be read (batch 0 asks for all up to it, itself included).
 
         Stateless, so workers need no coordination: whoever builds batch ``i`` asks for
-        batch ``i + k``. Block orders ask for each block once, whole.
+        batch ``i + k``. Asked before the batch is built, so batch 0's own rows are
+        read by the readahead threads too, not fault by fault. Block orders ask for
+        each block once, whole, in large reads.
         """
-        first = 1 if index == 0 else index + self._lookahead
+        first = 0 if index == 0 else index + self._lookahead
+        large_reads = isinstance(self.plan.order, BlockShuffle)
         for ahead in range(first, min(index + self._lookahead, len(self) - 1) + 1):
             ranges = self.plan.readahead_ranges(ahead, epoch)
             for column in self._columns.values():
                 if isinstance(column, Column):
-                    column.prefetch(ranges)
+                    column.prefetch(ranges, large_reads)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
         """Replica ``replica``'s share of global batch ``index`` of ``epoch``, after :meth:`augment`.

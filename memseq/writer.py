@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import os
 import warnings
-import zlib
 from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
 from memseq import _commit, _fs, _ragged_write
 from memseq import format as fmt
+from memseq._checksum import crc32
 from memseq._checks import equal_row_counts
 from memseq.errors import MemseqError, SchemaError
 
@@ -86,7 +86,7 @@ class _FieldFile:
     def write(self, rows: np.ndarray) -> None:
         if rows.nbytes:
             data = memoryview(rows.reshape(-1).view(np.uint8))
-            self.crc = zlib.crc32(data, self.crc)
+            self.crc = crc32(data, self.crc)
             while data:
                 n = self.file.write(data)
                 data = data[n:]

@@ -65,6 +65,17 @@ def test_crc32_combine_matches_zlib_of_the_concatenation():
     assert cv.crc32_combine(123, 0, 0) == 123
 
 
+def test_memseq_crc32_is_zlibs_crc32():
+    # memseq checksums with ISA-L when installed: the manifest's values must not change.
+    from memseq._checksum import crc32
+
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 7, 4096, 1_000_003):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert crc32(data) == zlib.crc32(data)
+        assert crc32(data, 0xDEADBEEF) == zlib.crc32(data, 0xDEADBEEF)
+
+
 # --------------------------------------------------------------------------- each source kind
 
 

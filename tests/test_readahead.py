@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -55,7 +57,7 @@ def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
 
 def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append((self.name, np.asarray(ranges))) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append((self.name, np.asarray(ranges))) or 0)
     row_bytes = int(np.prod(ROW)) + 8
     bound = 5 * 64 * row_bytes  # five batches
     seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64, seed=1, readahead=bound)
@@ -65,8 +67,8 @@ def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_pat
         seq.get_fields(i, 0)
         rows = [np.concatenate([np.arange(a, b) for a, b in ranges]) for name, ranges in calls if name == "image"]
         asked_by_batch[i] = np.sort(np.concatenate(rows)) if rows else np.empty(0, int)
-    # Batch 0 asks for batches 1..5; batch i > 0 for batch i + 5 only: never more than the bound ahead.
-    expected0 = np.sort(np.concatenate([seq.batch_rows(j, 0) for j in range(1, 6)]))
+    # Batch 0 asks for itself and batches 1..5; batch i > 0 for batch i + 5 only: never more than the bound ahead.
+    expected0 = np.sort(np.concatenate([seq.batch_rows(j, 0) for j in range(0, 6)]))
     np.testing.assert_array_equal(asked_by_batch[0], expected0)
     for i in range(1, len(seq)):
         ahead = i + 5
@@ -77,7 +79,7 @@ def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_pat
 
 def test_readahead_off_asks_nothing(data_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append(1) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=64, readahead=False)
     for i in range(len(seq)):
         seq[i]
@@ -100,7 +102,39 @@ def test_column_prefetch_changes_no_data_and_skips_cached_rows(data_path):
     assert column.prefetch([[0, 10]]) == 0
 
 
-def test_readahead_default_is_on_for_block_orders_only(data_path):
+def test_readahead_default_is_on_for_shuffled_orders_only(data_path):
     assert memseq.MemmapSequence(data_path, x="image", shuffle="block").readahead > 0
-    assert memseq.MemmapSequence(data_path, x="image", shuffle=True).readahead == 0
+    assert memseq.MemmapSequence(data_path, x="image", shuffle=True).readahead > 0
+    assert memseq.MemmapSequence(data_path, x="image", shuffle=False).readahead == 0
     assert memseq.MemmapSequence(data_path, x="image", shuffle=True, readahead=True).readahead == 256 * 2**20
+
+
+def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
+    from memseq import bench
+
+    path = tmp_path / "cold"
+    memseq.save(path, {"x": np.arange(4096 * 2048, dtype=np.uint8).reshape(2048, 4096)})
+    ds = memseq.open(path)
+    files = bench.data_files(ds)
+    ds.close()
+    bench.drop_page_cache(files)  # no mapping of the file exists now
+    if bench.cached_fraction(files) > 0.5:
+        pytest.skip("this file system keeps the file in memory (tmpfs?)")
+    with memseq.open(path) as ds:
+        column = ds["x"]
+        asked = column.prefetch([[0, 1024]], large_reads=True)
+        assert 1024 * 4096 <= asked <= 1025 * 4096  # whole pages
+        deadline = time.monotonic() + 30  # background threads: wait for them, do not time them
+        while bench.cached_fraction(files) < 0.45 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bench.cached_fraction(files) >= 0.45  # the first 1,024 of 2,048 rows (and the header page)
+        np.testing.assert_array_equal(column[:1024], np.arange(4096 * 1024, dtype=np.uint8).reshape(1024, 4096))
+
+
+def test_block_orders_ask_for_large_reads_and_full_shuffles_do_not(data_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: seen.append(large_reads) or 0)
+    for shuffle, expected in (("block", True), (True, False)):
+        seen.clear()
+        memseq.MemmapSequence(data_path, x="image", batch_size=64, shuffle=shuffle, readahead=True)[0]
+        assert seen and set(seen) == {expected}

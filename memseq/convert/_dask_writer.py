@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +38,7 @@ import numpy as np
 
 from memseq import _commit, _fs
 from memseq import format as fmt
+from memseq._checksum import crc32
 from memseq._checks import equal_row_counts
 from memseq.convert._base import Source
 from memseq.convert._engine import UNIT_BYTES, finish_dataset, plan_dataset
@@ -100,7 +100,7 @@ def _write_block(
             # commit's fsync then waits for little. (DONTNEED on dirty pages starts
             # their writeback; Python has no sync_file_range.)
             os.posix_fadvise(fd, offset, len(view), os.POSIX_FADV_DONTNEED)
-            results.append((unit, zlib.crc32(view), len(view)))
+            results.append((unit, crc32(view), len(view)))
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -252,7 +252,7 @@ def _write_here(plan: Any, name: str, array: Any, units: list[_Unit], results: d
                 hi = min(b, lo + step)
                 rows = np.ascontiguousarray(array[lo:hi], dtype=spec.dtype)
                 view = memoryview(rows.reshape(-1).view(np.uint8)) if rows.size else memoryview(b"")
-                crc = zlib.crc32(view, crc)
+                crc = crc32(view, crc)
                 _pwrite_all(fd, view, plan.header_lengths[name] + (lo - plan.shards[s][0]) * spec.row_nbytes)
             results[unit][name] = (crc, (b - a) * spec.row_nbytes)
     finally:

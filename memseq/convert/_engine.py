@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import multiprocessing
 import os
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 from memseq import _commit
 from memseq import format as fmt
 from memseq._checks import check_int, equal_row_counts
-from memseq._checksum import crc32_combine
+from memseq._checksum import crc32, crc32_combine
 from memseq.convert._base import Source
 from memseq.convert._ragged import convert_streaming
 from memseq.dataset import Dataset
@@ -198,7 +197,7 @@ def _write_unit(unit: _Unit, progress: Callable[[int], None] | None = None) -> _
                     )
                 data = np.ascontiguousarray(array, dtype=spec.dtype)
                 view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
-                crcs[name] = zlib.crc32(view, crcs[name])
+                crcs[name] = crc32(view, crcs[name])
                 offset = plan.header_lengths[name] + (a - shard_start) * spec.row_nbytes
                 _pwrite_all(plan.path(s, name), view, offset)
         if progress is not None:
