@@ -1,7 +1,7 @@
 """Writing a Dask array: memseq.save (threads, 2-process LocalCluster) against to_npy_stack and the old path.
 
 Usage:
-    python benchmarks/bench_dask.py [--dir DIR] [--size-gb 4] [--repeats 1]
+    python benchmarks/bench_dask.py [--dir DIR] [--size-gb 4] [--repeats 3]
 
 The array: ``size_gb`` of float32 rows of 1024 values, 64 MiB chunks, each chunk
 computed with some CPU work (random numbers, then ``sin``/``sqrt`` arithmetic).
@@ -100,31 +100,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=None, help="where to write (a temporary directory under /tmp by default)")
     parser.add_argument("--size-gb", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.size_gb, args.dir)))
         return
     directory = tempfile.mkdtemp(prefix="memseq-bench-dask-", dir=args.dir)
+    runs: dict[str, list[float]] = {case: [] for case in CASES}
     try:
-        times = {}
-        for case in CASES:
-            runs = []
-            for _ in range(args.repeats):
+        # Rounds: every case once per round, so a slow spell of this shared machine
+        # hits all cases alike; medians over the rounds.
+        for _ in range(args.repeats):
+            for case in CASES:
                 out = subprocess.run(
                     [sys.executable, __file__, "--dir", directory, "--size-gb", str(args.size_gb), "--case", case],
                     capture_output=True, text=True, check=False,
                 )
                 if out.returncode != 0:
                     print(f"{CASES[case]}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                    break
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            if runs:
-                times[case] = statistics.median(runs)
-                print(f"  ({CASES[case]}: {', '.join(f'{r:.1f}' for r in runs)} s)", file=sys.stderr, flush=True)
+                    continue
+                runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    times = {case: statistics.median(r) for case, r in runs.items() if r}
+    for case, r in runs.items():
+        print(f"  ({CASES[case]}: {', '.join(f'{x:.1f}' for x in r)} s)", file=sys.stderr)
     gb = int(args.size_gb * 1e9) // (ROW * 4) * ROW * 4 / 1e9
     print(f"bench_dask: {gb:.2f} GB float32 array, 64 MiB chunks with CPU work each, {os.cpu_count()} cores, median of {args.repeats}")
     seq, stack = times.get("sequential"), times.get("to_npy_stack")

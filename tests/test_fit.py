@@ -208,7 +208,7 @@ if __name__ == "__main__":
         print("RAISED", type(error).__name__, repr(str(error)))
         print("SECONDS", raised - died)
     children = multiprocessing.active_children()
-    workers = [t.name for t in threading.enumerate() if t.name.startswith("memseq")]
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("memseq") and not t.name.startswith("memseq-readahead")]
     print("LEFT", len(children), workers)
 '''
 

@@ -94,6 +94,12 @@ def test_inline_lets_errors_through_unchanged():
         list(InlineProducer(exiting_build).epoch(list(range(5)), 0))
 
 
+def _producer_threads() -> list[threading.Thread]:
+    # memseq-readahead-* threads are the process-wide readahead pool (memseq._readahead):
+    # four idle daemon threads for the life of the process, by design; not a producer's.
+    return [t for t in threading.enumerate() if t.name.startswith("memseq") and not t.name.startswith("memseq-readahead")]
+
+
 def test_a_killed_worker_process_fails_the_epoch_and_leaves_nothing():
     import multiprocessing
 
@@ -102,7 +108,7 @@ def test_a_killed_worker_process_fails_the_epoch_and_leaves_nothing():
     with pytest.raises(WorkerError, match="died with signal SIGKILL while building batch 2 of epoch 0"):
         list(producer.epoch(list(range(6)), 0))
     assert set(multiprocessing.active_children()) - before == set()
-    assert not [t for t in threading.enumerate() if t.name.startswith("memseq")]
+    assert not _producer_threads()
 
 
 def test_make_producer_follows_keras_options():
@@ -123,6 +129,6 @@ def test_workers_stop_with_the_last_batch_even_if_the_consumer_never_asks_again(
     got = [next(batches) for _ in range(4)]  # like tf.data: exactly the epoch's batches, no StopIteration
     assert len(got) == 4
     assert set(multiprocessing.active_children()) - before == set()
-    for thread in [t for t in threading.enumerate() if t.name.startswith("memseq")]:
+    for thread in _producer_threads():
         thread.join(10)  # idle pool threads exit once the pool is shut down
         assert not thread.is_alive(), thread.name
