@@ -4,24 +4,28 @@ How, and why this way (measured cold on this project's 2-core VM, virtio disk,
 ``read_ahead_kb`` 8192; 4 MiB blocks of a 2.46 GB file; ``benchmarks/bench_cold.py``
 and README "Data larger than RAM"):
 
-- ``madvise(MADV_WILLNEED)``, the obvious call, returns at once, but asking for a
-  whole window of blocks in one go from the thread that then reads them stalled
-  that thread at window boundaries, and the pages it touched before their request
-  went out were read again by the page fault's 8 MiB read-around.
+- ``madvise(MADV_WILLNEED)``, the obvious call, returns at once, but the kernel
+  reads the range in order-0 pages, which leave the disk as 0.5-2 MiB requests
+  (600-900 read requests per GB against 245 for a sequential read); asked from
+  the thread that then reads the rows, it stalled that thread at window
+  boundaries, and pages touched before their request went out were read again
+  by the page fault's read-around.
 - ``madvise(MADV_POPULATE_READ)`` (Linux 5.14) faults a range in as a read would,
   so it waits for the disk: it runs in a few background threads per process,
   which keeps several requests in flight and leaves the reader only copies.
-- ``MADV_HUGEPAGE`` on the mapping would make each read 4 MiB in 2 MiB folios
-  (280 read requests per GB against 245 for a sequential read, 600-900 without),
-  but on this VM the reader then spent 4-6x more CPU copying rows out (1.4-2.2 s
-  of user time per 2.46 GB epoch against 0.35-0.6 s), which made the epoch slower
-  (2.4-3.3 s against 1.8-2.1 s): not used. Requests stay 0.5-2 MiB, far above what
-  an IOPS cap notices (3,000 requests/s of 1 MiB is 3 GB/s).
+- On a mapping marked ``MADV_HUGEPAGE`` a fault reads 4 MiB, 2 MiB-aligned, in
+  large folios, whatever the disk's ``read_ahead_kb``: block shuffle then made
+  ~280 requests per GB (1.15x a sequential read's) and read 1.13-1.15x faster
+  than without it (medians of 3 and 5 rounds). In one session of this shared VM
+  the opposite held (the reader spent 4-6x more CPU copying out of large folios),
+  so the bench keeps a case without it. Only block orders ask for it: for rows
+  read one by one from data larger than RAM, 4 MiB per row would be waste.
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads that
 populate them (falling back to ``MADV_WILLNEED`` where ``MADV_POPULATE_READ`` is
-unknown). Everything here is a hint: it never changes a byte that is read, and a
-failure (a truncated file, an unmapped range) only means less is read ahead.
+unknown), and :func:`prefer_large_reads` marks a mapping read in blocks. Everything
+here is a hint: it never changes a byte that is read, and a failure (a truncated
+file, an unmapped range) only means less is read ahead.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["page_runs", "read_ahead", "resident"]
+__all__ = ["page_runs", "prefer_large_reads", "read_ahead", "resident"]
 
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 _MADV_POPULATE_READ = 22  # Linux 5.14; not in the mmap module
 _PAGE = mmap.PAGESIZE
 # Threads populating ranges: each waits for one read, so this is the disk queue depth
@@ -81,6 +86,17 @@ def page_runs(starts: np.ndarray, stops: np.ndarray) -> list[tuple[int, int]]:
     new_run = np.concatenate([[True], first[1:] > reach[:-1]])
     run_stops = reach[np.concatenate([np.flatnonzero(new_run)[1:] - 1, [len(first) - 1]])]
     return list(zip(first[new_run].tolist(), run_stops.tolist()))
+
+
+def prefer_large_reads(address: int, length: int) -> None:
+    """Marks the mapping at ``address`` (page-aligned) for large reads: ``MADV_HUGEPAGE``.
+
+    A fault (or populate) then reads 4 MiB, 2 MiB-aligned, instead of the disk's
+    read-around window. Right for data read in blocks of MiBs; wrong for rows read
+    one by one from a file larger than RAM, so only block orders ask for it.
+    """
+    if _madvise is not None and length >= 2 * 2**20:
+        _madvise(address, length, _MADV_HUGEPAGE)
 
 
 def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray) -> int:

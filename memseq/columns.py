@@ -256,7 +256,7 @@ class Column:
                     out[k] = self._read_range(a, a + length)
         return out
 
-    def prefetch(self, ranges: Any) -> int:
+    def prefetch(self, ranges: Any, large_reads: bool = False) -> int:
         """Starts reading rows into the page cache ahead of use: each ``[start, stop)`` of ``ranges``.
 
         Returns at once: background threads read the ranges in the order given (see
@@ -266,6 +266,9 @@ class Column:
 
         Args:
             ranges: An ``(n, 2)`` array of row ranges ``[start, stop)``, in bounds.
+            large_reads: The file is read in blocks of MiBs (a block order): let a
+                read fetch 4 MiB at once, in large pages of the page cache. Leave it
+                off for rows read one by one from data larger than RAM.
 
         Returns:
             The bytes asked for (0 when skipped).
@@ -291,6 +294,8 @@ class Column:
             # The last byte of the first range: its first page may hold the file's header, always cached.
             if total == 0 and p == part_of[0] and resident(int(stops[0]) - 1):
                 return 0
+            if large_reads:
+                parts[p].prefer_large_reads()
             total += read_ahead(array, starts, stops)
         return total
 

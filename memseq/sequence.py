@@ -48,7 +48,7 @@ from memseq._checks import check_bool, check_int, equal_row_counts, is_sorted
 from memseq.dataset import Column, Dataset, RawColumn
 from memseq.dataset import open as open_dataset
 from memseq.errors import SchemaError
-from memseq.order import BatchPlan, Sequential
+from memseq.order import BatchPlan, BlockShuffle, Sequential
 
 __all__ = ["MemmapSequence"]
 
@@ -218,7 +218,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             or a number of bytes; ``None`` (default) means on for shuffled orders and
             off for ``shuffle=False`` (the kernel reads a sequential scan ahead by
             itself). Background threads read the coming rows (block orders: whole
-            blocks). It never changes what a batch holds, and skips
+            blocks, in 4 MiB reads). It never changes what a batch holds, and skips
             batches whose data are already in the page cache.
         padding: How variable-length fields are padded: a :class:`memseq.Padding`
             (pad value, ``max_length``, ``multiple``) for all of them, or a dict
@@ -403,14 +403,15 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         Stateless, so workers need no coordination: whoever builds batch ``i`` asks for
         batch ``i + k``. Asked before the batch is built, so batch 0's own rows are
         read by the readahead threads too, not fault by fault. Block orders ask for
-        each block once, whole.
+        each block once, whole, in large reads.
         """
         first = 0 if index == 0 else index + self._lookahead
+        large_reads = isinstance(self.plan.order, BlockShuffle)
         for ahead in range(first, min(index + self._lookahead, len(self) - 1) + 1):
             ranges = self.plan.readahead_ranges(ahead, epoch)
             for column in self._columns.values():
                 if isinstance(column, Column):
-                    column.prefetch(ranges)
+                    column.prefetch(ranges, large_reads)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
         """Replica ``replica``'s share of global batch ``index`` of ``epoch``, after :meth:`augment`.

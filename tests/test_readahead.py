@@ -57,7 +57,7 @@ def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
 
 def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append((self.name, np.asarray(ranges))) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append((self.name, np.asarray(ranges))) or 0)
     row_bytes = int(np.prod(ROW)) + 8
     bound = 5 * 64 * row_bytes  # five batches
     seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64, seed=1, readahead=bound)
@@ -79,7 +79,7 @@ def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_pat
 
 def test_readahead_off_asks_nothing(data_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append(1) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=64, readahead=False)
     for i in range(len(seq)):
         seq[i]
@@ -122,10 +122,19 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
         pytest.skip("this file system keeps the file in memory (tmpfs?)")
     with memseq.open(path) as ds:
         column = ds["x"]
-        asked = column.prefetch([[0, 1024]])
+        asked = column.prefetch([[0, 1024]], large_reads=True)
         assert 1024 * 4096 <= asked <= 1025 * 4096  # whole pages
         deadline = time.monotonic() + 30  # background threads: wait for them, do not time them
         while bench.cached_fraction(files) < 0.45 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert bench.cached_fraction(files) >= 0.45  # the first 1,024 of 2,048 rows (and the header page)
         np.testing.assert_array_equal(column[:1024], np.arange(4096 * 1024, dtype=np.uint8).reshape(1024, 4096))
+
+
+def test_block_orders_ask_for_large_reads_and_full_shuffles_do_not(data_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: seen.append(large_reads) or 0)
+    for shuffle, expected in (("block", True), (True, False)):
+        seen.clear()
+        memseq.MemmapSequence(data_path, x="image", batch_size=64, shuffle=shuffle, readahead=True)[0]
+        assert seen and set(seen) == {expected}
