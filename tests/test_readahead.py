@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -138,3 +139,28 @@ def test_block_orders_ask_for_large_reads_and_full_shuffles_do_not(data_path, mo
         seen.clear()
         memseq.MemmapSequence(data_path, x="image", batch_size=64, shuffle=shuffle, readahead=True)[0]
         assert seen and set(seen) == {expected}
+
+
+def _child_has_readahead_threads(queue) -> None:
+    from memseq import _readahead
+
+    buffer = np.zeros(3 * 4096, np.uint8)
+    _readahead.read_ahead(buffer, np.array([buffer.ctypes.data]), np.array([buffer.ctypes.data + buffer.nbytes]))
+    queue.put(sorted(t.name for t in threading.enumerate() if t.name.startswith("memseq-readahead")))
+
+
+def test_readahead_threads_start_again_in_a_forked_worker():
+    import multiprocessing
+
+    from memseq import _readahead
+
+    buffer = np.zeros(4096, np.uint8)
+    _readahead.read_ahead(buffer, np.array([buffer.ctypes.data]), np.array([buffer.ctypes.data + 4096]))
+    assert any(t.name.startswith("memseq-readahead") for t in threading.enumerate())
+    context = multiprocessing.get_context("fork")  # a fork copies the queue but none of its threads
+    queue = context.Queue()
+    child = context.Process(target=_child_has_readahead_threads, args=(queue,))
+    child.start()
+    names = queue.get(timeout=60)
+    child.join(60)
+    assert names == [f"memseq-readahead-{i}" for i in range(4)]
