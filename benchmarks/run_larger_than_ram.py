@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size-gb", type=float, default=None, help="default: 1.1x the machine's memory")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-hugepages", action="store_true",
+                        help="block readahead without MADV_HUGEPAGE (not a memseq option; see memseq/_readahead.py)")
     args = parser.parse_args(argv)
 
     memory = total_memory_bytes()
@@ -54,6 +56,10 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         demo.write_synthetic_dataset(path, rows, progress=False)
         print(f"written in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.no_hugepages:
+            from memseq import _readahead
+
+            _readahead.prefer_large_reads = lambda address, length: None  # inherited by forked workers
         train(path, args.batch_size)
     finally:
         if not args.keep:

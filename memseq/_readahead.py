@@ -162,7 +162,10 @@ if hasattr(os, "register_at_fork"):
 def _serve(q: queue.SimpleQueue) -> None:
     while True:
         owner, runs = q.get()
-        _populate(runs)
+        try:
+            _populate(runs)
+        except Exception:  # noqa: BLE001 - a hint must never stop the pool (or the reader)
+            pass
         del owner  # the mapping may go now
 
 

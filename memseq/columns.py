@@ -261,8 +261,8 @@ class Column:
 
         Returns at once: background threads read the ranges in the order given (see
         :mod:`memseq._readahead`); nothing is copied and no result changes. If the
-        first row asked for is already in the page cache, the data are taken to be
-        in RAM and nothing is asked (one ``mincore`` call).
+        end of the first range asked for is already in the page cache, the data are
+        taken to be in RAM and nothing is asked (one ``mincore`` call).
 
         Args:
             ranges: An ``(n, 2)`` array of row ranges ``[start, stop)``, in bounds.
