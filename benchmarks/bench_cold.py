@@ -311,6 +311,22 @@ def read_report(args: argparse.Namespace, paths: list[str], device: str, image_p
               f"file/epoch position correlation {stats['file/epoch position corr']:+.3f}")
 
 
+def hot_cost(path: str, batch_size: int, rounds: int = 7, batches: int = 400) -> tuple[float, float]:
+    """Median us per ``seq[i]`` with readahead off and on, data in the page cache (interleaved rounds)."""
+    seqs = {on: memseq.MemmapSequence(path, x="image", batch_size=batch_size, seed=0, shuffle=True, readahead=on)
+            for on in (False, True)}
+    n = min(batches, len(seqs[False]))
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds + 1):
+        for on, seq in seqs.items():
+            start = time.perf_counter()
+            for i in range(n):
+                seq[i]
+            if r:  # the first round warms the cache and the buffer pool
+                times[on].append((time.perf_counter() - start) / n * 1e6)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "memseq-bench-fit"))
@@ -347,6 +363,10 @@ def main(argv=None) -> int:
 
     if not args.skip_read:
         read_report(args, paths, device, image_path, row_bytes, data_offset)
+    print("\nreadahead's cost when the data are in RAM (seq[i], full shuffle, medians of 7 interleaved rounds):")
+    for batch_size in (32, 256):
+        off, on = hot_cost(args.dir, batch_size)
+        print(f"  batch {batch_size:>3}: {off:6.0f} us/batch off, {on:6.0f} us/batch on: on/off {on / off:.3f}")
     if not args.skip_fit:
         rates: dict[str, list[float]] = {"hot": [], "cold": [], "cold-no-readahead": []}
         for _ in range(args.repeats):

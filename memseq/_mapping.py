@@ -38,7 +38,7 @@ class MappedFile:
     The mapping is private to this object; ``array`` is a read-only ndarray over it.
     """
 
-    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity", "_large_reads")
+    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity", "_large_reads", "_address")
 
     def __init__(self, path: str, fd: int, st: os.stat_result, dtype: np.dtype, shape: tuple[int, ...], offset: int):
         """Maps the open regular file ``fd`` (``st`` its fstat); the caller closes ``fd``."""
@@ -62,6 +62,7 @@ class MappedFile:
             array = np.frombuffer(self._mmap, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
         array.flags.writeable = False
         self.array = array
+        self._address = array.ctypes.data
 
     @classmethod
     def open(cls, path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, what: str = "data file") -> "MappedFile":
@@ -107,6 +108,12 @@ class MappedFile:
         if array is None:
             raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
         return array
+
+    def address(self) -> int:
+        """The address of the first data byte in memory; DatasetClosedError once closed."""
+        if self.array is None:
+            self.data()  # raises
+        return self._address
 
     def prefer_large_reads(self) -> None:
         """Marks this mapping as read in large pieces (``MADV_HUGEPAGE``; see :mod:`memseq._readahead`), once."""

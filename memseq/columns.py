@@ -9,6 +9,7 @@ the data.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from typing import Any, Iterator, Sequence
 
@@ -64,6 +65,7 @@ class Column:
         self._part_rows = tuple(int(n) for n in part_rows)
         # starts[i] is the first global row of part i; starts[-1] is the row count.
         self._starts = np.concatenate([[0], np.cumsum(self._part_rows, dtype=np.int64)]).astype(np.int64)
+        self._starts_list = self._starts.tolist()  # bisect on a list: the per-batch readahead probe
         self._num_rows = int(self._starts[-1])
         self._row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
@@ -298,6 +300,18 @@ class Column:
                 parts[p].prefer_large_reads()
             total += read_ahead(array, starts, stops)
         return total
+
+    def is_cached(self, row: int) -> bool:
+        """Whether the end of row ``row`` (in bounds) is in the page cache: one ``mincore`` call.
+
+        A probe, not a promise: readahead skips a batch whose probe row is cached,
+        taking the data to be in RAM.
+        """
+        if self._row_nbytes == 0:
+            return True
+        starts = self._starts_list
+        p = bisect.bisect_right(starts, row) - 1
+        return resident(self._parts()[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)
 
     def check_sizes(self) -> None:
         """Raises CorruptFileError if any of this column's files shrank since opening."""

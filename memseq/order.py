@@ -342,7 +342,7 @@ class BatchPlan:
             )
         self._lock = threading.Lock()
         self._permutations: dict[int, np.ndarray] = {}
-        self._first_touches: tuple[int, np.ndarray] | None = None
+        self._first_touches: tuple[int, np.ndarray, np.ndarray] | None = None
         self._recent = 0
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -392,6 +392,11 @@ class BatchPlan:
             rows = np.sort(rows)
         return rows.astype(np.int64, copy=False)
 
+    def probe_row(self, index: int, epoch: int) -> int:
+        """One row of batch ``index`` of ``epoch`` (its first position): a cheap probe of whether it is cached."""
+        position = int(self.permutation(epoch)[index * self.batch_size])
+        return position if self.indices is None else int(self.indices[position])
+
     def readahead_ranges(self, index: int, epoch: int) -> np.ndarray:
         """Row ranges to read ahead for batch ``index`` of ``epoch``: an ``(n, 2)`` array of [start, stop).
 
@@ -406,18 +411,32 @@ class BatchPlan:
             return np.stack([starts, np.minimum(starts + self.order.block_rows, self.num_rows)], axis=1)
         return _runs(self.batch_rows(index, epoch))
 
-    def _first_touch(self, epoch: int) -> np.ndarray:
-        """For each block, the first batch of ``epoch`` that reads a row of it (BlockShuffle only)."""
+    def reads_new_blocks(self, index: int, epoch: int) -> bool:
+        """Whether batch ``index`` of ``epoch`` has anything to read ahead.
+
+        Always true, except for a :class:`BlockShuffle` over all rows, where only the
+        batches that first touch a block (a few per window) do.
+        """
+        if isinstance(self.order, BlockShuffle) and self.indices is None:
+            return bool(self._first_touch(epoch, touching=True)[index])
+        return True
+
+    def _first_touch(self, epoch: int, touching: bool = False) -> np.ndarray:
+        """For each block, the first batch of ``epoch`` that reads a row of it (BlockShuffle only).
+
+        With ``touching``: for each batch, whether it is the first to read some block.
+        """
         cached = self._first_touches
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        perm = self.permutation(epoch)
-        num_blocks = -(-self.num_rows // self.order.block_rows)
-        first = np.full(num_blocks, np.iinfo(np.int64).max, np.int64)
-        batch_of_position = np.arange(len(perm), dtype=np.int64) // self.batch_size
-        np.minimum.at(first, perm.astype(np.int64) // self.order.block_rows, batch_of_position)
-        self._first_touches = (epoch, first)  # one epoch: a tuple swap is atomic across threads
-        return first
+        if cached is None or cached[0] != epoch:
+            perm = self.permutation(epoch)
+            num_blocks = -(-self.num_rows // self.order.block_rows)
+            first = np.full(num_blocks, np.iinfo(np.int64).max, np.int64)
+            batch_of_position = np.arange(len(perm), dtype=np.int64) // self.batch_size
+            np.minimum.at(first, perm.astype(np.int64) // self.order.block_rows, batch_of_position)
+            batches = np.zeros(self.num_batches, bool)
+            batches[first[first < self.num_batches]] = True
+            cached = self._first_touches = (epoch, first, batches)  # a tuple swap is atomic across threads
+        return cached[2] if touching else cached[1]
 
     @staticmethod
     def replica_rows(rows: np.ndarray, replica: int, num_replicas: int) -> np.ndarray:

@@ -43,12 +43,13 @@ import keras
 import numpy as np
 
 from memseq import _fit, _padding
+from memseq._batch_readahead import BatchReadahead
 from memseq._buffers import ALIGN, BufferPool
 from memseq._checks import check_bool, check_int, equal_row_counts, is_sorted
 from memseq.dataset import Column, Dataset, RawColumn
 from memseq.dataset import open as open_dataset
 from memseq.errors import SchemaError
-from memseq.order import BatchPlan, BlockShuffle, Sequential
+from memseq.order import BatchPlan
 
 __all__ = ["MemmapSequence"]
 
@@ -152,19 +153,6 @@ def _pick(kind: str, value: Any, batch: Mapping[str, np.ndarray]) -> Any:
     return {key: batch[name] for key, name in value.items()}
 
 
-def _readahead_bytes(readahead: Any, order: Any) -> int:
-    if readahead is None:
-        # Measured cold (benchmarks/bench_cold.py): readahead threads beat page
-        # faults for every random order; a sequential read has the kernel's own.
-        readahead = not isinstance(order, Sequential)
-    if isinstance(readahead, (bool, np.bool_)):
-        return _DEFAULT_READAHEAD_BYTES if readahead else 0
-    return check_int(readahead, "readahead", 0)
-
-
-# Bytes of coming batches asked for ahead: far below any page cache (it must never
-# evict what is about to be read), enough to keep a disk's queue busy.
-_DEFAULT_READAHEAD_BYTES = 256 * 2**20
 
 
 def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool) -> np.ndarray:
@@ -294,9 +282,9 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             indices=indices,
             row_nbytes=row_nbytes,
         )
-        self.readahead = _readahead_bytes(readahead, self.plan.order)
+        self._readahead = BatchReadahead.for_plan(readahead, self.plan, self._columns.values(), row_nbytes)
+        self.readahead = self._readahead.bound_bytes if self._readahead else 0
         # Batches read ahead: enough to cover the byte bound, at least one.
-        self._lookahead = 0 if not self.readahead else max(1, self.readahead // max(1, row_nbytes * self.plan.batch_size))
         self.seed = self.plan.seed
         self.batch_size = self.plan.batch_size
         self.drop_remainder = self.plan.drop_remainder
@@ -393,25 +381,9 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             SchemaError: If a subclass's ``augment`` does not return the batch dict.
         """
         index = self.plan.check_index(index)
-        if self._lookahead:
-            self._read_ahead(index, epoch)
+        if self._readahead is not None:
+            self._readahead.ask(index, epoch)
         return self._build(self.batch_rows(index, epoch), epoch, index, None)
-
-    def _read_ahead(self, index: int, epoch: int) -> None:
-        """Asks for batch ``index + lookahead`` to be read (batch 0 asks for all up to it, itself included).
-
-        Stateless, so workers need no coordination: whoever builds batch ``i`` asks for
-        batch ``i + k``. Asked before the batch is built, so batch 0's own rows are
-        read by the readahead threads too, not fault by fault. Block orders ask for
-        each block once, whole, in large reads.
-        """
-        first = 0 if index == 0 else index + self._lookahead
-        large_reads = isinstance(self.plan.order, BlockShuffle)
-        for ahead in range(first, min(index + self._lookahead, len(self) - 1) + 1):
-            ranges = self.plan.readahead_ranges(ahead, epoch)
-            for column in self._columns.values():
-                if isinstance(column, Column):
-                    column.prefetch(ranges, large_reads)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
         """Replica ``replica``'s share of global batch ``index`` of ``epoch``, after :meth:`augment`.

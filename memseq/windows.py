@@ -94,6 +94,12 @@ class TokenWindows(Column):
         tokens = np.stack([ranges[:, 0] * self.stride, (ranges[:, 1] - 1) * self.stride + self.length], axis=1)
         return self.tokens.prefetch(tokens[ranges[:, 1] > ranges[:, 0]], large_reads)
 
+    def is_cached(self, row: int) -> bool:
+        """Whether the last token of window ``row`` is in the page cache (see :meth:`Column.is_cached`)."""
+        if not isinstance(self.tokens, Column):
+            return True
+        return self.tokens.is_cached(row * self.stride + self.length - 1)
+
     def check_sizes(self) -> None:
         if isinstance(self.tokens, Column):
             self.tokens.check_sizes()

@@ -128,3 +128,13 @@ def test_full_shuffle_readahead_is_the_batch_rows_as_runs():
     ranges = plan.readahead_ranges(3, 1)
     rows = np.concatenate([np.arange(a, b) for a, b in ranges])
     assert np.array_equal(rows, plan.batch_rows(3, 1))
+
+
+def test_only_batches_that_start_a_block_read_new_blocks():
+    plan = BatchPlan(1000, 16, shuffle=BlockShuffle(block_rows=50, window_blocks=3), seed=4)
+    for epoch in (0, 1):
+        starting = [i for i in range(plan.num_batches) if plan.reads_new_blocks(i, epoch)]
+        with_ranges = [i for i in range(plan.num_batches) if len(plan.readahead_ranges(i, epoch))]
+        assert starting == with_ranges and starting[0] == 0
+    full = BatchPlan(1000, 16, shuffle=True, seed=4)
+    assert all(full.reads_new_blocks(i, 0) for i in range(full.num_batches))

@@ -57,6 +57,7 @@ def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
 
 
 def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_path, monkeypatch):
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)  # as if the data were on disk
     calls = []
     monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append((self.name, np.asarray(ranges))) or 0)
     row_bytes = int(np.prod(ROW)) + 8
@@ -76,6 +77,33 @@ def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_pat
         expected = seq.batch_rows(ahead, 0) if ahead < len(seq) else np.empty(0, int)
         np.testing.assert_array_equal(asked_by_batch[i], expected)
         assert len(asked_by_batch[i]) * row_bytes <= bound
+
+
+def test_readahead_asks_nothing_for_data_in_ram_and_probes_little(data_path, monkeypatch):
+    probes, calls = [], []
+    real_is_cached = Column.is_cached
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: probes.append(row) or real_is_cached(self, row))
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append(1) or 0)
+    seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, shuffle=True, readahead=True)
+    with memseq.open(data_path) as ds:
+        ds["image"][:]  # the whole file is now in the page cache
+    for i in range(len(seq)):
+        seq.get_fields(i, 0)
+    assert calls == []
+    # After 8 cached probes in a row, only every 8th batch is probed.
+    assert len(probes) < len(seq) // 2
+
+
+def test_block_readahead_only_works_on_batches_that_start_blocks(data_path, monkeypatch):
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
+    asked = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: asked.append(np.asarray(ranges)) or 0)
+    seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, seed=2, readahead=True,
+                                shuffle=memseq.BlockShuffle(block_rows=100, window_blocks=2))
+    for i in range(len(seq)):
+        seq.get_fields(i, 0)
+    blocks = np.concatenate(asked)[:, 0] // 100
+    assert sorted(blocks.tolist()) == list(range(N // 100))  # every block once, whole
 
 
 def test_readahead_off_asks_nothing(data_path, monkeypatch):
@@ -133,6 +161,7 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
 
 
 def test_block_orders_ask_for_large_reads_and_full_shuffles_do_not(data_path, monkeypatch):
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
     seen = []
     monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: seen.append(large_reads) or 0)
     for shuffle, expected in (("block", True), (True, False)):
