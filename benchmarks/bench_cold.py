@@ -311,9 +311,9 @@ def read_report(args: argparse.Namespace, paths: list[str], device: str, image_p
               f"file/epoch position correlation {stats['file/epoch position corr']:+.3f}")
 
 
-def hot_cost(path: str, batch_size: int, rounds: int = 7, batches: int = 400) -> tuple[float, float]:
+def hot_cost(path: str, batch_size: int, shuffle: object, rounds: int = 7, batches: int = 400) -> tuple[float, float]:
     """Median us per ``seq[i]`` with readahead off and on, data in the page cache (interleaved rounds)."""
-    seqs = {on: memseq.MemmapSequence(path, x="image", batch_size=batch_size, seed=0, shuffle=True, readahead=on)
+    seqs = {on: memseq.MemmapSequence(path, x="image", batch_size=batch_size, seed=0, shuffle=shuffle, readahead=on)
             for on in (False, True)}
     n = min(batches, len(seqs[False]))
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -363,10 +363,11 @@ def main(argv=None) -> int:
 
     if not args.skip_read:
         read_report(args, paths, device, image_path, row_bytes, data_offset)
-    print("\nreadahead's cost when the data are in RAM (seq[i], full shuffle, medians of 7 interleaved rounds):")
-    for batch_size in (32, 256):
-        off, on = hot_cost(args.dir, batch_size)
-        print(f"  batch {batch_size:>3}: {off:6.0f} us/batch off, {on:6.0f} us/batch on: on/off {on / off:.3f}")
+    print("\nreadahead's cost when the data are in RAM (seq[i], medians of 7 interleaved rounds):")
+    for shuffle, batch_size in ((True, 32), (True, 256), ("block", 256)):
+        off, on = hot_cost(args.dir, batch_size, shuffle)
+        print(f"  shuffle={shuffle!r:<7} batch {batch_size:>3}: {off:6.0f} us/batch off, {on:6.0f} us/batch on: "
+              f"on/off {on / off:.3f}")
     if not args.skip_fit:
         rates: dict[str, list[float]] = {"hot": [], "cold": [], "cold-no-readahead": []}
         for _ in range(args.repeats):

@@ -87,10 +87,15 @@ class BatchReadahead:
         One ``mincore`` probe of one of its rows per column (~3 us; computing the
         ranges costs ~100 us). Data in RAM should cost nothing measurable, so after
         8 cached probes in a row only every 8th batch is probed (the others count as
-        cached) until a probe misses. Block orders probe every batch that starts a
-        block: a window skipped there would be read fault by fault.
+        cached) until a probe misses. Block orders never skip: only a few batches
+        per window ask for anything, and on data partly in RAM (the next epoch of a
+        dataset larger than RAM) a cached probe row would leave a whole window of
+        blocks to be read fault by fault; cached pages cost the threads only their
+        mapping.
         """
-        if not self.block_order and self._cached_probes >= _PROBE_EVERY and ahead % _PROBE_EVERY:
+        if self.block_order:
+            return False
+        if self._cached_probes >= _PROBE_EVERY and ahead % _PROBE_EVERY:
             return True
         probe = self.plan.probe_row(ahead, epoch)
         if all(column.is_cached(probe) for column in self.columns):

@@ -262,9 +262,9 @@ class Column:
         """Starts reading rows into the page cache ahead of use: each ``[start, stop)`` of ``ranges``.
 
         Returns at once: background threads read the ranges in the order given (see
-        :mod:`memseq._readahead`); nothing is copied and no result changes. If the
-        end of the first range asked for is already in the page cache, the data are
-        taken to be in RAM and nothing is asked (one ``mincore`` call).
+        :mod:`memseq._readahead`); nothing is copied and no result changes. Pages
+        already in the page cache cost only their mapping (:meth:`is_cached` tells a
+        caller whether asking is worth it).
 
         Args:
             ranges: An ``(n, 2)`` array of row ranges ``[start, stop)``, in bounds.
@@ -273,7 +273,7 @@ class Column:
                 off for rows read one by one from data larger than RAM.
 
         Returns:
-            The bytes asked for (0 when skipped).
+            The bytes asked for (whole pages).
 
         Example:
             >>> ds["image"].prefetch([[0, 1024]])   # the first 1,024 rows, read in the background
@@ -293,9 +293,6 @@ class Column:
             base = array.ctypes.data
             starts = base + (np.maximum(mine[:, 0], lo) - lo) * row_nbytes
             stops = base + (np.minimum(mine[:, 1], hi) - lo) * row_nbytes
-            # The last byte of the first range: its first page may hold the file's header, always cached.
-            if total == 0 and p == part_of[0] and resident(int(stops[0]) - 1):
-                return 0
             if large_reads:
                 parts[p].prefer_large_reads()
             total += read_ahead(array, starts, stops)
@@ -304,8 +301,9 @@ class Column:
     def is_cached(self, row: int) -> bool:
         """Whether the end of row ``row`` (in bounds) is in the page cache: one ``mincore`` call.
 
-        A probe, not a promise: readahead skips a batch whose probe row is cached,
-        taking the data to be in RAM.
+        The end, because a file's first row shares its first page with the ``.npy``
+        header, which is always cached. A probe, not a promise: readahead skips a
+        full-shuffle batch whose probe row is cached, taking the data to be in RAM.
         """
         if self._row_nbytes == 0:
             return True

@@ -121,14 +121,14 @@ def test_readahead_argument_is_checked(data_path):
             memseq.MemmapSequence(data_path, x="image", readahead=bad)
 
 
-def test_column_prefetch_changes_no_data_and_skips_cached_rows(data_path):
+def test_column_prefetch_changes_no_data_and_is_cached_sees_cached_rows(data_path):
     ds = memseq.open(data_path)
     column = ds["image"]
     before = column[:]
     assert column.prefetch([[0, 10], [650, 750], [1990, 2000]]) >= 0
     np.testing.assert_array_equal(column[:], before)
-    # Pages just read are in the page cache: prefetch sees that and asks for nothing.
-    assert column.prefetch([[0, 10]]) == 0
+    # Pages just read are in the page cache: a probe says so (readahead then skips the batch).
+    assert column.is_cached(0) and column.is_cached(1999)
 
 
 def test_readahead_default_is_on_for_shuffled_orders_only(data_path):
@@ -151,12 +151,14 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
         pytest.skip("this file system keeps the file in memory (tmpfs?)")
     with memseq.open(path) as ds:
         column = ds["x"]
+        assert not column.is_cached(1000)  # (opening read the header, and the kernel a few pages after it)
         asked = column.prefetch([[0, 1024]], large_reads=True)
         assert 1024 * 4096 <= asked <= 1025 * 4096  # whole pages
         deadline = time.monotonic() + 30  # background threads: wait for them, do not time them
         while bench.cached_fraction(files) < 0.45 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert bench.cached_fraction(files) >= 0.45  # the first 1,024 of 2,048 rows (and the header page)
+        assert column.is_cached(1000) and column.is_cached(1023)
         np.testing.assert_array_equal(column[:1024], np.arange(4096 * 1024, dtype=np.uint8).reshape(1024, 4096))
 
 
