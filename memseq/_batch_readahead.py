@@ -79,7 +79,7 @@ class BatchReadahead:
                 continue
             ranges = self.plan.readahead_ranges(ahead, epoch)
             for column in self.columns:
-                column.prefetch(ranges, self.block_order)
+                column.prefetch(ranges)
 
     def _looks_cached(self, ahead: int, epoch: int) -> bool:
         """Whether batch ``ahead``'s data look cached, so nothing need be asked.

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from memseq import _fs, _readahead
+from memseq import _fs
 from memseq.errors import CorruptFileError, DatasetClosedError
 
 __all__ = ["MappedFile", "map_read_only", "prod"]
@@ -38,7 +38,7 @@ class MappedFile:
     The mapping is private to this object; ``array`` is a read-only ndarray over it.
     """
 
-    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity", "_large_reads", "_address")
+    __slots__ = ("path", "offset", "expected_size", "array", "_mmap", "_identity", "_address")
 
     def __init__(self, path: str, fd: int, st: os.stat_result, dtype: np.dtype, shape: tuple[int, ...], offset: int):
         """Maps the open regular file ``fd`` (``st`` its fstat); the caller closes ``fd``."""
@@ -49,7 +49,6 @@ class MappedFile:
         self._identity = (st.st_dev, st.st_ino)
         self._mmap = None
         self.array = None
-        self._large_reads = False
         self._check(st.st_size)
         if nbytes == 0:
             # mmap cannot map zero bytes; an empty array needs no file pages.
@@ -114,13 +113,6 @@ class MappedFile:
         if self.array is None:
             self.data()  # raises
         return self._address
-
-    def prefer_large_reads(self) -> None:
-        """Marks this mapping as read in large pieces (``MADV_HUGEPAGE``; see :mod:`memseq._readahead`), once."""
-        array = self.array
-        if not self._large_reads and array is not None and self._mmap is not None:
-            self._large_reads = True
-            _readahead.prefer_large_reads(array.ctypes.data - self.offset, self.expected_size)
 
     def close(self) -> None:
         """Drops the mapping. Arrays handed out are copies, so user data stay valid.

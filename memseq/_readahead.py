@@ -13,19 +13,19 @@ and README "Data larger than RAM"):
 - ``madvise(MADV_POPULATE_READ)`` (Linux 5.14) faults a range in as a read would,
   so it waits for the disk: it runs in a few background threads per process,
   which keeps several requests in flight and leaves the reader only copies.
-- On a mapping marked ``MADV_HUGEPAGE`` a fault reads 4 MiB, 2 MiB-aligned, in
-  large folios, whatever the disk's ``read_ahead_kb``: block shuffle then made
-  ~280 requests per GB (1.15x a sequential read's) and read 1.13-1.15x faster
-  than without it (medians of 3 and 5 rounds). In one session of this shared VM
-  the opposite held (the reader spent 4-6x more CPU copying out of large folios),
-  so the bench keeps a case without it. Only block orders ask for it: for rows
-  read one by one from data larger than RAM, 4 MiB per row would be waste.
+- ``MADV_HUGEPAGE`` on the mapping would make each read 4 MiB in 2 MiB folios
+  (~285 read requests per GB, 1.19x a sequential read's, against ~680), but it
+  is not used: over four comparisons of 2-5 rounds each, block shuffle read
+  faster with it twice (1.13x, 1.15x) and slower twice (0.68x, 0.83x), and on a
+  dataset larger than RAM it read 8% more bytes (43.0 against 39.6 GB for 27.8 GB:
+  a 2 MiB-aligned read brings in the neighbours of each block, which are evicted
+  before their turn). Requests of 0.5-2 MiB are far from any IOPS cap (3,000
+  requests/s of 1 MiB is 3 GB/s).
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads that
 populate them (falling back to ``MADV_WILLNEED`` where ``MADV_POPULATE_READ`` is
-unknown), and :func:`prefer_large_reads` marks a mapping read in blocks. Everything
-here is a hint: it never changes a byte that is read, and a failure (a truncated
-file, an unmapped range) only means less is read ahead.
+unknown). Everything here is a hint: it never changes a byte that is read, and a
+failure (a truncated file, an unmapped range) only means less is read ahead.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["page_runs", "prefer_large_reads", "read_ahead", "resident"]
+__all__ = ["page_runs", "read_ahead", "resident"]
 
-_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 _MADV_POPULATE_READ = 22  # Linux 5.14; not in the mmap module
 _PAGE = mmap.PAGESIZE
 # Threads populating ranges: each waits for one read, so this is the disk queue depth
@@ -86,17 +85,6 @@ def page_runs(starts: np.ndarray, stops: np.ndarray) -> list[tuple[int, int]]:
     new_run = np.concatenate([[True], first[1:] > reach[:-1]])
     run_stops = reach[np.concatenate([np.flatnonzero(new_run)[1:] - 1, [len(first) - 1]])]
     return list(zip(first[new_run].tolist(), run_stops.tolist()))
-
-
-def prefer_large_reads(address: int, length: int) -> None:
-    """Marks the mapping at ``address`` (page-aligned) for large reads: ``MADV_HUGEPAGE``.
-
-    A fault (or populate) then reads 4 MiB, 2 MiB-aligned, instead of the disk's
-    read-around window. Right for data read in blocks of MiBs; wrong for rows read
-    one by one from a file larger than RAM, so only block orders ask for it.
-    """
-    if _madvise is not None and length >= 2 * 2**20:
-        _madvise(address, length, _MADV_HUGEPAGE)
 
 
 def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray) -> int:

@@ -258,7 +258,7 @@ class Column:
                     out[k] = self._read_range(a, a + length)
         return out
 
-    def prefetch(self, ranges: Any, large_reads: bool = False) -> int:
+    def prefetch(self, ranges: Any) -> int:
         """Starts reading rows into the page cache ahead of use: each ``[start, stop)`` of ``ranges``.
 
         Returns at once: background threads read the ranges in the order given (see
@@ -268,9 +268,6 @@ class Column:
 
         Args:
             ranges: An ``(n, 2)`` array of row ranges ``[start, stop)``, in bounds.
-            large_reads: The file is read in blocks of MiBs (a block order): let a
-                read fetch 4 MiB at once, in large pages of the page cache. Leave it
-                off for rows read one by one from data larger than RAM.
 
         Returns:
             The bytes asked for (whole pages).
@@ -293,8 +290,6 @@ class Column:
             base = array.ctypes.data
             starts = base + (np.maximum(mine[:, 0], lo) - lo) * row_nbytes
             stops = base + (np.minimum(mine[:, 1], hi) - lo) * row_nbytes
-            if large_reads:
-                parts[p].prefer_large_reads()
             total += read_ahead(array, starts, stops)
         return total
 

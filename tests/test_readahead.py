@@ -59,7 +59,7 @@ def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
 def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_path, monkeypatch):
     monkeypatch.setattr(Column, "is_cached", lambda self, row: False)  # as if the data were on disk
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append((self.name, np.asarray(ranges))) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append((self.name, np.asarray(ranges))) or 0)
     row_bytes = int(np.prod(ROW)) + 8
     bound = 5 * 64 * row_bytes  # five batches
     seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64, seed=1, readahead=bound)
@@ -83,7 +83,7 @@ def test_readahead_asks_nothing_for_data_in_ram_and_probes_little(data_path, mon
     probes, calls = [], []
     real_is_cached = Column.is_cached
     monkeypatch.setattr(Column, "is_cached", lambda self, row: probes.append(row) or real_is_cached(self, row))
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append(1) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, shuffle=True, readahead=True)
     with memseq.open(data_path) as ds:
         ds["image"][:]  # the whole file is now in the page cache
@@ -97,7 +97,7 @@ def test_readahead_asks_nothing_for_data_in_ram_and_probes_little(data_path, mon
 def test_block_readahead_only_works_on_batches_that_start_blocks(data_path, monkeypatch):
     monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
     asked = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: asked.append(np.asarray(ranges)) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: asked.append(np.asarray(ranges)) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, seed=2, readahead=True,
                                 shuffle=memseq.BlockShuffle(block_rows=100, window_blocks=2))
     for i in range(len(seq)):
@@ -108,7 +108,7 @@ def test_block_readahead_only_works_on_batches_that_start_blocks(data_path, monk
 
 def test_readahead_off_asks_nothing(data_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: calls.append(1) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=64, readahead=False)
     for i in range(len(seq)):
         seq[i]
@@ -152,7 +152,7 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
     with memseq.open(path) as ds:
         column = ds["x"]
         assert not column.is_cached(1000)  # (opening read the header, and the kernel a few pages after it)
-        asked = column.prefetch([[0, 1024]], large_reads=True)
+        asked = column.prefetch([[0, 1024]])
         assert 1024 * 4096 <= asked <= 1025 * 4096  # whole pages
         deadline = time.monotonic() + 30  # background threads: wait for them, do not time them
         while bench.cached_fraction(files) < 0.45 and time.monotonic() < deadline:
@@ -160,16 +160,6 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
         assert bench.cached_fraction(files) >= 0.45  # the first 1,024 of 2,048 rows (and the header page)
         assert column.is_cached(1000) and column.is_cached(1023)
         np.testing.assert_array_equal(column[:1024], np.arange(4096 * 1024, dtype=np.uint8).reshape(1024, 4096))
-
-
-def test_block_orders_ask_for_large_reads_and_full_shuffles_do_not(data_path, monkeypatch):
-    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
-    seen = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, large_reads=False: seen.append(large_reads) or 0)
-    for shuffle, expected in (("block", True), (True, False)):
-        seen.clear()
-        memseq.MemmapSequence(data_path, x="image", batch_size=64, shuffle=shuffle, readahead=True)[0]
-        assert seen and set(seen) == {expected}
 
 
 def _child_has_readahead_threads(queue) -> None:
