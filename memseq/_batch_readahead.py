@@ -17,7 +17,7 @@ import numpy as np
 
 from memseq._checks import check_int
 from memseq.columns import Column
-from memseq.order import BatchPlan, BlockShuffle, Sequential
+from memseq.order import BatchPlan, BlockShuffle, Sequential, row_runs
 
 __all__ = ["BatchReadahead", "DEFAULT_READAHEAD_BYTES"]
 
@@ -66,22 +66,29 @@ class BatchReadahead:
         bound = check_int(readahead, "readahead", 0)
         return cls(plan, columns, bound, row_nbytes) if bound else None
 
-    def ask(self, index: int, epoch: int) -> None:
+    def ask(self, index: int, epoch: int, share: tuple[int, int] | None = None) -> None:
         """Asks for batch ``index + lookahead`` (batch 0: for ``0..lookahead``); returns at once.
 
         Call it before building batch ``index``, so batch 0's own rows are read by the
         readahead threads too, not fault by fault. Block orders ask for each block
-        once, whole, from the batch that first touches it.
+        once, whole, from the batch that first touches it. With ``share=(replica,
+        num_replicas)`` (tf.distribute), only that replica's rows of each batch are
+        asked for, block orders included: each input pipeline reads what it serves.
         """
         first = 0 if index == 0 else index + self.lookahead
         for ahead in range(first, min(index + self.lookahead, self.plan.num_batches - 1) + 1):
-            if not self.plan.reads_new_blocks(ahead, epoch) or self._looks_cached(ahead, epoch):
+            if share is None and not self.plan.reads_new_blocks(ahead, epoch):
                 continue
-            ranges = self.plan.readahead_ranges(ahead, epoch)
+            if self._looks_cached(ahead, epoch, share is None and self.block_order):
+                continue
+            if share is None:
+                ranges = self.plan.readahead_ranges(ahead, epoch)
+            else:
+                ranges = row_runs(self.plan.replica_rows(self.plan.batch_rows(ahead, epoch), *share))
             for column in self.columns:
                 column.prefetch(ranges)
 
-    def _looks_cached(self, ahead: int, epoch: int) -> bool:
+    def _looks_cached(self, ahead: int, epoch: int, whole_blocks: bool) -> bool:
         """Whether batch ``ahead``'s data look cached, so nothing need be asked.
 
         One ``mincore`` probe of one of its rows per column (~3 us; computing the
@@ -93,7 +100,7 @@ class BatchReadahead:
         blocks to be read fault by fault; cached pages cost the threads only their
         mapping.
         """
-        if self.block_order:
+        if whole_blocks:
             return False
         if self._cached_probes >= _PROBE_EVERY and ahead % _PROBE_EVERY:
             return True

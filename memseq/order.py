@@ -49,6 +49,7 @@ __all__ = [
     "num_batches",
     "replica_share",
     "resolve_shuffle",
+    "row_runs",
 ]
 
 
@@ -183,7 +184,7 @@ _BLOCK_BYTES = 4 * 2**20
 _WINDOW_BLOCKS = 64
 
 
-def _runs(rows: np.ndarray) -> np.ndarray:
+def row_runs(rows: np.ndarray) -> np.ndarray:
     """Ascending ``rows`` as ``(n, 2)`` [start, stop) ranges of adjacent rows."""
     if rows.size == 0:
         return np.empty((0, 2), np.int64)
@@ -409,7 +410,7 @@ class BatchPlan:
             blocks = np.flatnonzero(self._first_touch(epoch) == index)
             starts = blocks * self.order.block_rows
             return np.stack([starts, np.minimum(starts + self.order.block_rows, self.num_rows)], axis=1)
-        return _runs(self.batch_rows(index, epoch))
+        return row_runs(self.batch_rows(index, epoch))
 
     def reads_new_blocks(self, index: int, epoch: int) -> bool:
         """Whether batch ``index`` of ``epoch`` has anything to read ahead.

@@ -402,6 +402,8 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             Field name -> array, for every selected field.
         """
         index = self.plan.check_index(index)
+        if self._readahead is not None:
+            self._readahead.ask(index, epoch, (replica, num_replicas))
         rows = self.plan.replica_rows(self.batch_rows(index, epoch), replica, num_replicas)
         return self._build(rows, epoch, index, replica)
 

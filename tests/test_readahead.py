@@ -185,3 +185,24 @@ def test_readahead_threads_start_again_in_a_forked_worker():
     names = queue.get(timeout=60)
     child.join(60)
     assert names == [f"memseq-readahead-{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("shuffle", [True, "block"])
+def test_shares_read_ahead_their_own_rows_and_never_change(data_path, monkeypatch, shuffle):
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)  # as if the data were on disk
+    asked = []
+    real_prefetch = Column.prefetch
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: asked.append(np.asarray(ranges)) or real_prefetch(self, ranges))
+    on = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=5 * 64 * 200)
+    off = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=False)
+    for i in range(len(on)):
+        asked.clear()
+        a, b = on.get_share(i, 1, 1, 2), off.get_share(i, 1, 1, 2)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+        rows = np.concatenate([np.arange(x, y) for ranges in asked for x, y in ranges]) if asked else np.empty(0, int)
+        k = 5  # the bound is five batches of 200-byte rows
+        ahead = range(k + 1) if i == 0 else [i + k] if i + k < len(on) else []
+        expected = [on.plan.replica_rows(on.batch_rows(j, 1), 1, 2) for j in ahead]
+        expected = np.sort(np.concatenate(expected)) if expected else np.empty(0, int)
+        np.testing.assert_array_equal(np.unique(rows), np.unique(expected))  # replica 1's rows only
