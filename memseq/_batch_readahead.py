@@ -94,11 +94,11 @@ class BatchReadahead:
         One ``mincore`` probe of one of its rows per column (~3 us; computing the
         ranges costs ~100 us). Data in RAM should cost nothing measurable, so after
         8 cached probes in a row only every 8th batch is probed (the others count as
-        cached) until a probe misses. Block orders never skip: only a few batches
-        per window ask for anything, and on data partly in RAM (the next epoch of a
-        dataset larger than RAM) a cached probe row would leave a whole window of
-        blocks to be read fault by fault; cached pages cost the threads only their
-        mapping.
+        cached) until a probe misses. Whole-block asks (block orders outside
+        tf.distribute) never skip: only a few batches per window ask for anything,
+        and on data partly in RAM (the next epoch of a dataset larger than RAM) a
+        cached probe row would leave a whole window of blocks to be read fault by
+        fault; cached pages cost the threads only their mapping.
         """
         if whole_blocks:
             return False
