@@ -17,7 +17,7 @@ import numpy as np
 
 from memseq._checks import check_int
 from memseq.columns import Column
-from memseq.order import BatchPlan, BlockShuffle, Sequential, row_runs
+from memseq.order import BatchPlan, BlockShuffle, Sequential
 
 __all__ = ["BatchReadahead", "DEFAULT_READAHEAD_BYTES"]
 
@@ -76,32 +76,29 @@ class BatchReadahead:
         asked for, block orders included: each input pipeline reads what it serves.
         """
         first = 0 if index == 0 else index + self.lookahead
+        whole_blocks = share is None and self.block_order
         for ahead in range(first, min(index + self.lookahead, self.plan.num_batches - 1) + 1):
-            if share is None and not self.plan.reads_new_blocks(ahead, epoch):
+            if whole_blocks:
+                if not self.plan.reads_new_blocks(ahead, epoch):
+                    continue
+            elif self._looks_cached(ahead, epoch):
                 continue
-            if self._looks_cached(ahead, epoch, share is None and self.block_order):
-                continue
-            if share is None:
-                ranges = self.plan.readahead_ranges(ahead, epoch)
-            else:
-                ranges = row_runs(self.plan.replica_rows(self.plan.batch_rows(ahead, epoch), *share))
+            ranges = self.plan.readahead_ranges(ahead, epoch, share)
             for column in self.columns:
                 column.prefetch(ranges)
 
-    def _looks_cached(self, ahead: int, epoch: int, whole_blocks: bool) -> bool:
+    def _looks_cached(self, ahead: int, epoch: int) -> bool:
         """Whether batch ``ahead``'s data look cached, so nothing need be asked.
 
         One ``mincore`` probe of one of its rows per column (~3 us; computing the
         ranges costs ~100 us). Data in RAM should cost nothing measurable, so after
         8 cached probes in a row only every 8th batch is probed (the others count as
         cached) until a probe misses. Whole-block asks (block orders outside
-        tf.distribute) never skip: only a few batches per window ask for anything,
-        and on data partly in RAM (the next epoch of a dataset larger than RAM) a
-        cached probe row would leave a whole window of blocks to be read fault by
-        fault; cached pages cost the threads only their mapping.
+        tf.distribute) are never probed: only a few batches per window ask for
+        anything, and on data partly in RAM (the next epoch of a dataset larger than
+        RAM) a cached probe row would leave a whole window of blocks to be read fault
+        by fault; cached pages cost the threads only their mapping.
         """
-        if whole_blocks:
-            return False
         if self._cached_probes >= _PROBE_EVERY and ahead % _PROBE_EVERY:
             return True
         probe = self.plan.probe_row(ahead, epoch)

@@ -49,7 +49,6 @@ __all__ = [
     "num_batches",
     "replica_share",
     "resolve_shuffle",
-    "row_runs",
 ]
 
 
@@ -184,7 +183,7 @@ _BLOCK_BYTES = 4 * 2**20
 _WINDOW_BLOCKS = 64
 
 
-def row_runs(rows: np.ndarray) -> np.ndarray:
+def _runs(rows: np.ndarray) -> np.ndarray:
     """Ascending ``rows`` as ``(n, 2)`` [start, stop) ranges of adjacent rows."""
     if rows.size == 0:
         return np.empty((0, 2), np.int64)
@@ -398,19 +397,23 @@ class BatchPlan:
         position = int(self.permutation(epoch)[index * self.batch_size])
         return position if self.indices is None else int(self.indices[position])
 
-    def readahead_ranges(self, index: int, epoch: int) -> np.ndarray:
+    def readahead_ranges(self, index: int, epoch: int, share: tuple[int, int] | None = None) -> np.ndarray:
         """Row ranges to read ahead for batch ``index`` of ``epoch``: an ``(n, 2)`` array of [start, stop).
 
         For a :class:`BlockShuffle` over all rows, the whole blocks that batch
         ``index`` is the first of the epoch to touch (so each block is asked for once
         per epoch, in one large request); otherwise the batch's rows, adjacent rows
-        merged into one range.
+        merged into one range. With ``share=(replica, num_replicas)``: that replica's
+        rows of the batch (:meth:`replica_rows`), whatever the order.
         """
+        if share is not None:
+            return _runs(self.replica_rows(self.batch_rows(index, epoch), *share))
         if isinstance(self.order, BlockShuffle) and self.indices is None:
-            blocks = np.flatnonzero(self._first_touch(epoch) == index)
+            first, _ = self._first_touches_of(epoch)
+            blocks = np.flatnonzero(first == index)
             starts = blocks * self.order.block_rows
             return np.stack([starts, np.minimum(starts + self.order.block_rows, self.num_rows)], axis=1)
-        return row_runs(self.batch_rows(index, epoch))
+        return _runs(self.batch_rows(index, epoch))
 
     def reads_new_blocks(self, index: int, epoch: int) -> bool:
         """Whether batch ``index`` of ``epoch`` has anything to read ahead.
@@ -419,13 +422,15 @@ class BatchPlan:
         batches that first touch a block (a few per window) do.
         """
         if isinstance(self.order, BlockShuffle) and self.indices is None:
-            return bool(self._first_touch(epoch, touching=True)[index])
+            _, touching = self._first_touches_of(epoch)
+            return bool(touching[index])
         return True
 
-    def _first_touch(self, epoch: int, touching: bool = False) -> np.ndarray:
-        """For each block, the first batch of ``epoch`` that reads a row of it (BlockShuffle only).
+    def _first_touches_of(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(first, touching)`` for ``epoch`` (BlockShuffle only), cached for one epoch.
 
-        With ``touching``: for each batch, whether it is the first to read some block.
+        ``first[b]``: the first batch that reads a row of block ``b``; ``touching[i]``:
+        whether batch ``i`` is the first to read some block.
         """
         cached = self._first_touches
         if cached is None or cached[0] != epoch:
@@ -437,7 +442,7 @@ class BatchPlan:
             batches = np.zeros(self.num_batches, bool)
             batches[first[first < self.num_batches]] = True
             cached = self._first_touches = (epoch, first, batches)  # a tuple swap is atomic across threads
-        return cached[2] if touching else cached[1]
+        return cached[1], cached[2]
 
     @staticmethod
     def replica_rows(rows: np.ndarray, replica: int, num_replicas: int) -> np.ndarray:

@@ -206,7 +206,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             or a number of bytes; ``None`` (default) means on for shuffled orders and
             off for ``shuffle=False`` (the kernel reads a sequential scan ahead by
             itself). Background threads read the coming rows (block orders: whole
-            blocks, in 4 MiB reads). It never changes what a batch holds, and skips
+            blocks). It never changes what a batch holds, and skips
             batches whose data are already in the page cache.
         padding: How variable-length fields are padded: a :class:`memseq.Padding`
             (pad value, ``max_length``, ``multiple``) for all of them, or a dict
