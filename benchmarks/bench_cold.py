@@ -202,11 +202,11 @@ def shuffle_quality(num_rows: int, row_nbytes: int) -> dict[str, dict[str, float
 # --------------------------------------------------------------------------- fit cold vs hot, and training quality
 
 
-def fit_case(path: str, cold: bool, batches: int, readahead: bool = True) -> dict:
+def fit_case(path: str, cold: bool, batches: int, readahead: bool = True, shuffle: object = True) -> dict:
     """fit(seq) for 2 epochs; the second starts cold (every mapping dropped, cache evicted) or hot."""
     import keras
 
-    seq = memseq.MemmapSequence(path, x="image", y="label", batch_size=BATCH, seed=0, workers=4,
+    seq = memseq.MemmapSequence(path, x="image", y="label", batch_size=BATCH, seed=0, workers=4, shuffle=shuffle,
                                 indices=np.arange(batches * BATCH), readahead=readahead)
     paths = bench.data_files(memseq.open(path))
     times = []
@@ -338,6 +338,25 @@ def hot_cost(path: str, batch_size: int, shuffle: object, rounds: int = 7, batch
     return statistics.median(times[False]), statistics.median(times[True])
 
 
+def fit_report(args: argparse.Namespace) -> None:
+    """fit(seq) hot, cold and cold without readahead, full and block shuffle: medians of ``--repeats`` rounds."""
+    modes = ("hot", "cold", "cold-no-readahead")
+    print(f"\nfit(seq), tiny model, workers=4 threads, {args.fit_batches} batches (the epoch after a hot one), "
+          f"medians of {args.repeats} rounds, every case in a fresh process:")
+    for shuffle in ("full", "block"):
+        rates: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
+                command = [sys.executable, __file__, "--fit", mode, "--fit-shuffle", shuffle, "--dir", args.dir,
+                           "--fit-batches", str(args.fit_batches)]
+                rates[mode].append(args.fit_batches * BATCH / _common.run_json(command, f"fit {mode}")["seconds"])
+        rate = {m: statistics.median(r) for m, r in rates.items()}
+        print(f"  {shuffle:>5} shuffle: hot {rate['hot']:,.0f} samples/s, cold + readahead {rate['cold']:,.0f} "
+              f"({rate['cold'] / rate['hot']:.2f}x hot; target >= 0.9x), cold without readahead "
+              f"{rate['cold-no-readahead']:,.0f} ({rate['cold-no-readahead'] / rate['hot']:.2f}x hot); rounds: "
+              + "; ".join(f"{m} " + " ".join(f"{v:,.0f}" for v in r) for m, r in rates.items()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "memseq-bench-fit"))
@@ -349,13 +368,15 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-read", action="store_true", help="only the fit and training parts")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--fit", help=argparse.SUPPRESS)
+    parser.add_argument("--fit-shuffle", default="full", choices=("full", "block"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
         kind, options = json.loads(args.case)
         print(json.dumps(run_case(kind, options, args.dir)))
         return 0
     if args.fit:
-        print(json.dumps(fit_case(args.dir, args.fit != "hot", args.fit_batches, args.fit != "cold-no-readahead")))
+        shuffle = True if args.fit_shuffle == "full" else "block"
+        print(json.dumps(fit_case(args.dir, args.fit != "hot", args.fit_batches, args.fit != "cold-no-readahead", shuffle)))
         return 0
 
     _common.build_images(args.dir, args.rows, random_labels=True)
@@ -380,16 +401,7 @@ def main(argv=None) -> int:
         print(f"  shuffle={shuffle!r:<7} batch {batch_size:>3}: {off:6.0f} us/batch off, {on:6.0f} us/batch on: "
               f"on/off {on / off:.3f}")
     if not args.skip_fit:
-        rates: dict[str, list[float]] = {"hot": [], "cold": [], "cold-no-readahead": []}
-        for _ in range(args.repeats):
-            for mode in rates:
-                command = [sys.executable, __file__, "--fit", mode, "--dir", args.dir, "--fit-batches", str(args.fit_batches)]
-                rates[mode].append(args.fit_batches * BATCH / _common.run_json(command, f"fit {mode}")["seconds"])
-        rate = {m: statistics.median(r) for m, r in rates.items()}
-        print(f"\nfit(seq), tiny model, workers=4, full shuffle + readahead, {args.fit_batches} batches, median of "
-              f"{args.repeats}: hot {rate['hot']:,.0f} samples/s, cold {rate['cold']:,.0f} samples/s: "
-              f"cold/hot {rate['cold'] / rate['hot']:.2f}x (target >= 0.9x); cold without readahead "
-              f"{rate['cold-no-readahead']:,.0f} samples/s ({rate['cold-no-readahead'] / rate['hot']:.2f}x hot)")
+        fit_report(args)
     if not args.skip_train:
         with tempfile.TemporaryDirectory() as tmp:
             acc = train_quality(tmp)

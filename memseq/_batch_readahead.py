@@ -17,7 +17,7 @@ import numpy as np
 
 from memseq._checks import check_int
 from memseq.columns import Column
-from memseq.order import BatchPlan, BlockShuffle, Sequential
+from memseq.order import BatchPlan, Sequential
 
 __all__ = ["BatchReadahead", "DEFAULT_READAHEAD_BYTES"]
 
@@ -44,7 +44,6 @@ class BatchReadahead:
         self.bound_bytes = bound_bytes
         # Batches read ahead: enough to cover the byte bound, at least one.
         self.lookahead = max(1, bound_bytes // max(1, row_nbytes * plan.batch_size))
-        self.block_order = isinstance(plan.order, BlockShuffle)
         self._cached_probes = 0
 
     @classmethod
@@ -76,7 +75,7 @@ class BatchReadahead:
         asked for, block orders included: each input pipeline reads what it serves.
         """
         first = 0 if index == 0 else index + self.lookahead
-        whole_blocks = share is None and self.block_order
+        whole_blocks = share is None and self.plan.reads_whole_blocks
         for ahead in range(first, min(index + self.lookahead, self.plan.num_batches - 1) + 1):
             if whole_blocks:
                 if not self.plan.reads_new_blocks(ahead, epoch):

@@ -400,28 +400,38 @@ class BatchPlan:
     def readahead_ranges(self, index: int, epoch: int, share: tuple[int, int] | None = None) -> np.ndarray:
         """Row ranges to read ahead for batch ``index`` of ``epoch``: an ``(n, 2)`` array of [start, stop).
 
-        For a :class:`BlockShuffle` over all rows, the whole blocks that batch
-        ``index`` is the first of the epoch to touch (so each block is asked for once
-        per epoch, in one large request); otherwise the batch's rows, adjacent rows
-        merged into one range. With ``share=(replica, num_replicas)``: that replica's
-        rows of the batch (:meth:`replica_rows`), whatever the order.
+        With :attr:`reads_whole_blocks`, the rows of the blocks that batch ``index``
+        is the first of the epoch to touch (so each block is asked for once per epoch;
+        over all rows or a contiguous ``indices``, one large range per block);
+        otherwise the batch's rows. Adjacent rows are merged into one range. With
+        ``share=(replica, num_replicas)``: that replica's rows of the batch
+        (:meth:`replica_rows`), whatever the order.
         """
         if share is not None:
             return _runs(self.replica_rows(self.batch_rows(index, epoch), *share))
-        if isinstance(self.order, BlockShuffle) and self.indices is None:
-            first, _ = self._first_touches_of(epoch)
-            blocks = np.flatnonzero(first == index)
-            starts = blocks * self.order.block_rows
-            return np.stack([starts, np.minimum(starts + self.order.block_rows, self.num_rows)], axis=1)
-        return _runs(self.batch_rows(index, epoch))
+        if not self.reads_whole_blocks:
+            return _runs(self.batch_rows(index, epoch))
+        first, _ = self._first_touches_of(epoch)
+        starts = np.flatnonzero(first == index) * self.order.block_rows
+        stops = np.minimum(starts + self.order.block_rows, self.num_rows)
+        if self.indices is None:
+            return np.stack([starts, stops], axis=1).astype(np.int64)
+        # Blocks are of positions in ``indices``: their rows, which for a contiguous
+        # subset (a train split) are again one range per block.
+        return _runs(np.concatenate([self.indices[a:b] for a, b in zip(starts.tolist(), stops.tolist())] or [[]]))
+
+    @property
+    def reads_whole_blocks(self) -> bool:
+        """Whether readahead asks for whole blocks, once each (a :class:`BlockShuffle`), not batches."""
+        return isinstance(self.order, BlockShuffle)
 
     def reads_new_blocks(self, index: int, epoch: int) -> bool:
         """Whether batch ``index`` of ``epoch`` has anything to read ahead.
 
-        Always true, except for a :class:`BlockShuffle` over all rows, where only the
-        batches that first touch a block (a few per window) do.
+        Always true, except with :attr:`reads_whole_blocks`, where only the batches
+        that first touch a block (a few per window) do.
         """
-        if isinstance(self.order, BlockShuffle) and self.indices is None:
+        if self.reads_whole_blocks:
             _, touching = self._first_touches_of(epoch)
             return bool(touching[index])
         return True

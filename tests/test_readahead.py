@@ -106,6 +106,23 @@ def test_block_readahead_only_works_on_batches_that_start_blocks(data_path, monk
     assert sorted(blocks.tolist()) == list(range(N // 100))  # every block once, whole
 
 
+@pytest.mark.parametrize("indices", [np.arange(300, 1900), np.arange(0, N, 3)], ids=["contiguous", "every-third"])
+def test_block_readahead_over_indices_asks_each_block_once(data_path, monkeypatch, indices):
+    # A train split: blocks are of positions in ``indices``; readahead asks each block's rows once.
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
+    asked = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: asked.append(np.asarray(ranges)) or 0)
+    seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, seed=2, readahead=True, indices=indices,
+                                shuffle=memseq.BlockShuffle(block_rows=100, window_blocks=2))
+    for i in range(len(seq)):
+        seq.get_fields(i, 0)
+    ranges = np.concatenate(asked)
+    rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+    np.testing.assert_array_equal(np.sort(rows), indices)  # every served row once, nothing else
+    if np.all(np.diff(indices) == 1):
+        assert np.all((ranges - indices[0]) % 100 == 0)  # whole blocks (adjacent ones asked together merge)
+
+
 def test_readahead_off_asks_nothing(data_path, monkeypatch):
     calls = []
     monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
@@ -160,6 +177,43 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
         assert bench.cached_fraction(files) >= 0.45  # the first 1,024 of 2,048 rows (and the header page)
         assert column.is_cached(1000) and column.is_cached(1023)
         np.testing.assert_array_equal(column[:1024], np.arange(4096 * 1024, dtype=np.uint8).reshape(1024, 4096))
+
+
+def test_prefetch_of_a_block_reads_it_all_past_the_kernels_per_call_cap(tmp_path, monkeypatch):
+    # The kernel reads at most max(read_ahead_kb, max_sectors_kb) per MADV_WILLNEED (128 KiB on
+    # some disks): what the cap leaves out of a block is read all the same.
+    from memseq import _readahead, bench
+
+    path = tmp_path / "blocks"
+    memseq.save(path, {"x": np.arange(4096 * 2048, dtype=np.uint8).reshape(2048, 4096)})
+    ds = memseq.open(path)
+    files = bench.data_files(ds)
+    ds.close()
+    bench.drop_page_cache(files)
+    if bench.cached_fraction(files) > 0.5:
+        pytest.skip("this file system keeps the file in memory (tmpfs?)")
+    cap, calls = 128 * 1024, []
+    real = _readahead._madvise
+
+    def capped(address, length, advice):
+        if advice == _readahead.mmap.MADV_WILLNEED:
+            calls.append(length)
+            length = min(length, cap)
+        return real(address, length, advice)
+
+    monkeypatch.setattr(_readahead, "_madvise", capped)
+    with memseq.open(path) as ds:
+        column = ds["x"]
+        column.prefetch([[512, 1536]])  # 4 MiB: one block
+        deadline = time.monotonic() + 30
+        while not (column.is_cached(512) and column.is_cached(1535)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(column.is_cached(row) for row in range(512, 1536, 31))
+        assert len(calls) == 1 and 1024 * 4096 <= calls[0] <= 1025 * 4096  # one exact request for the block
+        calls.clear()
+        column.prefetch([[512, 1536]])  # all cached now: nothing asked of the kernel
+        time.sleep(0.2)
+        assert calls == []
 
 
 def _child_has_readahead_threads(queue) -> None:
