@@ -51,8 +51,6 @@ CASES = {
     "seq[i] full shuffle + readahead": ("seq", {"shuffle": True, "readahead": True}),
     "seq[i] block shuffle": ("seq", {"shuffle": "block", "readahead": False}),
     "seq[i] block shuffle + readahead": ("seq", {"shuffle": "block", "readahead": True}),
-    # Not a memseq option: block readahead with MADV_HUGEPAGE on the mapping (see memseq/_readahead.py).
-    "seq[i] block + readahead + MADV_HUGEPAGE": ("seq", {"shuffle": "block", "readahead": True, "hugepage": True}),
     "fit path, workers=4, full + readahead": ("adapter", {"shuffle": True, "readahead": True, "workers": 4}),
     "fit path, workers=4, full, no readahead": ("adapter", {"shuffle": True, "readahead": False, "workers": 4}),
     "fit path, workers=4, block + readahead": ("adapter", {"shuffle": "block", "readahead": True, "workers": 4}),
@@ -114,10 +112,7 @@ def run_case(kind: str, options: dict, path: str) -> dict:
             nbytes += image[np.sort(perm[i : i + BATCH])].nbytes
     else:
         workers = options.pop("workers", 0)
-        hugepage = options.pop("hugepage", False)
         seq = memseq.MemmapSequence(path, x="image", batch_size=BATCH, seed=0, workers=workers, **options)
-        if hugepage:
-            advise_hugepage(seq)
         if kind == "seq":
             start = time.perf_counter()
             for i in range(len(seq)):
@@ -135,18 +130,6 @@ def run_case(kind: str, options: dict, path: str) -> dict:
             for (x,) in batches:
                 nbytes += x.nbytes
     return {"seconds": time.perf_counter() - start, "bytes": nbytes}
-
-
-def advise_hugepage(seq: memseq.MemmapSequence) -> None:
-    """``madvise(MADV_HUGEPAGE)`` on every mapping of the sequence's columns: a read then fetches 4 MiB folios."""
-    import ctypes
-    import mmap
-
-    madvise = ctypes.CDLL(None, use_errno=True).madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    for column in seq._columns.values():
-        for part in column._parts():
-            madvise(part.address() - part.offset, part.expected_size, getattr(mmap, "MADV_HUGEPAGE", 14))
 
 
 def measure(kind: str, options: dict, args: argparse.Namespace, paths: list[str], device: str) -> dict:

@@ -39,8 +39,6 @@ def main(argv=None) -> int:
     parser.add_argument("--size-gb", type=float, default=None, help="default: 1.1x the machine's memory")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--hugepages", action="store_true",
-                        help="MADV_HUGEPAGE on the mappings (not a memseq option; see memseq/_readahead.py)")
     args = parser.parse_args(argv)
 
     memory = total_memory_bytes()
@@ -56,14 +54,14 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         demo.write_synthetic_dataset(path, rows, progress=False)
         print(f"written in {time.perf_counter() - start:.0f} s", flush=True)
-        train(path, args.batch_size, args.hugepages)
+        train(path, args.batch_size)
     finally:
         if not args.keep:
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     return 0
 
 
-def train(path: str, batch_size: int, hugepages: bool = False) -> None:
+def train(path: str, batch_size: int) -> None:
     import keras
 
     ds = memseq.open(path)
@@ -74,8 +72,6 @@ def train(path: str, batch_size: int, hugepages: bool = False) -> None:
     cached = bench.cached_fraction(paths)
     seq = demo.augmented_sequence_class()(ds, x="image", y="label", batch_size=batch_size, seed=0,
                                           shuffle="block", workers=2, use_multiprocessing=True)
-    if hugepages:
-        bench_cold.advise_hugepage(seq)  # on the mappings forked workers inherit
     model = demo.build_model(keras)
     print(f"training one epoch: {seq!r}; order {seq.plan.order}; readahead {seq.readahead >> 20} MiB; "
           f"cached at start {cached:.1%}", flush=True)

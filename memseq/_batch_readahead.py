@@ -68,8 +68,10 @@ class BatchReadahead:
     def ask(self, index: int, epoch: int, share: tuple[int, int] | None = None) -> None:
         """Asks for batch ``index + lookahead`` (batch 0: for ``0..lookahead``); returns at once.
 
-        Call it before building batch ``index``, so batch 0's own rows are read by the
-        readahead threads too, not fault by fault. Block orders ask for each block
+        Call it before building batch ``index``: batch 0's own rows are asked of the
+        kernel at once, from this thread, so its page faults wait for exact reads
+        instead of each reading a few MiB around itself (for a block order, batch 0
+        touches every block of its window). Block orders ask for each block
         once, whole, from the batch that first touches it. With ``share=(replica,
         num_replicas)`` (tf.distribute), only that replica's rows of each batch are
         asked for, block orders included: each input pipeline reads what it serves.
@@ -84,7 +86,8 @@ class BatchReadahead:
                 continue
             ranges = self.plan.readahead_ranges(ahead, epoch, share)
             for column in self.columns:
-                column.prefetch(ranges)
+                # Batch 0's own rows are read next by this thread: asked now, not queued.
+                column.prefetch(ranges, now=ahead == index)
 
     def _looks_cached(self, ahead: int, epoch: int) -> bool:
         """Whether batch ``ahead``'s data look cached, so nothing need be asked.

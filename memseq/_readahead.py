@@ -1,45 +1,41 @@
 """Reading mapped file ranges into the page cache ahead of use, from background threads.
 
 How, and why this way (measured cold on this project's 2-core VM, virtio disk,
-``read_ahead_kb`` 8192; 4 MiB blocks of a 2.46 GB file; ``benchmarks/bench_cold.py``
-and README "Data larger than RAM"):
+``read_ahead_kb`` 8192, ``max_segments`` 254; 4 MiB blocks of a 2.46 GB file;
+``benchmarks/bench_cold.py`` and README "Data larger than RAM"):
 
-- ``madvise(MADV_WILLNEED)``, the obvious call, returns at once, but the kernel
-  reads the range in order-0 pages, which leave the disk as 0.5-2 MiB requests
-  (600-900 read requests per GB against 245 for a sequential read); asked from
-  the thread that then reads the rows, it stalled that thread at window
-  boundaries, and pages touched before their request went out were read again
-  by the page fault's read-around.
-- ``madvise(MADV_POPULATE_READ)`` (Linux 5.14) faults a range in as a read would,
-  so it waits for the disk: it runs in a few background threads per process,
-  which keeps several requests in flight and leaves the reader only copies.
-- ``MADV_HUGEPAGE`` on the mapping would make each read 4 MiB in 2 MiB folios
-  (~285 read requests per GB, 1.19x a sequential read's, against ~680), but it
-  is not used: over four comparisons of 2-5 rounds each, block shuffle read
-  faster with it twice (1.13x, 1.15x) and slower twice (0.68x, 0.83x), and on a
-  dataset larger than RAM it read 8% more bytes (43.0 against 39.6 GB for 27.8 GB:
-  a 2 MiB-aligned read brings in the neighbours of each block, which are evicted
-  before their turn). Requests of 0.5-2 MiB are far from any IOPS cap (3,000
-  requests/s of 1 MiB is 3 GB/s).
-
-- A page fault (and so ``MADV_POPULATE_READ``) reads ``read_ahead_kb`` around the
-  faulting page: 8 MiB here for one 12 KiB row. For scattered rows (a full shuffle)
-  that is what makes a cold epoch of a file that fits in RAM fast (large reads,
-  each later used). For a whole block it is waste: populating a 4 MiB block read
-  the 4 MiB before it and the 8 MiB after (the fault's read-around, then the async
+- A page fault, and so ``madvise(MADV_POPULATE_READ)`` (Linux 5.14), reads
+  ``read_ahead_kb`` around the faulting page: 8 MiB here for one 12 KiB row. For
+  scattered rows (a full shuffle) that is what makes a cold epoch of a file that
+  fits in RAM fast: large reads, each later used. Populating runs from a few
+  background threads keeps several of them in flight and leaves the reader only
+  copies.
+- For a whole block the read-around is waste: populating a 4 MiB block read the
+  4 MiB before it and the 8 MiB after (the fault's read-around, then the async
   readahead it marks), which on a dataset larger than RAM are evicted before their
-  turn (1.42x the bytes of the epoch read from disk) and on any dataset delay the
-  block that is needed now.
+  turn (1.42x the epoch's bytes read from disk) and on any dataset delay the block
+  needed now. ``MADV_WILLNEED`` reads exactly the range, asynchronously; asked from
+  the reading thread for coming blocks it stalled that thread at window
+  boundaries, so a pool thread asks it.
+- ``MADV_HUGEPAGE`` on the mapping makes a fault read 4 MiB in 2 MiB folios (~275
+  read requests per GB, 1.1x a sequential read's, against ~550: order-0 pages cap a
+  request at 254 segments), and a probe reading whole blocks ran at 1.03x the
+  sequential read with it against 0.72x without. It is not used: through
+  ``MemmapSequence`` (rows gathered from a window) the reader's own user CPU was
+  4-5x higher on such folios (no page faults), and block shuffle read at
+  0.79-1.23 GB/s against 1.51-1.94 without it, in each of 5 same-session
+  comparisons (cause not found); on a dataset larger than RAM it also read 8%
+  more bytes.
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads.
 Runs of at least 1 MiB (blocks) are read exactly: skipped if ``mincore`` finds them
-cached, else ``MADV_WILLNEED`` from a pool thread (asynchronous, exact; not from
-the reader, where it stalled), then populated, which waits for those reads and
+cached, else ``MADV_WILLNEED``, then populated, which waits for those reads and
 fills in what the kernel's per-call cap left out. Smaller runs (scattered rows)
 are populated, with the fault's read-around (falling back to ``MADV_WILLNEED``
-where ``MADV_POPULATE_READ`` is unknown). Everything here
-is a hint: it never changes a byte that is read, and a failure (a truncated file,
-an unmapped range) only means less is read ahead.
+where ``MADV_POPULATE_READ`` is unknown). Rows the caller reads next are asked
+with ``MADV_WILLNEED`` from the caller's thread (``now``). Everything here is a
+hint: it never changes a byte that is read, and a failure (a truncated file, an
+unmapped range) only means less is read ahead.
 """
 
 from __future__ import annotations
@@ -114,19 +110,26 @@ def page_runs(starts: np.ndarray, stops: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(first[new_run].tolist(), run_stops.tolist()))
 
 
-def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray) -> int:
+def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray, now: bool = False) -> int:
     """Queues the mapped byte ranges ``[starts[i], stops[i])`` to be read into the page cache.
 
     Returns at once; background threads do the reading, in the order asked.
     ``owner`` (the mapped array) is held until they are done, so the mapping stays
-    valid under them.
+    valid under them. With ``now``, for ranges the caller is about to read, this
+    thread asks the kernel itself, exactly (``MADV_WILLNEED``, which only queues the
+    reads): the caller's page faults then wait for those reads instead of each
+    reading ``read_ahead_kb`` around itself.
 
     Returns:
-        The bytes queued (whole pages).
+        The bytes asked for (whole pages).
     """
     if _madvise is None:
         return 0
     runs = page_runs(starts, stops)
+    if now:
+        for a, b in runs:
+            _madvise(a, b - a, mmap.MADV_WILLNEED)
+        return sum(b - a for a, b in runs)
     total = 0
     task: list[tuple[int, int]] = []
     task_bytes = 0
@@ -184,11 +187,11 @@ def _serve(q: queue.SimpleQueue) -> None:
         del owner  # the mapping may go now
 
 
-def _populate(runs: list[tuple[int, int]], exact: bool = True) -> None:
+def _populate(runs: list[tuple[int, int]], blocks: bool = True) -> None:
     global _populate_works
     for a, b in runs:
-        if exact and b - a >= _EXACT_BYTES:
-            _read_exactly(a, b)
+        if blocks and b - a >= _EXACT_BYTES:
+            _read_block(a, b)
             continue
         if _populate_works:
             if _madvise(a, b - a, _MADV_POPULATE_READ) == 0:
@@ -200,18 +203,18 @@ def _populate(runs: list[tuple[int, int]], exact: bool = True) -> None:
         _madvise(a, b - a, mmap.MADV_WILLNEED)
 
 
-def _read_exactly(start: int, stop: int) -> None:
-    """Reads ``[start, stop)`` into the page cache without the fault's read-around.
+def _read_block(start: int, stop: int) -> None:
+    """Reads the block ``[start, stop)`` into the page cache without the fault's read-around.
 
-    ``MADV_WILLNEED`` reads exactly the range, asynchronously, but at most
-    ``max(read_ahead_kb, max_sectors_kb)`` per call (128 KiB on some disks; ``mincore``
-    cannot tell a page under read from a page never asked for). Populating the
-    range afterwards waits for those reads, reads whatever the cap left out, and
-    keeps this thread from running further ahead than the disk. A range already
-    cached costs one ``mincore`` call.
+    A block already cached costs one ``mincore`` call. Otherwise ``MADV_WILLNEED``
+    reads exactly the block, asynchronously, but at most ``max(read_ahead_kb,
+    max_sectors_kb)`` per call (128 KiB on some disks; ``mincore`` cannot tell a page
+    under read from one never asked for); populating it then waits for those reads,
+    reads what the cap left out, and keeps this thread from running further ahead
+    than the disk.
     """
     if _first_missing(start, stop) is None:
         return
     if _madvise(start, stop - start, mmap.MADV_WILLNEED) != 0:
         return  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
-    _populate([(start, stop)], exact=False)
+    _populate([(start, stop)], blocks=False)

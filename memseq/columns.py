@@ -258,16 +258,19 @@ class Column:
                     out[k] = self._read_range(a, a + length)
         return out
 
-    def prefetch(self, ranges: Any) -> int:
+    def prefetch(self, ranges: Any, now: bool = False) -> int:
         """Starts reading rows into the page cache ahead of use: each ``[start, stop)`` of ``ranges``.
 
         Returns at once: background threads read the ranges in the order given (see
         :mod:`memseq._readahead`); nothing is copied and no result changes. Pages
-        already in the page cache cost only their mapping (:meth:`is_cached` tells a
-        caller whether asking is worth it).
+        already in the page cache cost little (:meth:`is_cached` tells a caller
+        whether asking is worth it).
 
         Args:
             ranges: An ``(n, 2)`` array of row ranges ``[start, stop)``, in bounds.
+            now: For rows this thread reads next: ask the kernel from this thread,
+                exactly, so its page faults wait for these reads rather than each
+                reading a few MiB around itself.
 
         Returns:
             The bytes asked for (whole pages).
@@ -290,7 +293,7 @@ class Column:
             base = array.ctypes.data
             starts = base + (np.maximum(mine[:, 0], lo) - lo) * row_nbytes
             stops = base + (np.minimum(mine[:, 1], hi) - lo) * row_nbytes
-            total += read_ahead(array, starts, stops)
+            total += read_ahead(array, starts, stops, now)
         return total
 
     def is_cached(self, row: int) -> bool:

@@ -58,8 +58,15 @@ def test_readahead_in_workers_serves_the_same_batches(data_path, processes):
 
 def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_path, monkeypatch):
     monkeypatch.setattr(Column, "is_cached", lambda self, row: False)  # as if the data were on disk
-    calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append((self.name, np.asarray(ranges))) or 0)
+    calls, asked_now = [], []
+
+    def record(self, ranges, now=False):
+        calls.append((self.name, np.asarray(ranges)))
+        if now and self.name == "image":
+            asked_now.append(np.concatenate([np.arange(a, b) for a, b in ranges]))
+        return 0
+
+    monkeypatch.setattr(Column, "prefetch", record)
     row_bytes = int(np.prod(ROW)) + 8
     bound = 5 * 64 * row_bytes  # five batches
     seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=64, seed=1, readahead=bound)
@@ -72,6 +79,9 @@ def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_pat
     # Batch 0 asks for itself and batches 1..5; batch i > 0 for batch i + 5 only: never more than the bound ahead.
     expected0 = np.sort(np.concatenate([seq.batch_rows(j, 0) for j in range(0, 6)]))
     np.testing.assert_array_equal(asked_by_batch[0], expected0)
+    # Only batch 0's own rows are asked from the calling thread; everything else is queued.
+    assert len(asked_now) == 1
+    np.testing.assert_array_equal(np.sort(asked_now[0]), seq.batch_rows(0, 0))
     for i in range(1, len(seq)):
         ahead = i + 5
         expected = seq.batch_rows(ahead, 0) if ahead < len(seq) else np.empty(0, int)
@@ -83,7 +93,7 @@ def test_readahead_asks_nothing_for_data_in_ram_and_probes_little(data_path, mon
     probes, calls = [], []
     real_is_cached = Column.is_cached
     monkeypatch.setattr(Column, "is_cached", lambda self, row: probes.append(row) or real_is_cached(self, row))
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, now=False: calls.append(1) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, shuffle=True, readahead=True)
     with memseq.open(data_path) as ds:
         ds["image"][:]  # the whole file is now in the page cache
@@ -97,7 +107,7 @@ def test_readahead_asks_nothing_for_data_in_ram_and_probes_little(data_path, mon
 def test_block_readahead_only_works_on_batches_that_start_blocks(data_path, monkeypatch):
     monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
     asked = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: asked.append(np.asarray(ranges)) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, now=False: asked.append(np.asarray(ranges)) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, seed=2, readahead=True,
                                 shuffle=memseq.BlockShuffle(block_rows=100, window_blocks=2))
     for i in range(len(seq)):
@@ -111,7 +121,7 @@ def test_block_readahead_over_indices_asks_each_block_once(data_path, monkeypatc
     # A train split: blocks are of positions in ``indices``; readahead asks each block's rows once.
     monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
     asked = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: asked.append(np.asarray(ranges)) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, now=False: asked.append(np.asarray(ranges)) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, seed=2, readahead=True, indices=indices,
                                 shuffle=memseq.BlockShuffle(block_rows=100, window_blocks=2))
     for i in range(len(seq)):
@@ -125,7 +135,7 @@ def test_block_readahead_over_indices_asks_each_block_once(data_path, monkeypatc
 
 def test_readahead_off_asks_nothing(data_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: calls.append(1) or 0)
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, now=False: calls.append(1) or 0)
     seq = memseq.MemmapSequence(data_path, x="image", batch_size=64, readahead=False)
     for i in range(len(seq)):
         seq[i]
@@ -180,8 +190,8 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
 
 
 def test_prefetch_of_a_block_reads_it_all_past_the_kernels_per_call_cap(tmp_path, monkeypatch):
-    # The kernel reads at most max(read_ahead_kb, max_sectors_kb) per MADV_WILLNEED (128 KiB on
-    # some disks): what the cap leaves out of a block is read all the same.
+    # A block is asked with MADV_WILLNEED, which reads at most max(read_ahead_kb, max_sectors_kb)
+    # per call (128 KiB on some disks): what the cap leaves out of a block is read all the same.
     from memseq import _readahead, bench
 
     path = tmp_path / "blocks"
@@ -246,7 +256,7 @@ def test_shares_read_ahead_their_own_rows_and_never_change(data_path, monkeypatc
     monkeypatch.setattr(Column, "is_cached", lambda self, row: False)  # as if the data were on disk
     asked = []
     real_prefetch = Column.prefetch
-    monkeypatch.setattr(Column, "prefetch", lambda self, ranges: asked.append(np.asarray(ranges)) or real_prefetch(self, ranges))
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, now=False: asked.append(np.asarray(ranges)) or real_prefetch(self, ranges, now))
     on = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=5 * 64 * 200)
     off = Flipped(data_path, x="image", y="label", batch_size=64, seed=3, shuffle=shuffle, readahead=False)
     for i in range(len(on)):
