@@ -116,9 +116,9 @@ def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray, now: bool = Fa
     Returns at once; background threads do the reading, in the order asked.
     ``owner`` (the mapped array) is held until they are done, so the mapping stays
     valid under them. With ``now``, for ranges the caller is about to read, this
-    thread asks the kernel itself, exactly (``MADV_WILLNEED``, which only queues the
-    reads): the caller's page faults then wait for those reads instead of each
-    reading ``read_ahead_kb`` around itself.
+    thread first asks the kernel itself, exactly (``MADV_WILLNEED``, which only
+    queues the reads): the caller's page faults then wait for those reads instead
+    of each reading ``read_ahead_kb`` around itself.
 
     Returns:
         The bytes asked for (whole pages).
@@ -129,7 +129,9 @@ def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray, now: bool = Fa
     if now:
         for a, b in runs:
             _madvise(a, b - a, mmap.MADV_WILLNEED)
-        return sum(b - a for a, b in runs)
+        # Queued as well: the threads then wait for these reads before they take
+        # anything queued after them, so the next window's blocks do not share the
+        # disk with the rows needed now.
     total = 0
     task: list[tuple[int, int]] = []
     task_bytes = 0
