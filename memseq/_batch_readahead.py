@@ -71,7 +71,8 @@ class BatchReadahead:
         Call it before building batch ``index``: batch 0's own rows are asked of the
         kernel at once, from this thread, so its page faults wait for exact reads
         instead of each reading a few MiB around itself (for a block order, batch 0
-        touches every block of its window). Block orders ask for each block
+        touches every block of its window), and the readahead threads read nothing
+        else until they are in. Block orders ask for each block
         once, whole, from the batch that first touches it. With ``share=(replica,
         num_replicas)`` (tf.distribute), only that replica's rows of each batch are
         asked for, block orders included: each input pipeline reads what it serves.
@@ -86,7 +87,7 @@ class BatchReadahead:
                 continue
             ranges = self.plan.readahead_ranges(ahead, epoch, share)
             for column in self.columns:
-                # Batch 0's own rows are read next by this thread: asked now, not queued.
+                # Batch 0's own rows are read next by this thread: asked of the kernel now.
                 column.prefetch(ranges, now=ahead == index)
 
     def _looks_cached(self, ahead: int, epoch: int) -> bool:

@@ -18,22 +18,23 @@ How, and why this way (measured cold on this project's 2-core VM, virtio disk,
   the reading thread for coming blocks it stalled that thread at window
   boundaries, so a pool thread asks it.
 - ``MADV_HUGEPAGE`` on the mapping makes a fault read 4 MiB in 2 MiB folios (~275
-  read requests per GB, 1.1x a sequential read's, against ~550: order-0 pages cap a
-  request at 254 segments), and a probe reading whole blocks ran at 1.03x the
-  sequential read with it against 0.72x without. It is not used: through
+  read requests per GB, 1.1x a sequential read's, against 480-880: order-0 pages
+  cap a request at ``max_segments``, 254 pages here), and a probe copying whole
+  blocks ran at 1.03x the sequential read with it. It is not used: through
   ``MemmapSequence`` (rows gathered from a window) the reader's own user CPU was
-  4-5x higher on such folios (no page faults), and block shuffle read at
-  0.79-1.23 GB/s against 1.51-1.94 without it, in each of 5 same-session
-  comparisons (cause not found); on a dataset larger than RAM it also read 8%
-  more bytes.
+  2.4-5.4x higher on such folios (no page faults), and block shuffle read at
+  0.79-1.45 GB/s against 1.48-1.94 without it, slower in each of 7 same-session
+  comparisons, whether the advice was on the reader's mapping or on a separate
+  one used only to read ahead (cause not proven; this VM's balloon reports free
+  2 MiB blocks to its host). On a dataset larger than RAM it also read 8% more.
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads.
 Runs of at least 1 MiB (blocks) are read exactly: skipped if ``mincore`` finds them
 cached, else ``MADV_WILLNEED``, then populated, which waits for those reads and
 fills in what the kernel's per-call cap left out. Smaller runs (scattered rows)
 are populated, with the fault's read-around (falling back to ``MADV_WILLNEED``
-where ``MADV_POPULATE_READ`` is unknown). Rows the caller reads next are asked
-with ``MADV_WILLNEED`` from the caller's thread (``now``). Everything here is a
+where ``MADV_POPULATE_READ`` is unknown). Rows the caller reads next are also
+asked with ``MADV_WILLNEED`` from the caller's thread (``now``). Everything here is a
 hint: it never changes a byte that is read, and a failure (a truncated file, an
 unmapped range) only means less is read ahead.
 """
