@@ -86,13 +86,13 @@ class TokenWindows(Column):
         self._gather_sorted(np.arange(start, stop, dtype=np.int64), out)
         return out
 
-    def prefetch(self, ranges: Any) -> int:
+    def prefetch(self, ranges: Any, now: bool = False) -> int:
         """Reads ahead the tokens of windows ``[start, stop)`` of each range (see :meth:`Column.prefetch`)."""
         if not isinstance(self.tokens, Column):
             return 0
         ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
         tokens = np.stack([ranges[:, 0] * self.stride, (ranges[:, 1] - 1) * self.stride + self.length], axis=1)
-        return self.tokens.prefetch(tokens[ranges[:, 1] > ranges[:, 0]])
+        return self.tokens.prefetch(tokens[ranges[:, 1] > ranges[:, 0]], now)
 
     def is_cached(self, row: int) -> bool:
         """Whether the last token of window ``row`` is in the page cache (see :meth:`Column.is_cached`)."""

@@ -79,7 +79,7 @@ def test_readahead_asks_only_for_the_next_batches_within_its_byte_bound(data_pat
     # Batch 0 asks for itself and batches 1..5; batch i > 0 for batch i + 5 only: never more than the bound ahead.
     expected0 = np.sort(np.concatenate([seq.batch_rows(j, 0) for j in range(0, 6)]))
     np.testing.assert_array_equal(asked_by_batch[0], expected0)
-    # Only batch 0's own rows are asked from the calling thread; everything else is queued.
+    # Only batch 0's own rows are also asked from the calling thread; the rest is only queued.
     assert len(asked_now) == 1
     np.testing.assert_array_equal(np.sort(asked_now[0]), seq.batch_rows(0, 0))
     for i in range(1, len(seq)):
