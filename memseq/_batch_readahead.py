@@ -72,10 +72,10 @@ class BatchReadahead:
         kernel at once, from this thread, so its page faults wait for exact reads
         instead of each reading a few MiB around itself (for a block order, batch 0
         touches every block of its window), and the readahead threads read nothing
-        else until they are in. Block orders ask for each block
-        once, whole, from the batch that first touches it. With ``share=(replica,
-        num_replicas)`` (tf.distribute), only that replica's rows of each batch are
-        asked for, block orders included: each input pipeline reads what it serves.
+        else until they are in. Block orders ask for each block once, whole, from the
+        batch that first touches it. With ``share=(replica, num_replicas)``
+        (tf.distribute), only that replica's rows of each batch are asked for, block
+        orders included: each input pipeline reads what it serves.
         """
         first = 0 if index == 0 else index + self.lookahead
         whole_blocks = share is None and self.plan.reads_whole_blocks
@@ -100,7 +100,7 @@ class BatchReadahead:
         tf.distribute) are never probed: only a few batches per window ask for
         anything, and on data partly in RAM (the next epoch of a dataset larger than
         RAM) a cached probe row would leave a whole window of blocks to be read fault
-        by fault; cached pages cost the threads only their mapping.
+        by fault; a cached block costs the threads one ``mincore`` call.
         """
         if self._cached_probes >= _PROBE_EVERY and ahead % _PROBE_EVERY:
             return True

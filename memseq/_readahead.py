@@ -78,8 +78,14 @@ except (OSError, AttributeError):
 
 def resident(address: int) -> bool:
     """Whether the page holding ``address`` (inside a mapping) is in the page cache."""
+    # One byte, not _first_missing's array: this is the per-batch probe (2 us against 5).
+    if _mincore is None:
+        return False
     page = address - address % _PAGE
-    return _first_missing(page, page + _PAGE) is None
+    vec = ctypes.c_ubyte(0)
+    if _mincore(page, _PAGE, ctypes.byref(vec)) != 0:
+        return False
+    return bool(vec.value & 1)
 
 
 def _first_missing(start: int, stop: int) -> int | None:
@@ -184,29 +190,34 @@ def _serve(q: queue.SimpleQueue) -> None:
     while True:
         owner, runs = q.get()
         try:
-            _populate(runs)
+            _read(runs)
         except Exception:  # noqa: BLE001 - a hint must never stop the pool (or the reader)
             pass
         del owner  # the mapping may go now
 
 
-def _populate(runs: list[tuple[int, int]], blocks: bool = True) -> None:
-    global _populate_works
+def _read(runs: list[tuple[int, int]]) -> None:
+    """Reads one task's runs: blocks exactly, scattered rows with the fault's read-around."""
     for a, b in runs:
-        if blocks and b - a >= _EXACT_BYTES:
-            _read_block(a, b)
-            continue
-        if _populate_works:
-            if _madvise(a, b - a, _MADV_POPULATE_READ) == 0:
-                continue
-            code = ctypes.get_errno()
-            if code != errno.EINVAL:
-                return  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
-            _populate_works = False  # a kernel before 5.14: fall back to advice
-        _madvise(a, b - a, mmap.MADV_WILLNEED)
+        read = _read_block if b - a >= _EXACT_BYTES else _populate
+        if not read(a, b):
+            return  # the mapping shrank or went: the rest of the task would fail too
 
 
-def _read_block(start: int, stop: int) -> None:
+def _populate(start: int, stop: int) -> bool:
+    """Faults ``[start, stop)`` in (``MADV_WILLNEED`` on kernels before 5.14); False if the range is gone."""
+    global _populate_works
+    if _populate_works:
+        if _madvise(start, stop - start, _MADV_POPULATE_READ) == 0:
+            return True
+        if ctypes.get_errno() != errno.EINVAL:
+            return False  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
+        _populate_works = False  # a kernel before 5.14: fall back to advice
+    _madvise(start, stop - start, mmap.MADV_WILLNEED)
+    return True
+
+
+def _read_block(start: int, stop: int) -> bool:
     """Reads the block ``[start, stop)`` into the page cache without the fault's read-around.
 
     A block already cached costs one ``mincore`` call. Otherwise ``MADV_WILLNEED``
@@ -214,10 +225,10 @@ def _read_block(start: int, stop: int) -> None:
     max_sectors_kb)`` per call (128 KiB on some disks; ``mincore`` cannot tell a page
     under read from one never asked for); populating it then waits for those reads,
     reads what the cap left out, and keeps this thread from running further ahead
-    than the disk.
+    than the disk. False if the range is gone.
     """
     if _first_missing(start, stop) is None:
-        return
+        return True
     if _madvise(start, stop - start, mmap.MADV_WILLNEED) != 0:
-        return  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
-    _populate([(start, stop)], blocks=False)
+        return False  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
+    return _populate(start, stop)

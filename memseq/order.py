@@ -414,11 +414,11 @@ class BatchPlan:
         first, _ = self._first_touches_of(epoch)
         starts = np.flatnonzero(first == index) * self.order.block_rows
         stops = np.minimum(starts + self.order.block_rows, self.num_rows)
-        if self.indices is None:
+        if self.indices is None or len(starts) == 0:
             return np.stack([starts, stops], axis=1).astype(np.int64)
         # Blocks are of positions in ``indices``: their rows, which for a contiguous
         # subset (a train split) are again one range per block.
-        return _runs(np.concatenate([self.indices[a:b] for a, b in zip(starts.tolist(), stops.tolist())] or [[]]))
+        return _runs(np.concatenate([self.indices[a:b] for a, b in zip(starts.tolist(), stops.tolist())]))
 
     @property
     def reads_whole_blocks(self) -> bool:

@@ -153,8 +153,6 @@ def _pick(kind: str, value: Any, batch: Mapping[str, np.ndarray]) -> Any:
     return {key: batch[name] for key, name in value.items()}
 
 
-
-
 def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool) -> np.ndarray:
     """Rows ``rows`` of one column, in a recycled buffer.
 
@@ -284,7 +282,6 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         )
         self._readahead = BatchReadahead.for_plan(readahead, self.plan, self._columns.values(), row_nbytes)
         self.readahead = self._readahead.bound_bytes if self._readahead else 0
-        # Batches read ahead: enough to cover the byte bound, at least one.
         self.seed = self.plan.seed
         self.batch_size = self.plan.batch_size
         self.drop_remainder = self.plan.drop_remainder
