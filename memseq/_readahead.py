@@ -27,6 +27,16 @@ How, and why this way (measured cold on this project's 2-core VM, virtio disk,
   comparisons, whether the advice was on the reader's mapping or on a separate
   one used only to read ahead (cause not proven; this VM's balloon reports free
   2 MiB blocks to its host). On a dataset larger than RAM it also read 8% more.
+- What limits a cold block-shuffled epoch here is the reading thread's CPU, not the
+  disk (``benchmarks/bench_block_reads.py``): the blocks alone, read in random order,
+  came at 1.04x the sequential read, but ``seq[i]`` used 1.55 s of CPU in the reading
+  thread cold against 0.43 s for the same epoch from RAM (same page faults), and the
+  pool sat idle 33-40% of the epoch whether it read 256 or 768 MiB ahead. Two ways to
+  take work off that thread were tried and not kept (same-session comparisons, 3
+  rounds): reading blocks with ``sendfile`` to ``/dev/null`` (nothing mapped; a
+  quarter of the pool's CPU) gave 0.58x the sequential read against 0.57x; also
+  touching every page from the pool gave 0.70x on the main thread but 0.60x against
+  0.77x through ``fit(seq)``'s 4 worker threads, on 2 cores.
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads.
 Runs of at least 1 MiB (blocks) are read exactly: skipped if ``mincore`` finds them
