@@ -31,7 +31,10 @@ How, and why this way (measured cold on this project's 2-core VM, virtio disk,
   disk (``benchmarks/bench_block_reads.py``): the blocks alone, read in random order,
   came at 1.04x the sequential read, but ``seq[i]`` used 1.55 s of CPU in the reading
   thread cold against 0.43 s for the same epoch from RAM (same page faults), and the
-  pool sat idle 33-40% of the epoch whether it read 256 or 768 MiB ahead. Two ways to
+  pool sat idle 33-40% of the epoch whether it read 256 or 768 MiB ahead. Sampled
+  with ``perf -e cpu-clock`` (this VM has no hardware counters), 72% of that thread's
+  cold time was the row copies themselves (libc ``memmove`` reading freshly read
+  pages), under 3% the kernel's fault paths. Two ways to
   take work off that thread were tried and not kept (same-session comparisons, 3
   rounds): reading blocks with ``sendfile`` to ``/dev/null`` (nothing mapped; a
   quarter of the pool's CPU) gave 0.58x the sequential read against 0.57x; also
