@@ -34,12 +34,12 @@ How, and why this way (measured cold on this project's 2-core VM, virtio disk,
   pool sat idle 33-40% of the epoch whether it read 256 or 768 MiB ahead. Sampled
   with ``perf -e cpu-clock`` (this VM has no hardware counters), 72% of that thread's
   cold time was the row copies themselves (libc ``memmove`` reading freshly read
-  pages), under 3% the kernel's fault paths. Two ways to
-  take work off that thread were tried and not kept (same-session comparisons, 3
-  rounds): reading blocks with ``sendfile`` to ``/dev/null`` (nothing mapped; a
-  quarter of the pool's CPU) gave 0.58x the sequential read against 0.57x; also
-  touching every page from the pool gave 0.70x on the main thread but 0.60x against
-  0.77x through ``fit(seq)``'s 4 worker threads, on 2 cores.
+  pages), under 3% the kernel's fault paths. Two ways to take work off that thread
+  were tried and not kept (same-session comparisons, 3 rounds): reading blocks with
+  ``sendfile`` to ``/dev/null`` (nothing mapped; a quarter of the pool's CPU) gave
+  0.58x the sequential read against 0.57x; also touching every page from the pool
+  gave 0.70x on the main thread but 0.60x against 0.77x through ``fit(seq)``'s 4
+  worker threads, on 2 cores.
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads.
 Runs of at least 1 MiB (blocks) are read exactly: skipped if ``mincore`` finds them
