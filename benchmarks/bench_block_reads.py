@@ -18,6 +18,15 @@ the rounds are printed with ratios to the sequential read of the same round.
   (``time.thread_time``). Hot means the file is in the page cache but not yet mapped
   by the process, so both take the same page faults (counted) and copy the same bytes.
   The sequential read is also timed hot, for the same comparison.
+- ``private buffers`` (buffered or ``O_DIRECT``): the same epoch, same order and
+  readahead bound, built another way: 4 threads ``pread`` each block, as its first
+  batch comes within the bound, into a slot of one private anonymous arena (slots are
+  reused once a block's last batch is built), and the reading thread gathers every
+  batch from the arena with one ``np.take``, never touching the mapping. Buffered
+  reads copy from the page cache; ``O_DIRECT`` reads go from the disk straight to the
+  arena and leave the page cache alone. Not how memseq reads: a measured alternative
+  (each process would hold its own arena, about a window plus the bound; its peak
+  ``RssAnon`` above the case's start is printed).
 - ``first touch``: pages put in the page cache by those block reads, or by one
   sequential stream, then mapped (``MADV_POPULATE_READ``, so no faults follow) and read
   twice, one load per 64-byte line: the first pass's extra CPU over the second is the
@@ -49,7 +58,8 @@ from memseq import bench  # noqa: E402
 
 BLOCK = 4 * 2**20
 CASES = ("numpy sequential", "numpy sequential, hot", "blocks, no reader", "seq[i] block + readahead", "seq[i] block + readahead, hot",
-         "first touch, block reads", "first touch, sequential read")
+         "private buffers, buffered", "private buffers, O_DIRECT", "first touch, block reads", "first touch, sequential read")
+TIMED = CASES[:7]
 
 
 def _fill_by_blocks(path: str, size: int, threads: int = 4) -> None:
@@ -106,29 +116,113 @@ def _first_touch(path: str, by_blocks: bool) -> dict:
     return {"seconds": passes[0], "bytes": size, "cpu": passes[0] - passes[1]}
 
 
+def _rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
+def _private_buffers_epoch(seq: memseq.MemmapSequence, path: str, direct: bool) -> tuple[int, int]:
+    """Epoch 0 of ``seq`` gathered from blocks read into a private arena (see the module docstring).
+
+    Returns (bytes of the batches, peak RssAnon).
+    """
+    plan, block_rows = seq.plan, seq.plan.order.block_rows
+    array = np.load(path, mmap_mode="r")
+    offset, row_bytes, num_rows = array.offset, array.strides[0], len(array)
+    del array
+    page = mmap.PAGESIZE
+    # Rows a whole number of pages: slots (and so O_DIRECT buffers) start on a page, and
+    # every block at the same offset within its first page, so the arena is one grid of rows.
+    assert row_bytes % page == 0, "the arena layout needs rows of whole pages"
+    skew = offset % page
+    slot_rows = block_rows + -(-2 * page // row_bytes)  # a block plus its page-rounded ends
+    batch_rows = [plan.batch_rows(i, 0) for i in range(len(seq))]
+    last_use = {}
+    for i, rows in enumerate(batch_rows):
+        for block in np.unique(rows // block_rows).tolist():
+            last_use[block] = i
+    lookahead = seq.readahead // (row_bytes * seq.batch_size)
+    slots = 3 * plan.order.window_blocks + 8  # the window read from, the bound ahead (about one window), spare
+    arena = mmap.mmap(-1, slots * slot_rows * row_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # as np.empty
+    rows_view = np.frombuffer(arena, np.uint8)[skew : skew + (slots * slot_rows - 1) * row_bytes].reshape(-1, row_bytes)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    free, slot_of, pending = list(range(slots)), {}, {}
+
+    def read(block: int, slot: int) -> None:
+        first = (offset + block * block_rows * row_bytes) // page * page
+        last = min(offset + min(num_rows, (block + 1) * block_rows) * row_bytes, os.path.getsize(path))
+        last = -(-last // page) * page
+        base = slot * slot_rows * row_bytes
+        done = 0
+        while done < last - first:
+            got = os.preadv(fd, [memoryview(arena)[base + done : base + last - first]], first + done)
+            if got == 0:
+                break
+            done += got
+
+    def ask(index: int, pool) -> None:
+        for start, _ in plan.readahead_ranges(index, 0).tolist():
+            block = start // block_rows
+            slot = slot_of[block] = free.pop()
+            pending[block] = pool.submit(read, block, slot)
+
+    nbytes = peak = 0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for i, rows in enumerate(batch_rows):
+            for ahead in range(0 if i == 0 else i + lookahead, min(i + lookahead, len(seq) - 1) + 1):
+                if plan.reads_new_blocks(ahead, 0):
+                    ask(ahead, pool)
+            blocks = rows // block_rows
+            for block in np.unique(blocks).tolist():
+                if block in pending:
+                    pending.pop(block).result()
+            slot = np.array([slot_of[b] for b in blocks.tolist()], np.int64)
+            batch = np.take(rows_view, slot * slot_rows + rows - blocks * block_rows, axis=0)
+            nbytes += batch.nbytes
+            for block in np.unique(blocks).tolist():
+                if last_use[block] == i:
+                    free.append(slot_of.pop(block))
+            if i % 16 == 0:
+                peak = max(peak, _rss_anon())
+    os.close(fd)
+    del rows_view
+    arena.close()
+    return nbytes, peak
+
+
+def _clock() -> tuple[float, float, resource.struct_rusage, int]:
+    """Wall clock, this thread's CPU, the process's usage and RssAnon, read when a case starts (after its imports)."""
+    return time.perf_counter(), time.thread_time(), resource.getrusage(resource.RUSAGE_SELF), _rss_anon()
+
+
 def run_case(name: str, directory: str) -> dict:
     """One case, in this (fresh) process; the clock runs from the first read."""
     image = os.path.join(directory, "image.npy")
     if name.startswith("first touch"):
         return _first_touch(image, by_blocks=name.endswith("block reads"))
-    faults = resource.getrusage(resource.RUSAGE_SELF)
+    peak = 0
     if name.startswith("numpy sequential"):
         array = np.load(image, mmap_mode="r")
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, faults, anon = _clock()
         nbytes = sum(np.array(array[i : i + bench_cold.BATCH]).nbytes for i in range(0, len(array), bench_cold.BATCH))
     elif name == "blocks, no reader":
         nbytes = os.path.getsize(image) // BLOCK * BLOCK
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu, faults, anon = _clock()
         _fill_by_blocks(image, nbytes)
     else:
         seq = memseq.MemmapSequence(directory, x="image", batch_size=bench_cold.BATCH, seed=0, shuffle="block",
                                     readahead=True)
-        start, cpu = time.perf_counter(), time.thread_time()
-        nbytes = sum(seq[i][0].nbytes for i in range(len(seq)))
+        start, cpu, faults, anon = _clock()
+        if name.startswith("private buffers"):
+            nbytes, peak = _private_buffers_epoch(seq, image, direct=name.endswith("O_DIRECT"))
+        else:
+            nbytes = sum(seq[i][0].nbytes for i in range(len(seq)))
     seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    peak = max(peak, _rss_anon()) - anon
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"seconds": seconds, "bytes": nbytes, "cpu": cpu, "faults": after.ru_minflt - faults.ru_minflt,
-            "major_faults": after.ru_majflt - faults.ru_majflt}
+            "major_faults": after.ru_majflt - faults.ru_majflt, "peak_rss_anon": peak,
+            "process_cpu": after.ru_utime + after.ru_stime - faults.ru_utime - faults.ru_stime}
 
 
 def measure(name: str, directory: str, paths: list[str], device: str) -> dict:
@@ -172,18 +266,20 @@ def main(argv=None) -> int:
 
     base = gbs("numpy sequential")
     print(f"dataset {args.dir}, device {device}; medians of {args.repeats} rounds, every case in a fresh process")
-    print(f"  {'case':<32} {'GB/s':>6} {'x seq':>6} {'req/GB':>7} {'thread CPU s':>12} {'faults':>8} {'major':>6}")
-    for name in CASES[:5]:
+    print(f"  {'case':<32} {'GB/s':>6} {'x seq':>6} {'req/GB':>7} {'thread CPU s':>12} {'process CPU s':>13} "
+          f"{'faults':>8} {'major':>6} {'RssAnon +MiB':>12}")
+    for name in TIMED:
         req = statistics.median(r["requests"] / (r["bytes"] / 1e9) for r in runs[name])
         rate = f"{gbs(name):6.2f} {gbs(name) / base:6.2f}" if not name.endswith("hot") else f"{gbs(name):6.2f} {'':>6}"
-        print(f"  {name:<32} {rate} {req:7.0f} {median(name, 'cpu'):12.2f} {median(name, 'faults'):8.0f} "
-              f"{median(name, 'major_faults'):6.0f}")
+        print(f"  {name:<32} {rate} {req:7.0f} {median(name, 'cpu'):12.2f} {median(name, 'process_cpu'):13.2f} "
+              f"{median(name, 'faults'):8.0f} {median(name, 'major_faults'):6.0f} {median(name, 'peak_rss_anon') / 2**20:12.0f}")
     for what in ("numpy sequential", "seq[i] block + readahead"):
         cold, hot = median(what, "cpu"), median(what + ", hot", "cpu")
         print(f"  {what}: the reading thread's CPU cold / hot (same bytes): {cold:.2f} / {hot:.2f} s = {cold / hot:.1f}x")
     print(f"\n  block reads alone vs the sequential read: {gbs('blocks, no reader') / base:.2f}x; "
-          f"seq[i] block + readahead: {gbs('seq[i] block + readahead') / base:.2f}x")
-    for name in CASES[5:]:
+          f"seq[i] block + readahead: {gbs('seq[i] block + readahead') / base:.2f}x; private buffers, buffered / "
+          f"O_DIRECT: {gbs('private buffers, buffered') / base:.2f}x / {gbs('private buffers, O_DIRECT') / base:.2f}x")
+    for name in CASES[len(TIMED):]:
         gb = runs[name][0]["bytes"] / 1e9
         print(f"  {name}: first pass costs {median(name, 'cpu') / gb * 1e3:.0f} ms of CPU per GB more than the second"
               f" ({median(name, 'seconds') / gb * 1e3:.0f} ms per GB in all)")
