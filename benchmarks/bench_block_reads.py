@@ -117,6 +117,7 @@ def _first_touch(path: str, by_blocks: bool) -> dict:
 
 
 def _rss_anon() -> int:
+    """This process's resident anonymous memory, in bytes."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
 
@@ -203,16 +204,16 @@ def run_case(name: str, directory: str) -> dict:
     peak = 0
     if name.startswith("numpy sequential"):
         array = np.load(image, mmap_mode="r")
-        start, cpu, faults, anon = _clock()
+        start, cpu, usage, anon = _clock()
         nbytes = sum(np.array(array[i : i + bench_cold.BATCH]).nbytes for i in range(0, len(array), bench_cold.BATCH))
     elif name == "blocks, no reader":
         nbytes = os.path.getsize(image) // BLOCK * BLOCK
-        start, cpu, faults, anon = _clock()
+        start, cpu, usage, anon = _clock()
         _fill_by_blocks(image, nbytes)
     else:
         seq = memseq.MemmapSequence(directory, x="image", batch_size=bench_cold.BATCH, seed=0, shuffle="block",
                                     readahead=True)
-        start, cpu, faults, anon = _clock()
+        start, cpu, usage, anon = _clock()
         if name.startswith("private buffers"):
             nbytes, peak = _private_buffers_epoch(seq, image, direct=name.endswith("O_DIRECT"))
         else:
@@ -220,9 +221,9 @@ def run_case(name: str, directory: str) -> dict:
     seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
     peak = max(peak, _rss_anon()) - anon
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return {"seconds": seconds, "bytes": nbytes, "cpu": cpu, "faults": after.ru_minflt - faults.ru_minflt,
-            "major_faults": after.ru_majflt - faults.ru_majflt, "peak_rss_anon": peak,
-            "process_cpu": after.ru_utime + after.ru_stime - faults.ru_utime - faults.ru_stime}
+    return {"seconds": seconds, "bytes": nbytes, "cpu": cpu, "faults": after.ru_minflt - usage.ru_minflt,
+            "major_faults": after.ru_majflt - usage.ru_majflt, "peak_rss_anon": peak,
+            "process_cpu": after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime}
 
 
 def measure(name: str, directory: str, paths: list[str], device: str) -> dict:
