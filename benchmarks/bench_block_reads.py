@@ -57,28 +57,28 @@ import memseq  # noqa: E402
 from memseq import bench  # noqa: E402
 
 BLOCK = 4 * 2**20
-CASES = ("numpy sequential", "numpy sequential, hot", "blocks, no reader", "seq[i] block + readahead", "seq[i] block + readahead, hot",
-         "private buffers, buffered", "private buffers, O_DIRECT", "first touch, block reads", "first touch, sequential read")
-TIMED = CASES[:7]
+TIMED = ("numpy sequential", "numpy sequential, hot", "blocks, no reader", "seq[i] block + readahead",
+         "seq[i] block + readahead, hot", "private buffers, buffered", "private buffers, O_DIRECT")
+FIRST_TOUCH = ("first touch, block reads", "first touch, sequential read")
+CASES = TIMED + FIRST_TOUCH
+
+
+def _sendfile_to_null(path: str, start: int, stop: int, chunk: int = BLOCK) -> None:
+    """Reads bytes ``[start, stop)`` of ``path`` into the page cache: nothing copied to us, nothing mapped."""
+    fd, null = os.open(path, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY)
+    try:
+        while start < stop:
+            start += os.sendfile(null, fd, start, min(chunk, stop - start))
+    finally:
+        os.close(fd)
+        os.close(null)
 
 
 def _fill_by_blocks(path: str, size: int, threads: int = 4) -> None:
     """Reads every whole block of ``path`` below ``size`` into the page cache, in random order."""
     order = np.random.default_rng(0).permutation(size // BLOCK).tolist()
-    null = os.open(os.devnull, os.O_WRONLY)
-
-    def read(block: int) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            done = 0
-            while done < BLOCK:
-                done += os.sendfile(null, fd, block * BLOCK + done, BLOCK - done)
-        finally:
-            os.close(fd)
-
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(read, order))
-    os.close(null)
+        list(pool.map(lambda block: _sendfile_to_null(path, block * BLOCK, (block + 1) * BLOCK), order))
 
 
 def _first_touch(path: str, by_blocks: bool) -> dict:
@@ -89,11 +89,7 @@ def _first_touch(path: str, by_blocks: bool) -> dict:
     if by_blocks:
         _fill_by_blocks(path, size)
     else:  # one stream, also through sendfile: a read() would copy, touching every page first
-        fd, null, offset = os.open(path, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY), 0
-        while offset < size:
-            offset += os.sendfile(null, fd, offset, min(8 * BLOCK, size - offset))
-        os.close(fd)
-        os.close(null)
+        _sendfile_to_null(path, 0, size, chunk=8 * BLOCK)
     fd = os.open(path, os.O_RDONLY)
     mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     os.close(fd)
@@ -138,20 +134,21 @@ def _private_buffers_epoch(seq: memseq.MemmapSequence, path: str, direct: bool) 
     skew = offset % page
     slot_rows = block_rows + -(-2 * page // row_bytes)  # a block plus its page-rounded ends
     batch_rows = [plan.batch_rows(i, 0) for i in range(len(seq))]
-    last_use = {}
-    for i, rows in enumerate(batch_rows):
-        for block in np.unique(rows // block_rows).tolist():
-            last_use[block] = i
+    batch_blocks = [np.unique(rows // block_rows).tolist() for rows in batch_rows]
+    last_use = {block: i for i, blocks in enumerate(batch_blocks) for block in blocks}
     lookahead = seq.readahead // (row_bytes * seq.batch_size)
-    slots = 3 * plan.order.window_blocks + 8  # the window read from, the bound ahead (about one window), spare
+    # Held at once: the blocks within the bound ahead, plus the two windows it starts and
+    # ends in (each asked whole by its first batch), plus spare. 200 at the defaults.
+    slots = seq.readahead // (block_rows * row_bytes) + 2 * plan.order.window_blocks + 8
     arena = mmap.mmap(-1, slots * slot_rows * row_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # as np.empty
     rows_view = np.frombuffer(arena, np.uint8)[skew : skew + (slots * slot_rows - 1) * row_bytes].reshape(-1, row_bytes)
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    file_size = os.path.getsize(path)
     free, slot_of, pending = list(range(slots)), {}, {}
 
     def read(block: int, slot: int) -> None:
         first = (offset + block * block_rows * row_bytes) // page * page
-        last = min(offset + min(num_rows, (block + 1) * block_rows) * row_bytes, os.path.getsize(path))
+        last = min(offset + min(num_rows, (block + 1) * block_rows) * row_bytes, file_size)
         last = -(-last // page) * page
         base = slot * slot_rows * row_bytes
         done = 0
@@ -173,14 +170,14 @@ def _private_buffers_epoch(seq: memseq.MemmapSequence, path: str, direct: bool) 
             for ahead in range(0 if i == 0 else i + lookahead, min(i + lookahead, len(seq) - 1) + 1):
                 if plan.reads_new_blocks(ahead, 0):
                     ask(ahead, pool)
-            blocks = rows // block_rows
-            for block in np.unique(blocks).tolist():
+            for block in batch_blocks[i]:
                 if block in pending:
                     pending.pop(block).result()
+            blocks = rows // block_rows
             slot = np.array([slot_of[b] for b in blocks.tolist()], np.int64)
             batch = np.take(rows_view, slot * slot_rows + rows - blocks * block_rows, axis=0)
             nbytes += batch.nbytes
-            for block in np.unique(blocks).tolist():
+            for block in batch_blocks[i]:
                 if last_use[block] == i:
                     free.append(slot_of.pop(block))
             if i % 16 == 0:
@@ -280,7 +277,7 @@ def main(argv=None) -> int:
     print(f"\n  block reads alone vs the sequential read: {gbs('blocks, no reader') / base:.2f}x; "
           f"seq[i] block + readahead: {gbs('seq[i] block + readahead') / base:.2f}x; private buffers, buffered / "
           f"O_DIRECT: {gbs('private buffers, buffered') / base:.2f}x / {gbs('private buffers, O_DIRECT') / base:.2f}x")
-    for name in CASES[len(TIMED):]:
+    for name in FIRST_TOUCH:
         gb = runs[name][0]["bytes"] / 1e9
         print(f"  {name}: first pass costs {median(name, 'cpu') / gb * 1e3:.0f} ms of CPU per GB more than the second"
               f" ({median(name, 'seconds') / gb * 1e3:.0f} ms per GB in all)")
