@@ -41,8 +41,8 @@ How, and why this way (measured cold on this project's 2-core VM, virtio disk,
   gave 0.70x on the main thread but 0.60x against 0.77x through ``fit(seq)``'s 4
   worker threads, on 2 cores. Nor did leaving the mapping alone: 4 threads
   ``pread`` each block into a reused private buffer (or ``O_DIRECT``, past the page
-  cache) and the reader gathering from it gave 0.68-0.81x (0.80-0.92x) against
-  0.71-0.90x in two runs of another session, holding 638 MiB more anonymous memory
+  cache) and the reader gathering from it gave 0.57-0.81x (0.68-0.92x) against
+  0.50-0.90x in three runs of another session, holding 640 MiB more anonymous memory
   per process; worker processes would each read and hold their own copy.
 
 So :func:`read_ahead` hands page runs to a per-process pool of daemon threads.
