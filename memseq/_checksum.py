@@ -81,11 +81,11 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 
 def crc32_of_array(array: np.ndarray, between: Callable[[], None] | None = None) -> int:
-    """CRC-32 of a C-contiguous array's bytes, in chunks; ``between()`` runs before each chunk.
+    """CRC-32 of a C-contiguous array's bytes, in chunks; ``between()`` runs before each chunk and after the last.
 
-    Used on memory-mapped arrays: ``between`` can check that the file was not
-    truncated, so that a truncation is reported instead of faulting (except during
-    the chunk being read).
+    Used on memory-mapped arrays: ``between`` checks that the file was not truncated
+    (and, after a chunk, that the SIGBUS guard did not tear the mapping under it, see
+    :mod:`memseq._mapping`), so that a truncation is reported, never a checksum of zeros.
     """
     flat = array.reshape(-1).view(np.uint8)
     crc = 0
@@ -93,4 +93,6 @@ def crc32_of_array(array: np.ndarray, between: Callable[[], None] | None = None)
         if between is not None:
             between()
         crc = crc32(flat[start : start + _CHUNK], crc)
+    if between is not None:
+        between()
     return crc

@@ -118,9 +118,10 @@ class PaddedField(BatchField):
             values = arrays[0]
             for k, (a, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
                 out[k, :n] = values[a : a + n]
-            return out
-        for k, (p, a, n) in enumerate(zip(part_of.tolist(), starts.tolist(), lengths.tolist())):
-            out[k, :n] = arrays[p][a : a + n]
+        else:
+            for k, (p, a, n) in enumerate(zip(part_of.tolist(), starts.tolist(), lengths.tolist())):
+                out[k, :n] = arrays[p][a : a + n]
+        self.column.check_sizes()  # after the copies, before handing them out (memseq._mapping)
         return out
 
 

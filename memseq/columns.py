@@ -10,13 +10,14 @@ the data.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from memseq._checks import row_indices
-from memseq._mapping import MappedFile
+from memseq._mapping import MappedFile, prod
 from memseq._readahead import read_ahead, resident
 from memseq.errors import BatchIndexError, SchemaError
 
@@ -33,11 +34,77 @@ def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised array of ``shape`` and ``dtype``, from this thread's reusable buffer."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes > _SCRATCH_MAX_BYTES:
-        return np.empty(shape, dtype)
+        return allocate(shape, dtype, "a gather of unsorted rows")
     buf = getattr(_scratch_local, "buf", None)
     if buf is None or buf.nbytes < nbytes:
         buf = _scratch_local.buf = np.empty(nbytes, np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+# Reads smaller than this allocate without asking how much memory is available (reading
+# /proc/meminfo costs about 20 us).
+_ASK_MEMORY_BYTES = 256 * 2**20
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping: ``MemAvailable``, capped by a cgroup v2 limit.
+
+    None when the kernel does not tell (not Linux).
+    """
+    available = None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        return None
+    try:  # a container's limit: the host's MemAvailable does not see it
+        with open("/proc/self/cgroup", "rb") as f:
+            group = next((line.split(b":", 2)[2].strip() for line in f if line.startswith(b"0::")), None)
+        if group is not None:
+            base = os.path.join(b"/sys/fs/cgroup", group.lstrip(b"/"))
+            with open(os.path.join(base, b"memory.max"), "rb") as f:
+                limit = f.read().strip()
+            if limit != b"max":
+                with open(os.path.join(base, b"memory.current"), "rb") as f:
+                    used = int(f.read())
+                room = max(int(limit) - used, 0)
+                available = room if available is None else min(available, room)
+    except (OSError, ValueError, IndexError):
+        pass
+    return available
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """``np.empty(shape, dtype)`` for a read of ``what``, refused up front if memory cannot hold it.
+
+    Raises:
+        SchemaError: If the array is larger than the memory available (or numpy
+            cannot allocate it), saying how large and how to read in pieces.
+    """
+    nbytes = prod(shape) * dtype.itemsize
+    available = available_memory() if nbytes >= _ASK_MEMORY_BYTES else None
+    if available is None or nbytes <= available:
+        try:
+            return np.empty(shape, dtype)
+        except (MemoryError, ValueError) as e:
+            error = e
+    else:
+        error = None
+    have = "" if available is None else f" but {_size(available)} of memory is available"
+    raise SchemaError(
+        f"{what}: this read needs {_size(nbytes)} ({nbytes} bytes) for {shape} of {dtype}{have}. "
+        "Read it in slices (column[i : i + n]) or batches (MemmapSequence) instead."
+    ) from error
 
 
 class Column:
@@ -165,7 +232,7 @@ class Column:
             return out
         idx, ascending = row_indices(indices, self._num_rows, what=self.name)
         if out is None:
-            out = np.empty((len(idx), *self.row_shape), self.dtype)
+            out = allocate((len(idx), *self.row_shape), self.dtype, self.name)
         elif out.shape != (len(idx), *self.row_shape) or out.dtype != self.dtype or not out.flags.c_contiguous:
             raise SchemaError(
                 f"{self.name}: out must be a C-contiguous {self.dtype} array of shape "
@@ -193,33 +260,30 @@ class Column:
         parts = self._parts()
         if len(parts) == 1:
             part = parts[0]
-            array = part.data()
-            part.check_size()
             # mode="clip" skips numpy's per-element bounds checks (indices are
             # already validated): twice as fast as the default mode="raise".
-            array.take(idx, axis=0, out=out, mode="clip")
+            part.data().take(idx, axis=0, out=out, mode="clip")
+            part.check_size(self.name)  # after the copy: see memseq._mapping
             return
         bounds = np.searchsorted(idx, self._starts)
         for p, part in enumerate(parts):
             a, b = int(bounds[p]), int(bounds[p + 1])
             if a == b:
                 continue
-            array = part.data()
-            part.check_size()
-            array.take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
+            part.data().take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
+            part.check_size(self.name)
 
     def _read_range(self, start: int, stop: int) -> np.ndarray:
         """Copies rows [start, stop) into a new array."""
-        out = np.empty((stop - start, *self.row_shape), self.dtype)
+        out = allocate((stop - start, *self.row_shape), self.dtype, self.name)
         parts = self._parts()
         for p, part in enumerate(parts):
             lo, hi = max(start, int(self._starts[p])), min(stop, int(self._starts[p + 1]))
             if lo >= hi:
                 continue
-            array = part.data()
-            part.check_size()
             base = int(self._starts[p])
-            out[lo - start : hi - start] = array[lo - base : hi - base]
+            out[lo - start : hi - start] = part.data()[lo - base : hi - base]
+            part.check_size(self.name)
         return out
 
     def read_windows(self, starts: Any, length: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -241,14 +305,13 @@ class Column:
         """
         starts = np.asarray(starts, np.int64).reshape(-1)
         if out is None:
-            out = np.empty((len(starts), length, *self.row_shape), self.dtype)
+            out = allocate((len(starts), length, *self.row_shape), self.dtype, self.name)
         if len(starts) and (int(starts.min()) < 0 or int(starts.max()) + length > self._num_rows):
             raise BatchIndexError(f"{self.name}: a window of {length} rows leaves the column's {self._num_rows} rows.")
         parts = self._parts()
         part_of = np.searchsorted(self._starts, starts, side="right") - 1
         for p in np.unique(part_of).tolist():
             array = parts[p].data()
-            parts[p].check_size()
             base, end = int(self._starts[p]), int(self._starts[p + 1])
             for k in np.flatnonzero(part_of == p).tolist():
                 a = int(starts[k])
@@ -256,6 +319,7 @@ class Column:
                     out[k] = array[a - base : a - base + length]
                 else:
                     out[k] = self._read_range(a, a + length)
+            parts[p].check_size(self.name)  # after the copies: see memseq._mapping
         return out
 
     def prefetch(self, ranges: Any, now: bool = False) -> int:
@@ -310,6 +374,6 @@ class Column:
         return resident(self._parts()[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)
 
     def check_sizes(self) -> None:
-        """Raises CorruptFileError if any of this column's files shrank since opening."""
+        """Raises CorruptFileError if any of this column's files shrank since opening (or tore in a read)."""
         for part in self._parts():
-            part.check_size()
+            part.check_size(self.name)

@@ -9,7 +9,10 @@ length, slices, index arrays and masks give lists of ndarrays, and
 
 Every read checks the offsets it uses (``0 <= start <= stop <= num_values``), so a
 corrupt offsets file is a :class:`~memseq.CorruptFileError`, never a read outside
-the values; :meth:`RaggedColumn.check_offsets` checks them all (``Dataset.verify``).
+the values; :attr:`RaggedColumn.lengths` checks all it reads (never a negative
+length), and :meth:`RaggedColumn.check_offsets` checks them all (``Dataset.verify``).
+As for fixed-shape columns, the files' sizes (and the SIGBUS guard, see
+:mod:`memseq._mapping`) are checked after each copy out of the mappings.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from memseq._checks import row_indices
 from memseq._mapping import MappedFile
-from memseq.columns import Column
+from memseq.columns import Column, allocate
 from memseq.errors import BatchIndexError, CorruptFileError, SchemaError
 
 __all__ = ["RaggedColumn", "RaggedPart", "check_offsets"]
@@ -43,10 +46,10 @@ class RaggedPart:
     def path(self) -> str:
         return self.values.path
 
-    def check_size(self) -> None:
-        """Raises CorruptFileError if either file shrank since it was opened."""
-        self.values.check_size()
-        self.offsets.check_size()
+    def check_size(self, field: str | None = None) -> None:
+        """Raises CorruptFileError if either file shrank since it was opened (or tore in a read)."""
+        self.values.check_size(field)
+        self.offsets.check_size(field)
 
     def is_current(self) -> bool:
         return self.values.is_current() and self.offsets.is_current()
@@ -60,6 +63,7 @@ class RaggedPart:
         offsets = self.offsets.data()
         num_values = len(self.values.data())
         first, last = int(offsets[0]), int(offsets[-1])
+        self.offsets.check_size()  # after the read: see memseq._mapping
         if first != 0 or last != num_values:
             raise CorruptFileError(
                 f"{self.offsets.path}: offsets must start at 0 and end at the number of values ({num_values}). "
@@ -70,9 +74,9 @@ class RaggedPart:
         """``(starts, stops)`` of the shard's rows ``local`` (valid row numbers), checked."""
         offsets = self.offsets.data()
         num_values = len(self.values.data())
-        self.check_size()
         starts = offsets.take(local, mode="clip")
         stops = offsets.take(local + 1, mode="clip")
+        self.offsets.check_size()  # after the read: see memseq._mapping
         if len(local) and not ((starts <= stops).all() and starts.min() >= 0 and stops.max() <= num_values):
             bad = int(np.flatnonzero((starts > stops) | (starts < 0) | (stops > num_values))[0])
             raise CorruptFileError(
@@ -93,6 +97,7 @@ def check_offsets(part: RaggedPart) -> None:
     for a in range(0, len(offsets) - 1, _CHECK_CHUNK):
         piece = np.asarray(offsets[a : a + _CHECK_CHUNK + 1])
         down = np.flatnonzero(piece[1:] < piece[:-1])
+        part.offsets.check_size()  # after the read: see memseq._mapping
         if len(down):
             row = a + int(down[0])
             raise CorruptFileError(
@@ -161,12 +166,26 @@ class RaggedColumn:
 
     @property
     def lengths(self) -> np.ndarray:
-        """Every row's length (int64), from the offsets only: no value is read."""
+        """Every row's length (int64), from the offsets only: no value is read.
+
+        Raises:
+            CorruptFileError: If the offsets do not start at 0, end at the number of
+                values and never decrease (a length would be negative or point
+                outside the values), naming the offsets file and the first bad row.
+        """
         pieces = []
         for part in self._parts():
-            offsets = part.offsets.data()
-            part.check_size()
-            pieces.append(np.diff(offsets))
+            part.check_ends()
+            lengths = np.diff(part.offsets.data())
+            part.offsets.check_size(self.name)  # after the read: see memseq._mapping
+            down = np.flatnonzero(lengths < 0)
+            if len(down):
+                row = int(down[0])
+                raise CorruptFileError(
+                    f"{part.offsets.path}: offsets decrease at row {row} (a length of {int(lengths[row])}); "
+                    "they must never decrease. The file is corrupt."
+                )
+            pieces.append(lengths)
         return np.concatenate(pieces).astype(np.int64, copy=False) if pieces else np.empty(0, np.int64)
 
     @property
@@ -201,7 +220,11 @@ class RaggedColumn:
         return np.split(values, np.cumsum(lengths)[:-1]) if len(idx) else []
 
     def bounds(self, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """Where rows ``rows`` (valid row numbers) live: ``(values arrays, part of each row, starts, stops)``."""
+        """Where rows ``rows`` (valid row numbers) live: ``(values arrays, part of each row, starts, stops)``.
+
+        The values arrays are the mappings: a caller that copies from them calls
+        :meth:`check_sizes` after its copies, before handing them out.
+        """
         parts = self._parts()
         if len(parts) == 1:
             starts, stops = parts[0].bounds(rows)
@@ -218,12 +241,18 @@ class RaggedColumn:
         """Rows ``rows`` (valid row numbers, any order) concatenated: ``(values, lengths)``."""
         arrays, part_of, starts, stops = self.bounds(np.asarray(rows, np.int64))
         lengths = stops - starts
-        out = np.empty((int(lengths.sum()), *self.value_shape), self.dtype)
+        out = allocate((int(lengths.sum()), *self.value_shape), self.dtype, self.name)
         pos = 0
         for p, a, b in zip(part_of.tolist(), starts.tolist(), stops.tolist()):
             out[pos : pos + b - a] = arrays[p][a:b]
             pos += b - a
+        self.check_sizes()  # after the copies: see memseq._mapping
         return out, lengths
+
+    def check_sizes(self) -> None:
+        """Raises if a file shrank since opening or tore in a read: call it after copying from :meth:`bounds`' arrays."""
+        for part in self._parts():
+            part.check_size(self.name)
 
     def check_offsets(self) -> None:
         """Checks every offset of every shard (see :func:`check_offsets`)."""

@@ -31,6 +31,20 @@ from memseq.raw import open_raw
 
 __all__ = ["TokenWindows", "windows"]
 
+# Window starts and ends are int64 offsets into the tokens, and a window of ``length``
+# tokens is a numpy row of ``length * itemsize`` bytes: both must fit an int64.
+_INT64_MAX = 2**63 - 1
+
+
+def _check_size(value: Any, name: str, maximum: int) -> int:
+    value = check_int(value, name, 1, where="windows()")
+    if value > maximum:
+        raise SchemaError(
+            f"windows(): {name} must be an int in [1, {maximum}] (int64 offsets into the tokens). "
+            f"Received: {bounded_repr(value)}"
+        )
+    return value
+
 
 def _as_source(tokens: Any) -> Any:
     """A 1-D column or array to take windows from; an ``np.memmap`` becomes a :class:`RawColumn`."""
@@ -127,7 +141,9 @@ def windows(tokens: Any, *, length: int, stride: int | None = None) -> TokenWind
         A :class:`TokenWindows` of shape ``(num_windows, length)``.
 
     Raises:
-        SchemaError: If ``tokens`` is not 1-D, or ``length``/``stride`` are not ints >= 1.
+        SchemaError: If ``tokens`` is not 1-D, or ``length``/``stride`` are not ints >= 1,
+            or too large for int64 offsets (``length * itemsize`` and ``stride`` at most
+            ``2**63 - 1``).
 
     Example:
         >>> tokens = memseq.open_raw("train.bin", dtype="uint16", shape=(-1,))
@@ -137,6 +153,6 @@ def windows(tokens: Any, *, length: int, stride: int | None = None) -> TokenWind
     source = _as_source(tokens)
     if len(source.shape) != 1:
         raise SchemaError(f"windows() needs a 1-D column of tokens. Received shape: {bounded_repr(tuple(source.shape))}")
-    length = check_int(length, "length", 1, where="windows()")
-    stride = length if stride is None else check_int(stride, "stride", 1, where="windows()")
+    length = _check_size(length, "length", _INT64_MAX // source.dtype.itemsize)
+    stride = length if stride is None else _check_size(stride, "stride", _INT64_MAX)
     return TokenWindows(source, length, stride)

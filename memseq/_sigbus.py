@@ -1,0 +1,215 @@
+"""The guarded copy: a SIGBUS inside one of memseq's file mappings becomes CorruptFileError.
+
+A copy out of a mapped file that was truncated after it was mapped faults at the first
+page past the file's new end, and the kernel sends SIGBUS, whose default action kills
+the process. A size check before the copy cannot close that window; this module does:
+
+- When memseq maps a file it registers the mapping here (:func:`register`), and makes
+  sure its SIGBUS handler is the process's (installed on the first mapping, installed
+  again if something replaced it since).
+- On a SIGBUS whose fault address lies inside a registered mapping, the handler marks
+  the mapping *torn* (:attr:`Region.torn`) and replaces all of it, at the same address,
+  with read-only anonymous zero pages. The faulting copy (and any other thread's copy
+  of the same file) then finishes, reading zeros.
+- Every reader checks after each copy, before handing anything out, that the file did
+  not shrink and the mapping is not torn (``MappedFile.check_size``), and raises
+  :class:`~memseq.CorruptFileError` otherwise: the zeros never leave memseq. A torn
+  mapping stays torn; the dataset must be opened again.
+- Any other SIGBUS goes to the handler that was in place before, called directly; then
+  the default action ends the process, as it would have without memseq (a SIGBUS sent
+  with ``kill`` to a process whose previous handler was a function goes to that
+  function only; an ignored one stays ignored).
+
+The handler is Python, called by ctypes in the faulting thread: it takes the GIL, looks
+the address up, makes one ``mmap`` call. It runs only for faults in memory-mapped
+files, which in a memseq process means a truncated file. A SIGBUS handler installed
+after memseq mapped its files (``faulthandler.enable()``, ``signal.signal``) takes
+precedence until memseq maps its next file. ``MEMSEQ_SIGBUS_GUARD=0`` in the
+environment (read at import) leaves SIGBUS alone: a file truncated during a read then
+kills the process. Linux on x86-64 and aarch64 only (the layout of ``struct
+sigaction`` and ``siginfo_t`` is written out here); elsewhere :data:`ACTIVE` is False.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import mmap
+import os
+import platform
+import signal
+import sys
+import threading
+
+__all__ = ["ACTIVE", "Region", "libc", "register", "forget"]
+
+# The one ctypes binding of libc for mapping files and guarding the mappings.
+libc = None
+if sys.platform.startswith("linux"):
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        libc = None
+
+_SIGBUS = int(signal.SIGBUS)
+_SA_SIGINFO = 0x4
+_SA_RESTART = 0x10000000
+# No SA_ONSTACK: the handler runs Python, which needs the thread's stack, not a small
+# alternate one (faulthandler's is a few pages).
+_SIG_DFL, _SIG_IGN = 0, 1
+_SI_ADDR_OFFSET = 16  # siginfo_t: three ints and padding, then the union (si_addr) on 64-bit
+_MAP_FIXED = 0x10
+_MAP_NORESERVE = 0x4000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class _Sigaction(ctypes.Structure):
+    # glibc's (and musl's) struct sigaction on x86-64 and aarch64.
+    _fields_ = [
+        ("handler", ctypes.c_void_p),
+        ("mask", ctypes.c_ulong * (128 // ctypes.sizeof(ctypes.c_ulong))),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    ]
+
+
+_HANDLER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+
+ACTIVE = (
+    libc is not None
+    and platform.machine() in ("x86_64", "aarch64")
+    and ctypes.sizeof(ctypes.c_void_p) == 8
+    and os.environ.get("MEMSEQ_SIGBUS_GUARD", "1") != "0"
+)
+if ACTIVE:
+    try:
+        _sigaction = libc.sigaction
+        _sigaction.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigaction), ctypes.POINTER(_Sigaction)]
+        _sigaction.restype = ctypes.c_int
+        _mmap = libc.mmap
+        _mmap.restype = ctypes.c_void_p
+        _mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+        _raise = getattr(libc, "raise")  # a Python keyword
+        _raise.argtypes = [ctypes.c_int]
+    except AttributeError:
+        ACTIVE = False
+
+
+class Region:
+    """One registered mapping: ``[start, stop)`` in memory, and whether a SIGBUS tore it."""
+
+    __slots__ = ("start", "stop", "torn")
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+        self.torn = False
+
+
+# Registered mappings by start address, and the sorted starts (the handler bisects them).
+# Changed under _lock; the handler reads them holding the GIL, which list and dict
+# operations never release halfway.
+_regions: dict[int, Region] = {}
+_starts: list[int] = []
+_lock = threading.Lock()
+_previous = _Sigaction()  # the action the handler passes other faults on to
+_installed_address = None
+
+
+def register(start: int, length: int) -> Region:
+    """Guards the mapping ``[start, start + length)``; call :func:`forget` before unmapping it."""
+    region = Region(start, start + length)
+    if not ACTIVE or length <= 0:
+        return region
+    with _lock:
+        if start not in _regions:
+            bisect.insort(_starts, start)
+        _regions[start] = region
+        _install()
+    return region
+
+
+def forget(region: Region) -> None:
+    """Stops guarding ``region`` (its memory is about to be unmapped)."""
+    if not ACTIVE:
+        return
+    with _lock:
+        if _regions.get(region.start) is region:
+            del _regions[region.start]
+            i = bisect.bisect_left(_starts, region.start)
+            if i < len(_starts) and _starts[i] == region.start:
+                del _starts[i]
+
+
+def _install() -> None:
+    """Makes the guard the process's SIGBUS action, keeping the one it replaces (under _lock)."""
+    global _previous
+    current = _Sigaction()
+    if _sigaction(_SIGBUS, None, ctypes.byref(current)) != 0:
+        return
+    if current.handler == _handler_address:
+        return
+    action = _Sigaction()
+    action.handler = _handler_address
+    action.flags = _SA_SIGINFO | _SA_RESTART
+    previous = _Sigaction()
+    if _sigaction(_SIGBUS, ctypes.byref(action), ctypes.byref(previous)) == 0:
+        _previous = previous
+
+
+def _region_of(address: int) -> Region | None:
+    i = bisect.bisect_right(_starts, address) - 1
+    if i < 0:
+        return None
+    region = _regions.get(_starts[i])
+    return region if region is not None and region.start <= address < region.stop else None
+
+
+def _on_sigbus(signo: int, info: int, context: int) -> None:
+    try:
+        code = ctypes.c_int.from_address(info + 8).value
+        if code > 0:  # a fault, not a signal someone sent
+            region = _region_of(ctypes.c_void_p.from_address(info + _SI_ADDR_OFFSET).value or 0)
+            if region is not None:
+                region.torn = True  # before the zeros appear: a reader that sees them sees this
+                got = _mmap(
+                    region.start,
+                    region.stop - region.start,
+                    mmap.PROT_READ,
+                    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+                if got == region.start:
+                    return  # the copy resumes, reading zeros
+        _pass_on(signo, info, context, code > 0)
+    except BaseException:  # noqa: BLE001 - nothing may escape a signal handler
+        _die()
+
+
+def _pass_on(signo: int, info: int, context: int, fault: bool) -> None:
+    """Gives a SIGBUS that is not memseq's to the action that was in place before."""
+    previous = _previous.handler or _SIG_DFL
+    if previous not in (_SIG_DFL, _SIG_IGN):
+        # Called directly, not restored as the action: a handler that chains to its own
+        # predecessor by raising (faulthandler) could chain back here and loop.
+        _HANDLER_TYPE(previous)(signo, info, context)
+    if fault:
+        # Returning re-executes the faulting instruction: it must meet the default
+        # action (the process ends with SIGBUS), never this handler again.
+        _die_on_return()
+    elif previous == _SIG_DFL:
+        _die()
+
+
+def _die_on_return() -> None:
+    _sigaction(_SIGBUS, ctypes.byref(_Sigaction()), None)  # SIG_DFL
+
+
+def _die() -> None:
+    """The default action for this SIGBUS: sent again, it ends the process once this handler returns."""
+    _die_on_return()
+    _raise(_SIGBUS)
+
+
+_handler = _HANDLER_TYPE(_on_sigbus) if ACTIVE else None
+_handler_address = ctypes.cast(_handler, ctypes.c_void_p).value if ACTIVE else None
