@@ -12,6 +12,11 @@ drops it when the process dies, however it dies), and only directories whose loc
 can be taken are deleted. A directory is locked *before* it gets its
 ``.memseq-tmp-`` name (it is created under a ``.memseq-new-`` name, locked, then
 renamed), so no sweep can see it unlocked.
+
+Temporary names must fit in one directory entry (``NAME_MAX``, 255 bytes): a target
+whose name is too long to leave room for the marker and the tag is represented in
+them by a stem, its start and a hash of the whole name (:func:`temp_stem`), the same
+for every writer, so the sweep still finds a dead writer's directory.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import threading
@@ -36,6 +42,7 @@ __all__ = [
     "make_temp_dir",
     "remove_temp_dir",
     "remove_stale_temp_dirs",
+    "temp_stem",
     "write_manifest",
     "publish",
 ]
@@ -44,6 +51,12 @@ __all__ = [
 TMP_MARKER = ".memseq-tmp-"
 # A temporary directory is created under this name, locked, then renamed.
 _NEW_MARKER = ".memseq-new-"
+# Every temporary name is "." + stem + marker + "<pid>-<12 hex>", plus "-old" for the
+# old dataset of a two-rename overwrite; each must fit in NAME_MAX (255 bytes on
+# Linux and macOS filesystems). A pid has at most 10 digits (a 32-bit int).
+_NAME_MAX = 255
+_STEM_MAX = _NAME_MAX - (1 + len(TMP_MARKER) + 10 + 1 + 12 + len("-old"))
+_DIGEST_CHARS = 16
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # Temporary directory -> the descriptor holding its flock, for the writer's lifetime.
@@ -106,6 +119,23 @@ def check_target(path: str, overwrite: bool) -> None:
         )
 
 
+def temp_stem(name: str) -> str:
+    """What stands for the target ``name`` in its temporary names: ``name`` itself if it fits.
+
+    A longer name becomes its start, ``~`` and 16 hex digits of its SHA-256, at most
+    ``_STEM_MAX`` bytes: distinct names keep distinct stems, and every writer to the
+    same target computes the same one.
+    """
+    raw = os.fsencode(name)
+    if len(raw) <= _STEM_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:_DIGEST_CHARS]
+    keep = name[: _STEM_MAX - _DIGEST_CHARS - 1]
+    while len(os.fsencode(keep)) > _STEM_MAX - _DIGEST_CHARS - 1:
+        keep = keep[:-1]  # multi-byte characters: trim until the bytes fit
+    return f"{keep}~{digest}"
+
+
 def make_temp_dir(path: str) -> str:
     """Creates and returns a fresh temporary directory beside ``path`` (same filesystem).
 
@@ -116,6 +146,7 @@ def make_temp_dir(path: str) -> str:
     parent, name = os.path.split(path)
     _makedirs(parent)
     remove_stale_temp_dirs(path)
+    name = temp_stem(name)
     while True:
         tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         new = os.path.join(parent, f".{name}{_NEW_MARKER}{tag}")
@@ -182,6 +213,7 @@ def remove_stale_temp_dirs(path: str) -> list[str]:
         The directories removed.
     """
     parent, name = os.path.split(path)
+    name = temp_stem(name)
     try:
         entries = os.listdir(parent or ".")
     except OSError:

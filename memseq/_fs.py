@@ -10,9 +10,11 @@ reading waits for a writer forever, reading a character device such as
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 from memseq._checks import bounded_repr, bounded_text
@@ -20,12 +22,13 @@ from memseq.errors import (
     DatasetNotFoundError,
     DatasetPermissionError,
     FileAccessError,
+    MemseqError,
     NotRegularFileError,
     SchemaError,
     WriteError,
 )
 
-__all__ = ["check_path", "describe_mode", "open_regular", "os_error", "read_at_most"]
+__all__ = ["check_path", "describe_mode", "open_regular", "os_error", "read_at_most", "writing"]
 
 # Failures of a write that mean "the disk (or a limit) has no room": WriteError.
 _NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -108,6 +111,23 @@ def os_error(e: BaseException, path: str, what: str, *, writing: bool = False) -
         }.get(code, "")
         return WriteError(f"{shown}: writing {what} failed: {reason}.{hint} Nothing was committed.", errno=code, filename=path)
     return FileAccessError(f"{shown}: cannot access {what}: {reason}.", errno=code, filename=path)
+
+
+@contextlib.contextmanager
+def writing(path: str, what: str = "dataset") -> Iterator[None]:
+    """Turns a bare ``OSError`` raised inside the block into :func:`os_error` ``(writing=True)``.
+
+    For the steps of a write (creating, pre-sizing, ``pwrite``, fsync, publishing): a
+    full disk, a file size limit or a read-only filesystem then raises a
+    :class:`~memseq.WriteError` naming ``path``. Errors that are already memseq errors
+    pass unchanged.
+    """
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, MemseqError):
+            raise
+        raise os_error(e, path, what, writing=True) from e
 
 
 def open_regular(path: str, what: str) -> tuple[int, os.stat_result]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 
 from memseq.bench import METHOD_LABELS, data_files
-from memseq.errors import MemseqError, SchemaError
+from memseq.errors import DatasetExistsError, MemseqError, SchemaError
 
 __all__ = ["main", "build_parser"]
 
@@ -195,13 +195,17 @@ def _convert(args: argparse.Namespace) -> int:
         if use_dask
         else functools.partial(cv.convert, sources=sources)
     )
-    ds = convert(
-        dst,
-        shard_rows=args.shard_rows,
-        jobs=args.jobs,
-        overwrite=args.overwrite,
-        progress=False if args.no_progress else None,
-    )
+    try:
+        ds = convert(
+            dst,
+            shard_rows=args.shard_rows,
+            jobs=args.jobs,
+            overwrite=args.overwrite,
+            progress=False if args.no_progress else None,
+        )
+    except DatasetExistsError as e:
+        # The library's message names its keyword argument; the command's user needs the flag.
+        raise DatasetExistsError(str(e).replace("pass overwrite=True", "pass --overwrite")) from e
     seconds = time.perf_counter() - t
     nbytes = sum(os.path.getsize(p) for p in data_files(ds))
     print(

@@ -40,12 +40,59 @@ from memseq._checksum import crc32
 from memseq._checks import equal_row_counts
 from memseq.errors import MemseqError, SchemaError
 
-__all__ = ["Writer", "save"]
+__all__ = ["Writer", "save", "check_block", "checked_rows"]
 
 # Appends are written in pieces of about this many bytes per field, so that
 # converting a huge input (say a 2 GB memmap handed to save()) never needs a
 # whole-field copy in memory.
 _WRITE_CHUNK_BYTES = 16 * 2**20
+
+
+def check_block(dtype: Any, shape: tuple[int, ...], spec: fmt.FieldSpec, num_rows: int | None, where: str) -> None:
+    """The one rule for every block of rows memseq writes into a fixed-size field.
+
+    :meth:`Writer.append`, each work unit of :func:`memseq.convert.convert` and each
+    computed block of a Dask array given to :func:`memseq.save` pass through it: a
+    block must be ``num_rows`` rows (any number if None) of the field's row shape, in
+    the field's dtype or one that casts to it safely (``np.can_cast(...,
+    casting="safe")``), so that no value wraps, no row shifts and no row is missing.
+
+    Args:
+        dtype: The block's dtype.
+        shape: The block's shape.
+        spec: The field it is written into.
+        num_rows: The rows the block must hold, or None.
+        where: What the block is (the dataset path, a Dask block), to start messages with.
+
+    Raises:
+        SchemaError: Naming ``where``, the field, what was expected and what was received.
+    """
+    dtype = np.dtype(dtype)
+    name = spec.name
+    if dtype != spec.dtype and not np.can_cast(dtype, spec.dtype, casting="safe"):
+        raise SchemaError(
+            f"{where}: field {name!r} has dtype {spec.dtype}; {dtype} does not cast to it safely. "
+            f"Convert explicitly (e.g. arr.astype({str(spec.dtype)!r})) if that is what you want."
+        )
+    rows = "n" if num_rows is None else str(num_rows)
+    if len(shape) < 1 or shape[1:] != spec.shape or (num_rows is not None and shape[0] != num_rows):
+        expected = "(" + ", ".join([rows, *map(str, spec.shape)]) + ("," if not spec.shape else "") + ")"
+        raise SchemaError(
+            f"{where}: field {name!r} takes rows of shape {spec.shape}, so arrays of shape {expected}. "
+            f"Received shape: {shape}"
+        )
+
+
+def checked_rows(array: Any, spec: fmt.FieldSpec, num_rows: int, where: str) -> np.ndarray:
+    """``array`` as C-contiguous rows in ``spec``'s dtype, after :func:`check_block`.
+
+    Raises:
+        SchemaError: See :func:`check_block`; also for something that is not an array of numbers.
+    """
+    if not isinstance(array, np.ndarray):
+        array = np.asarray(array)
+    check_block(array.dtype, tuple(array.shape), spec, num_rows, where)
+    return np.ascontiguousarray(array, dtype=spec.dtype)
 
 
 def _normalize_fields(fields: Mapping[str, Any]) -> dict[str, fmt.FieldSpec]:
@@ -234,20 +281,9 @@ class Writer:
                 continue
             if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
                 arr = np.asarray(arr)
-            dtype = np.dtype(arr.dtype)
-            if dtype != spec.dtype and not np.can_cast(dtype, spec.dtype, casting="safe"):
-                raise SchemaError(
-                    f"{self.path}: field {name!r} has dtype {spec.dtype}; {dtype} does not cast to it safely. "
-                    f"Convert explicitly (e.g. arr.astype({str(spec.dtype)!r})) if that is what you want."
-                )
-            shape = tuple(arr.shape)
-            if len(shape) < 1 or shape[1:] != spec.shape:
-                raise SchemaError(
-                    f"{self.path}: field {name!r} takes rows of shape {spec.shape}, so arrays of shape "
-                    f"(n, {', '.join(map(str, spec.shape))}{',' if len(spec.shape) == 1 else ''}). Received shape: {shape}"
-                )
+            check_block(arr.dtype, tuple(arr.shape), spec, None, self.path)
             arrays[name] = arr
-            lengths[name] = shape[0]
+            lengths[name] = arr.shape[0]
         return arrays, equal_row_counts(lengths, where=self.path)
 
     def append(self, batch: Mapping[str, Any]) -> None:

@@ -20,7 +20,9 @@ Fields that are not Dask arrays (an ndarray of labels beside Dask images) are
 written by the calling process, piece by piece, before the tasks run.
 
 A task that raises, a lost worker or a cancelled computation (Ctrl-C) removes
-the temporary directory: nothing appears at ``path``. Tasks open the data files
+the temporary directory: nothing appears at ``path``. Each computed block is checked
+against its chunk (rows, row shape, a dtype that casts safely) before a byte of it is
+written: a block that lies would shift rows, leave zeros or wrap values. Tasks open the data files
 without ``O_CREAT``, so a straggler that runs after the cleanup fails instead of
 recreating a file.
 """
@@ -42,7 +44,8 @@ from memseq._checksum import crc32
 from memseq._checks import equal_row_counts
 from memseq.convert._base import Source
 from memseq.convert._engine import UNIT_BYTES, finish_dataset, plan_dataset
-from memseq.errors import MemseqError, SchemaError
+from memseq.errors import SchemaError
+from memseq.writer import checked_rows
 
 __all__ = ["save_dask"]
 
@@ -78,33 +81,44 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def _write_block(
-    block: np.ndarray, name: str, dtype: str, row_nbytes: int, pieces: list[_Piece]
+    block: Any, spec: fmt.FieldSpec, rows: tuple[int, int], pieces: list[_Piece], dst: str
 ) -> tuple[str, list[tuple[_Unit, int, int]]]:
-    """Runs in a Dask worker: writes one computed block of field ``name`` in place.
+    """Runs in a Dask worker: checks one computed block of field ``spec`` and writes it in place.
+
+    The block must be exactly what its chunk declared (the rows ``rows``, the row
+    shape, a dtype that casts safely): :func:`memseq.writer.check_block`, the rule of
+    every write. A block that lies would shift or leave out rows, or wrap values.
 
     Returns:
         ``(name, [(unit, CRC-32 of the piece, bytes) for each piece])``.
+
+    Raises:
+        SchemaError: For a block that is not what its chunk declared.
+        WriteError: If the filesystem fails.
     """
-    data = np.ascontiguousarray(block, dtype=np.dtype(dtype))
+    r0, r1 = rows
+    data = checked_rows(block, spec, r1 - r0, f"{dst}: the Dask block of rows {r0}:{r1} (as its chunk declares)")
     raw = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+    row_nbytes = spec.row_nbytes
     results = []
     fds: dict[str, int] = {}
     try:
-        for unit, path, offset, lo, hi in pieces:
-            view = raw[lo * row_nbytes : hi * row_nbytes]
-            fd = fds.get(path)
-            if fd is None:
-                fd = fds[path] = os.open(path, _OPEN_FLAGS)  # never O_CREAT: see the module docstring
-            _pwrite_all(fd, view, offset)
-            # Start writing this block to disk now, while other tasks compute: the
-            # commit's fsync then waits for little. (DONTNEED on dirty pages starts
-            # their writeback; Python has no sync_file_range.)
-            os.posix_fadvise(fd, offset, len(view), os.POSIX_FADV_DONTNEED)
-            results.append((unit, crc32(view), len(view)))
+        with _fs.writing(dst, f"the data of field {spec.name!r}"):
+            for unit, path, offset, lo, hi in pieces:
+                view = raw[lo * row_nbytes : hi * row_nbytes]
+                fd = fds.get(path)
+                if fd is None:
+                    fd = fds[path] = os.open(path, _OPEN_FLAGS)  # never O_CREAT: see the module docstring
+                _pwrite_all(fd, view, offset)
+                # Start writing this block to disk now, while other tasks compute: the
+                # commit's fsync then waits for little. (DONTNEED on dirty pages starts
+                # their writeback; Python has no sync_file_range.)
+                os.posix_fadvise(fd, offset, len(view), os.POSIX_FADV_DONTNEED)
+                results.append((unit, crc32(view), len(view)))
     finally:
         for fd in fds.values():
             os.close(fd)
-    return name, results
+    return spec.name, results
 
 
 def _check_array(name: str, array: Any) -> Any:
@@ -167,8 +181,12 @@ def save_dask(
 
     Raises:
         DatasetExistsError: If ``path`` exists and ``overwrite`` is False.
-        SchemaError: For invalid names or dtypes, unequal lengths, or unknown chunk sizes.
-        Exception: Whatever a task raised; nothing is committed then.
+        SchemaError: For invalid names or dtypes, unequal lengths, unknown chunk sizes, or a
+            computed block that is not what its chunk declared (other rows, another row
+            shape, a dtype that does not cast safely); the message names the field and the
+            block's rows.
+        WriteError: If the filesystem fails (disk full, file size limit, read-only), naming ``path``.
+        Exception: Whatever a task raised. Nothing is committed, whatever the error.
     """
     path = os.path.abspath(_fs.check_path(path, "dataset path"))
     shard_rows = fmt.check_shard_rows(shard_rows)
@@ -177,15 +195,11 @@ def save_dask(
     fields = {name: fmt.field_spec(name, a.dtype, tuple(int(d) for d in a.shape[1:])) for name, a in arrays.items()}
     sources = [_ArraySource(name, arrays[name], spec) for name, spec in fields.items()]
     owner = {name: i for i, name in enumerate(fields)}
-    try:
+    with _fs.writing(path):
         _commit.check_target(path, overwrite)
         tmp = _commit.make_temp_dir(path)
-    except OSError as e:
-        if isinstance(e, MemseqError):
-            raise
-        raise _fs.os_error(e, path, "dataset", writing=True) from e
     try:
-        plan = plan_dataset(tmp, sources, fields, owner, shard_rows)
+        plan = plan_dataset(tmp, sources, fields, owner, shard_rows, path)
         units = _units(_boundaries(num_rows, plan.shards, arrays), plan.shards, plan.row_nbytes)
         results: dict[_Unit, dict[str, tuple[int, int]]] = {unit: {} for unit in units}
         tasks = []
@@ -205,7 +219,7 @@ def save_dask(
             for name, pieces in outputs:
                 for unit, crc, nbytes in pieces:
                     results[unit][name] = (crc, nbytes)
-        finish_dataset(plan, results, path, overwrite)
+        finish_dataset(plan, results, overwrite)
     except BaseException:
         _commit.remove_temp_dir(tmp)
         raise
@@ -231,12 +245,12 @@ def _block_tasks(plan: Any, name: str, array: da.Array, units: list[_Unit]) -> l
             offset = plan.header_lengths[name] + (a - plan.shards[s][0]) * spec.row_nbytes
             pieces.append((unit, plan.path(s, name), offset, a - r0, b - r0))
             k += 1
-        tasks.append(write(block, name, spec.dtype.str, spec.row_nbytes, pieces))
+        tasks.append(write(block, spec, (r0, r1), pieces, plan.dst))
     return tasks
 
 
 def _write_here(plan: Any, name: str, array: Any, units: list[_Unit], results: dict[_Unit, dict[str, tuple[int, int]]]) -> None:
-    """Writes a non-Dask field in this process, unit by unit, in pieces."""
+    """Writes a non-Dask field in this process, unit by unit, in pieces (checked as Dask blocks are)."""
     spec = plan.fields[name]
     step = max(1, _PIECE_BYTES // max(spec.row_nbytes, 1))
     fds: dict[str, int] = {}
@@ -244,16 +258,17 @@ def _write_here(plan: Any, name: str, array: Any, units: list[_Unit], results: d
         for unit in units:
             s, a, b = unit
             file = plan.path(s, name)
-            fd = fds.get(file)
-            if fd is None:
-                fd = fds[file] = os.open(file, _OPEN_FLAGS)
             crc = 0
             for lo in range(a, b, step):
                 hi = min(b, lo + step)
-                rows = np.ascontiguousarray(array[lo:hi], dtype=spec.dtype)
+                rows = checked_rows(array[lo:hi], spec, hi - lo, f"{plan.dst}: rows {lo}:{hi}")
                 view = memoryview(rows.reshape(-1).view(np.uint8)) if rows.size else memoryview(b"")
                 crc = crc32(view, crc)
-                _pwrite_all(fd, view, plan.header_lengths[name] + (lo - plan.shards[s][0]) * spec.row_nbytes)
+                with _fs.writing(plan.dst, f"the data of field {name!r}"):
+                    fd = fds.get(file)
+                    if fd is None:
+                        fd = fds[file] = os.open(file, _OPEN_FLAGS)
+                    _pwrite_all(fd, view, plan.header_lengths[name] + (lo - plan.shards[s][0]) * spec.row_nbytes)
             results[unit][name] = (crc, (b - a) * spec.row_nbytes)
     finally:
         for fd in fds.values():

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from memseq import _commit
+from memseq import _commit, _fs
 from memseq import format as fmt
 from memseq._checks import check_int, equal_row_counts
 from memseq._checksum import crc32, crc32_combine
@@ -36,6 +36,7 @@ from memseq.convert._ragged import convert_streaming
 from memseq.dataset import Dataset
 from memseq.dataset import open as open_dataset
 from memseq.errors import MemseqError, SchemaError
+from memseq.writer import checked_rows
 
 __all__ = ["convert"]
 
@@ -57,6 +58,7 @@ class _Plan:
     """Everything a worker needs: sources, fields, the temp dir and the file layout."""
 
     root: str
+    dst: str  # the dataset being written, named in messages
     sources: list[Source]
     fields: dict[str, fmt.FieldSpec]
     owner: dict[str, int]  # field -> index of its source
@@ -103,10 +105,16 @@ def _combine_sources(sources: Iterable[Source]) -> tuple[list[Source], dict[str,
 
 
 def plan_dataset(root: str, sources: list[Source], fields: dict[str, fmt.FieldSpec], owner: dict[str, int],
-          shard_rows: int | None) -> _Plan:
-    """The plan of a conversion into ``root``, whose data files it creates with their final size."""
+          shard_rows: int | None, dst: str) -> _Plan:
+    """The plan of a conversion into ``root`` (the temporary directory of ``dst``), whose data files it creates
+    with their final size.
+
+    Raises:
+        WriteError: If the files cannot be created or sized (disk full, file size limit, read-only filesystem).
+    """
     plan = _Plan(
         root=root,
+        dst=dst,
         sources=sources,
         fields=fields,
         owner=owner,
@@ -115,6 +123,13 @@ def plan_dataset(root: str, sources: list[Source], fields: dict[str, fmt.FieldSp
         header_lengths={n: fmt.reserved_header_length(s.dtype, s.shape) for n, s in fields.items()},
     )
     # Pre-size every file with its final header; workers fill in the rows.
+    with _fs.writing(dst):
+        _presize(plan)
+    return plan
+
+
+def _presize(plan: _Plan) -> None:
+    root, fields, shard_rows = plan.root, plan.fields, plan.shard_rows
     for s, (start, stop) in enumerate(plan.shards):
         directory = fmt.shard_directory(s, shard_rows)
         if directory:
@@ -123,7 +138,6 @@ def plan_dataset(root: str, sources: list[Source], fields: dict[str, fmt.FieldSp
             with open(plan.path(s, field), "xb") as f:
                 f.write(fmt.npy_header(spec.dtype, (stop - start, *spec.shape), plan.header_lengths[field]))
                 f.truncate(plan.header_lengths[field] + (stop - start) * spec.row_nbytes)
-    return plan
 
 
 def _units(plan: _Plan) -> list[_Unit]:
@@ -190,16 +204,12 @@ def _write_unit(unit: _Unit, progress: Callable[[int], None] | None = None) -> _
                 if plan.owner[name] != i:
                     continue
                 spec = plan.fields[name]
-                if array.shape != (b - a, *spec.shape):
-                    raise SchemaError(
-                        f"{source.description}: field {name!r} rows {a}:{b} have shape {array.shape}; "
-                        f"expected {(b - a, *spec.shape)}."
-                    )
-                data = np.ascontiguousarray(array, dtype=spec.dtype)
+                data = checked_rows(array, spec, b - a, f"{source.description} (rows {a}:{b})")
                 view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
                 crcs[name] = crc32(view, crcs[name])
                 offset = plan.header_lengths[name] + (a - shard_start) * spec.row_nbytes
-                _pwrite_all(plan.path(s, name), view, offset)
+                with _fs.writing(plan.dst, f"the data of field {name!r}"):
+                    _pwrite_all(plan.path(s, name), view, offset)
         if progress is not None:
             progress(b - a)
     return {name: (crcs[name], (stop - start) * spec.row_nbytes) for name, spec in plan.fields.items()}
@@ -272,8 +282,18 @@ def _run(plan: _Plan, units: list[_Unit], jobs: int, progress: bool | None, desc
 # --------------------------------------------------------------------------- finish
 
 
-def finish_dataset(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overwrite: bool) -> None:
-    """Combines the units' CRC-32s in file order, fsyncs, writes the manifest last, publishes."""
+def finish_dataset(plan: _Plan, results: dict[_Unit, _UnitCrcs], overwrite: bool) -> None:
+    """Combines the units' CRC-32s in file order, fsyncs, writes the manifest last, publishes at ``plan.dst``.
+
+    Raises:
+        WriteError: If the filesystem fails (disk full, file size limit, read-only).
+        DatasetExistsError: If ``plan.dst`` appeared meanwhile and ``overwrite`` is False.
+    """
+    with _fs.writing(plan.dst):
+        _finish(plan, results, overwrite)
+
+
+def _finish(plan: _Plan, results: dict[_Unit, _UnitCrcs], overwrite: bool) -> None:
     shard_units = collections.defaultdict(list)
     for unit in sorted(results):
         shard_units[unit[0]].append(unit)
@@ -292,7 +312,7 @@ def finish_dataset(plan: _Plan, results: dict[_Unit, _UnitCrcs], dst: str, overw
             _commit.fsync_dir(os.path.join(plan.root, directory))
         shard_specs.append(fmt.ShardSpec(stop - start, entries))
     _commit.write_manifest(plan.root, fmt.Manifest(plan.num_rows, dict(plan.fields), tuple(shard_specs)))
-    _commit.publish(plan.root, dst, overwrite)
+    _commit.publish(plan.root, plan.dst, overwrite)
 
 
 def _check_not_inside_a_source(dst: str, sources: list[Source]) -> None:
@@ -358,12 +378,19 @@ def convert(
         # Variable-length rows cannot go into pre-sized files: one streaming Writer, here.
         convert_streaming(dst, sources, fields, owner, shard_rows=shard_rows, overwrite=overwrite, progress=progress)
         return open_dataset(dst)
-    _commit.check_target(dst, overwrite)
-    tmp = _commit.make_temp_dir(dst)
+    with _fs.writing(dst):
+        _commit.check_target(dst, overwrite)
+        tmp = _commit.make_temp_dir(dst)
     try:
-        plan = plan_dataset(tmp, sources, fields, owner, shard_rows)
+        plan = plan_dataset(tmp, sources, fields, owner, shard_rows, dst)
         results = _run(plan, _units(plan), jobs, progress, f"converting {os.path.basename(dst)}")
-        finish_dataset(plan, results, dst, overwrite)
+        finish_dataset(plan, results, overwrite)
+    except OSError as e:
+        _commit.remove_temp_dir(tmp)
+        if isinstance(e, MemseqError):
+            raise
+        # Writes raise WriteError where they happen: what is left failed reading a source.
+        raise _fs.os_error(e, e.filename or dst, "a source file" if e.filename else "a source") from e
     except BaseException:
         _commit.remove_temp_dir(tmp)  # deletes it and drops its lock, as Writer.abort does
         raise

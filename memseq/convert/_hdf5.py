@@ -40,6 +40,69 @@ def _selection(f: Any, h5py: Any, path: str, datasets: Mapping[str, str] | Seque
     return {_h5_field_name(p): p for p in datasets}
 
 
+def _vds_candidates(file_name: str, vds_path: str) -> list[str]:
+    """Where HDF5 looks for the source file ``file_name`` of a virtual dataset in ``vds_path``, in order.
+
+    An absolute name is used as it is. A relative one is tried under each entry of
+    ``HDF5_VDS_PREFIX`` (``${ORIGIN}`` is the virtual dataset file's directory), then
+    beside the virtual dataset file, then in the current directory.
+    """
+    if os.path.isabs(file_name):
+        return [file_name]
+    origin = os.path.dirname(os.path.abspath(vds_path))
+    prefixes = [p.replace("${ORIGIN}", origin) for p in os.environ.get("HDF5_VDS_PREFIX", "").split(os.pathsep) if p]
+    return [os.path.join(p, file_name) for p in prefixes] + [os.path.join(origin, file_name), file_name]
+
+
+def _check_virtual(h5py: Any, f: Any, dset: Any, path: str, where: str) -> None:
+    """Refuses a virtual dataset with a source HDF5 would not find.
+
+    HDF5 reads the fill value for every row mapped to a missing source file or dataset,
+    without an error: converting it would commit values HDF5 invented.
+
+    Raises:
+        FormatError: Naming the missing source, the fill value, and what to do.
+    """
+    if not dset.is_virtual:
+        return
+    fill = np.asarray(dset.fillvalue).tolist()
+
+    def refuse(problem: str) -> FormatError:
+        return FormatError(
+            f"{where}: a virtual dataset whose {problem}. HDF5 would return the fill value ({fill!r}) for "
+            "its rows without an error; memseq refuses rather than convert invented values. Restore the "
+            "source (or point HDF5_VDS_PREFIX at it), or convert the source datasets themselves."
+        )
+
+    opened: dict[str, Any] = {}
+    try:
+        for vmap in dset.virtual_sources():
+            file_name, dset_name = vmap.file_name, vmap.dset_name
+            if "%" in file_name or "%" in dset_name:
+                raise refuse(f"sources are named by a printf-style pattern ({file_name!r}, {dset_name!r}), which "
+                             "memseq cannot check, so any missing one would read as fill values")
+            if file_name == ".":
+                src = f
+            else:
+                found = next((c for c in _vds_candidates(file_name, path) if os.path.isfile(c)), None)
+                if found is None:
+                    raise refuse(f"source file {file_name!r} (for dataset {dset_name!r}) is missing")
+                src = opened.get(found)
+                if src is None:
+                    try:
+                        src = opened[found] = h5py.File(found, "r")
+                    except OSError as e:
+                        raise refuse(f"source file {found} cannot be opened ({e})") from e
+            source = src.get(dset_name)
+            if not isinstance(source, h5py.Dataset):
+                raise refuse(f"source dataset {dset_name!r} is missing from {file_name!r}")
+            # A source smaller than its mapping is an error of HDF5's own on reading
+            # ("insufficient elements"), which read() reports as CorruptFileError.
+    finally:
+        for handle in opened.values():
+            handle.close()
+
+
 class HDF5Source(Source):
     """Datasets of an HDF5 file as fields, read by ``h5py`` slicing (needs h5py).
 
@@ -51,7 +114,10 @@ class HDF5Source(Source):
 
     Raises:
         DatasetNotFoundError: If the file does not exist.
-        FormatError: If it is not a readable HDF5 file or a path is not a dataset.
+        FormatError: If it is not a readable HDF5 file, a path is not a dataset, or a
+            virtual dataset has a missing source file or source dataset (HDF5 would
+            read its fill value for those rows: memseq refuses rather than convert
+            invented values).
         SchemaError: For a missing dataset, unsupported dtype or unequal lengths.
         MemseqError: If h5py is not installed.
     """
@@ -77,6 +143,7 @@ class HDF5Source(Source):
                     raise FormatError(f"{where}: is a {type(obj).__name__}, not a dataset.")
                 if obj.shape is None or len(obj.shape) == 0:
                     raise SchemaError(f"{where}: a scalar dataset has no rows.")
+                _check_virtual(h5py, f, obj, self.path, where)
                 fields[name] = field_spec_at(name, obj.dtype, obj.shape[1:], where)
                 self.datasets[name] = dpath
                 rows[name] = int(obj.shape[0])
@@ -85,7 +152,11 @@ class HDF5Source(Source):
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         if self._open_file is None:
-            self._open_file = _import_h5py().File(self.path, "r")
+            h5py = _import_h5py()
+            self._open_file = h5py.File(self.path, "r")
+            # Checked again in each process that reads: a source file may have gone since.
+            for dpath in self.datasets.values():
+                _check_virtual(h5py, self._open_file, self._open_file[dpath], self.path, f"{self.path}:{dpath}")
         out = {}
         for name, dpath in self.datasets.items():
             spec = self.fields[name]

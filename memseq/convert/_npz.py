@@ -56,7 +56,8 @@ class NpzSource(Source):
         DatasetNotFoundError: If the file does not exist.
         FormatError: If it is not a readable zip archive of ``.npy`` members.
         CorruptFileError: If a member's size does not match its header.
-        SchemaError: For an unknown array name, an unsupported dtype or invalid names.
+        SchemaError: For an unknown array name, an unsupported dtype (object arrays
+            included: memseq never unpickles) or invalid names.
     """
 
     def __init__(self, path: str | os.PathLike, keys: Mapping[str, str] | Sequence[str] | None = None):
@@ -94,6 +95,13 @@ class NpzSource(Source):
                 dtype, shape, header_length = fmt.read_npy_header(f, where)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
             raise CorruptFileError(f"{where}: cannot read the member ({e}).") from e
+        if dtype.hasobject:
+            # np.save pickles object arrays: their size never matches the header, and
+            # reading them would mean unpickling, which memseq never does.
+            raise SchemaError(
+                f"{where}: object arrays (dtype {dtype}) are not supported: memseq stores bool and numeric "
+                "arrays only and never unpickles. Convert the array to a numeric dtype first."
+            )
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if info.file_size != header_length + nbytes:
             raise CorruptFileError(
