@@ -114,7 +114,11 @@ class ShapesSequence(memseq.MemmapSequence):
 
 
 class NoLenSequence(memseq.MemmapSequence):
-    """``test_iterate_infinite_with_no_len``' class: ``num_batches`` unknown (``NotImplementedError``, as ``PyDataset``'s default without ``__len__``)."""
+    """``test_iterate_infinite_with_no_len``' class: ``num_batches`` unknown.
+
+    It raises ``NotImplementedError``, as ``PyDataset``'s default does for a class
+    without ``__len__``.
+    """
 
     def __init__(self, data, **kwargs):
         super().__init__(data, x="x", batch_size=2, shuffle=False, **kwargs)
