@@ -323,8 +323,10 @@ Variable-length fields (converted in one process; --jobs does not apply):
                             a headerless token stream cut into rows after each
                             SEPARATOR token, e.g. --tokens tokens=train.bin:uint16:50256
 
-Image folders: SRC/<class>/<image files>. Fields 'image' (uint8, HxWxC; C=3, or 1
-with --gray) and 'label' (int64: the class's index in alphabetical order). Without
+Image folders: SRC/<class>/<image files>. Fields 'image' (HxWxC; C=3, or 1 with
+--gray) and 'label' (int64: the class's index in alphabetical order). Pixel values
+are kept exactly: 8-bit images as uint8, 16-bit grayscale as uint16 (32-bit: int32,
+float32); 16-bit colour images (which Pillow reads as 8-bit) are refused. Without
 --image-size every image must have the first image's size; with it every image is
 resized. The class names are printed (and written as a JSON list with
 --classes-file, outside DST: the dataset directory holds memseq files only).

@@ -526,3 +526,13 @@ def test_cli_already_exists_names_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already exists; pass --overwrite to replace it" in err and "overwrite=True" not in err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_classes_file_with_a_long_name_and_a_failing_disk(tmp_path, monkeypatch):
+    target = tmp_path / ("c" * 250)
+    cv.write_classes(target, ["cat", "dog"])
+    assert json.loads(target.read_text()) == ["cat", "dog"]
+    monkeypatch.setattr(os, "replace", _failing(errno.ENOSPC))
+    with pytest.raises(memseq.WriteError, match="writing the classes file failed: No space left on device"):
+        cv.write_classes(tmp_path / "other.json", ["cat"])
+    assert sorted(os.listdir(tmp_path)) == [target.name]

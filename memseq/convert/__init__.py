@@ -20,9 +20,15 @@ file into memory:
   rows (documents) after each separator token. Conversions with a variable-length
   field stream through one :class:`memseq.Writer` in this process.
 - :class:`ImageFolderSource`: a folder with one sub-folder per class, giving the
-  fields ``image`` (``uint8``, ``(height, width, channels)``) and ``label``
-  (``int64``, the index of the class in alphabetical order). Images are decoded one
-  at a time with Pillow (optional: ``pip install "memseq[convert]"``).
+  fields ``image`` (``(height, width, channels)``: ``uint8`` for 8-bit images,
+  ``uint16`` for 16-bit grayscale, values kept exactly; 16-bit colour images, which
+  Pillow reads as 8-bit, are refused) and ``label`` (``int64``, the index of the
+  class in alphabetical order). Images are decoded one at a time with Pillow
+  (optional: ``pip install "memseq[convert]"``).
+
+Values a library would invent are refused, never converted: an HDF5 virtual dataset
+whose source file or dataset is missing (HDF5 reads its fill value), an object array
+in an ``.npz`` (memseq never unpickles).
 
 Several sources can be combined (say images from an ``.npy`` file and labels from
 an HDF5 file) as long as they have the same number of rows and distinct field names.

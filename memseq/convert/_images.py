@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from memseq import _fs
 from memseq import format as fmt
 from memseq.convert._base import Source, optional_module
 from memseq.errors import CorruptFileError, DatasetNotFoundError, FormatError, MemseqError, SchemaError
@@ -222,7 +223,12 @@ class ImageFolderSource(Source):
 
 
 def write_classes(path: str | os.PathLike, classes: Sequence[str], dst: str | os.PathLike | None = None) -> None:
-    """Writes class names as a JSON list (index = label), refusing paths inside ``dst``."""
+    """Writes class names as a JSON list (index = label), refusing paths inside ``dst``.
+
+    Raises:
+        SchemaError: If ``path`` is inside ``dst``.
+        WriteError, DatasetPermissionError, DatasetNotFoundError: If the file cannot be written.
+    """
     path = os.path.abspath(os.fspath(path))
     if dst is not None:
         root = os.path.abspath(os.fspath(dst))
@@ -231,8 +237,17 @@ def write_classes(path: str | os.PathLike, classes: Sequence[str], dst: str | os
                 f"{path}: the classes file cannot go inside the dataset directory {root}: "
                 "the memseq format does not allow extra files there."
             )
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(list(classes), f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    # A short temporary name: "<path>.tmp-..." would exceed NAME_MAX for a long file name.
+    tmp = os.path.join(os.path.dirname(path), f".memseq-classes-{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with _fs.writing(path, "the classes file"):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(list(classes), f, indent=1)
+                f.write("\n")
+            os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
