@@ -24,7 +24,10 @@ test:
   (batches cycle; ``fit`` ran the asked number of steps);
 - ``test_fit_with_data_adapter``'s process-worker cases are skipped by Keras under
   TensorFlow ("hangs") and JAX; here they run under TensorFlow (memseq supports them)
-  and are skipped under JAX as in Keras (each JAX worker start costs seconds).
+  and are skipped under JAX as in Keras (each JAX worker start costs seconds);
+- ``test_basic_flow``'s JAX-array case runs in the JAX run only (under TensorFlow it
+  would start JAX's threads in a process that later forks workers); its torch case
+  is skipped when torch is not installed.
 
 Runs under the backend of ``KERAS_BACKEND`` (TensorFlow by default). The last test
 runs this file again under JAX in a fresh interpreter, so one test command covers
