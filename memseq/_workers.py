@@ -1,64 +1,88 @@
 """Batch producers: build a sequence's batches ahead, in order, in threads or processes.
 
-``model.fit(seq)`` needs batch ``i + 1 ... i + max_queue_size`` being built while the
-model trains on batch ``i``. A producer does that for one epoch: given the batch
-indices of the epoch in the order they will be consumed, it builds them with
-``workers`` threads or processes, keeps at most ``max_queue_size`` finished or
-in-flight batches ahead of the consumer, and yields them in order.
+``model.fit(seq)`` needs batches ``i + 1 ... i + max_queue_size`` being built while the
+model trains on batch ``i``. A producer does that, one epoch at a time: given the batch
+indices of an epoch in the order they will be consumed (a finite sequence, or an
+endless iterable for an endless dataset), it builds them with ``workers`` threads or
+processes, keeps at most ``max_queue_size`` finished or in-flight batches ahead of the
+consumer (``0``: no bound, as Keras' queue; an endless epoch then keeps two per
+worker ahead), and yields them in order.
 
-A batch is built by ``build(index, epoch) -> dict of field name -> ndarray`` (the
-sequence's ``get_fields``), so what a worker returns is bit-identical to
-``seq.get_batch(index, epoch)`` whatever the worker kind or count.
+A batch is built by ``build(index, epoch)``, which returns what ``seq[index]`` returns
+for that epoch (any nesting of tuples, lists and dicts of arrays), so what a worker
+hands over is exactly what the sequence says, whatever the worker kind or count.
+
+Contract, for every producer kind:
+
+- Batches come out in the order of ``indices``. An error raised while building batch
+  ``k`` is raised when the consumer reaches ``k``, after every earlier batch.
+- Workers are *persistent*, as PyTorch's ``persistent_workers``: they start with the
+  first epoch and serve every later epoch until :meth:`close` (or until the producer
+  is garbage-collected). A sequence's state is sent to process workers when they
+  start; with ``refresh=True`` it is sent again at the start of every epoch, so state
+  a subclass changes in ``on_epoch_begin``/``on_epoch_end`` reaches them (as Keras'
+  per-epoch pools do).
+- A worker process that dies (OOM killer, SIGKILL, ``os._exit``) fails the epoch with
+  :class:`~memseq.WorkerError` naming its exit status and batch, at once: its death is
+  watched through a pidfd, which a process it forked cannot hold open (a pipe or the
+  ``multiprocessing`` sentinel can be inherited and never close).
+- No orphans: a worker exits when the trainer dies, however it dies. Each worker
+  closes the trainer's ends of every memseq pipe it inherited under ``fork`` (so its
+  own pipe reaches EOF), and asks Linux for ``SIGKILL`` when its parent goes
+  (``PR_SET_PDEATHSIG``; the parent is the dispatcher thread that started it, which
+  lives as long as the workers, or the fork server, which exits with the trainer).
+- ``SystemExit``, ``KeyboardInterrupt`` and other non-``Exception`` errors raised
+  while building a batch become a :class:`~memseq.WorkerError`: they must not stop
+  the training process as if it had been asked to exit.
 
 Why not Keras' own ``OrderedEnqueuer``: it waits on ``multiprocessing.Pool`` results
-without a timeout, so a worker process that dies (OOM killer, SIGKILL,
-``os._exit``) hangs training forever, and ``SystemExit`` or ``KeyboardInterrupt``
-raised inside a worker hang it too. Here:
-
-- **Threads** (:class:`ThreadProducer`) run ``build`` on a small
-  ``concurrent.futures`` pool. numpy's gathers from a memory map release the GIL,
-  so threads scale for reading; any exception, ``BaseException`` included, is
-  caught and handed to the consumer.
-- **Processes** (:class:`ProcessProducer`) each own a pipe. The parent sends
-  ``(index, epoch)``; the worker sends back each array's dtype and shape, then its
-  raw bytes, which the parent receives straight into a recycled 64-byte-aligned
-  buffer (no pickling of array data, one copy through the kernel). A dispatcher
-  thread in the parent waits on the pipes *and on every worker's sentinel*: a
-  worker that dies fails the epoch at once with :class:`~memseq.WorkerError`
-  naming its exit code or signal and the batch it was building. Workers are
-  stopped (and, if need be, killed) when the epoch ends, fails, or is abandoned,
-  and they exit on their own if the parent dies (their pipe reaches EOF).
+without a timeout (a dead worker hangs training forever), restarts its pool every
+epoch (interpreter, Keras and backend start-up per worker per epoch under spawn and
+forkserver), and pickles every batch through the pool's result pipe. Here a process
+worker sends a batch's pickled structure with its arrays out of band (pickle protocol
+5), and the parent receives each array's bytes straight into a recycled 64-byte-aligned
+buffer: one copy through the kernel.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import ctypes
+import ctypes.util
+import itertools
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
+import queue
 import signal
 import sys
 import threading
 import traceback
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 import numpy as np
 
+from memseq import _forksafe
 from memseq._buffers import BufferPool
 from memseq.errors import WorkerError
 
-__all__ = ["InlineProducer", "ProcessProducer", "ThreadProducer", "make_producer"]
+__all__ = ["InlineProducer", "ProcessProducer", "ThreadProducer", "default_start_method", "make_producer"]
 
-Batch = dict[str, np.ndarray]
-BuildFn = Callable[[int, int], Batch]
+BuildFn = Callable[[int, int], Any]
 
-# How long the consumer waits between checks that the producer is still alive (the
-# dispatcher reports failures at once; this only bounds a wait on a lost wake-up).
-_POLL_SECONDS = 0.5
-# How long stopping workers may take before they are killed.
+# How long stopping a worker may take before it is killed.
 _STOP_SECONDS = 2.0
+# Without pidfds (not Linux, or a kernel before 5.3), how often busy workers are polled.
+_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
+
+# The trainer's ends of every worker pipe, so that a worker forked later closes its
+# inherited copies (held weakly: a closed producer's connections drop out).
+_parent_ends: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -73,32 +97,44 @@ def _describe_exit(exitcode: int | None) -> str:
 
 
 def _surface(error: BaseException, index: int, epoch: int) -> BaseException:
-    """The exception to raise in the consumer for ``error`` raised while building a batch.
+    """The exception to raise in the consumer for ``error``, raised while building a batch.
 
     Ordinary exceptions keep their type (``except ValueError`` in user code still
-    works). ``SystemExit``, ``KeyboardInterrupt`` and other non-``Exception``
-    errors raised *inside a worker* must not stop the training process as if it
-    had been asked to exit: they become a :class:`WorkerError` naming them.
+    works); ``SystemExit``, ``KeyboardInterrupt`` and other non-``Exception`` errors
+    become a :class:`WorkerError` naming them.
     """
     if isinstance(error, Exception):
         return error
-    return WorkerError(
+    surfaced = WorkerError(
         f"A worker raised {type(error).__name__}({', '.join(map(repr, error.args))}) "
         f"while building batch {index} of epoch {epoch}."
     )
+    surfaced.__cause__ = error
+    return surfaced
+
+
+def _ahead(max_queue_size: int, floor: int) -> float:
+    """Batches allowed ahead of the consumer: ``max_queue_size``, at least ``floor``; 0 = no bound."""
+    return float("inf") if max_queue_size == 0 else max(floor, max_queue_size)
+
+
+def _bounded(ahead: float, indices: Iterable[int], workers: int) -> float:
+    """``ahead`` for this epoch: an endless epoch with no bound keeps two batches per worker ahead."""
+    return 2 * workers if ahead == float("inf") and not isinstance(indices, Sized) else ahead
 
 
 class InlineProducer:
-    """Builds each batch when the consumer asks for it, in the consumer's thread (``workers=0``).
+    """Builds each batch when the consumer asks for it, in the consumer's thread.
 
-    Errors propagate unchanged, as from ``seq[i]``: this is the training loop's own
-    thread, where a ``KeyboardInterrupt`` is the user's Ctrl-C.
+    Keras builds inline when ``workers <= 1`` without processes. Errors propagate
+    unchanged, as from ``seq[i]``: this is the training loop's own thread, where a
+    ``KeyboardInterrupt`` is the user's Ctrl-C.
     """
 
     def __init__(self, build: BuildFn):
         self._build = build
 
-    def epoch(self, indices: Sequence[int], epoch: int) -> Iterator[Batch]:
+    def epoch(self, indices: Iterable[int], epoch: int) -> Iterator[Any]:
         """Yields ``build(i, epoch)`` for ``i`` in ``indices``."""
         for index in indices:
             yield self._build(index, epoch)
@@ -108,15 +144,22 @@ class InlineProducer:
 
 
 class ThreadProducer:
-    """Builds batches ahead on ``workers`` threads, at most ``max_queue_size`` ahead."""
+    """Builds batches ahead on ``workers`` persistent threads.
+
+    Args:
+        build: ``build(index, epoch)``; must be thread-safe.
+        workers: Threads (>= 1).
+        max_queue_size: Batches built or being built ahead of the consumer (0: no bound).
+    """
 
     def __init__(self, build: BuildFn, workers: int, max_queue_size: int):
         self._build = build
         self._workers = max(1, workers)
-        self._ahead = max(1, max_queue_size)
+        self._ahead = _ahead(max_queue_size, 1)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        _forksafe.register(self)
 
-    def _run(self, index: int, epoch: int) -> tuple[Batch | None, BaseException | None]:
+    def _run(self, index: int, epoch: int) -> tuple[Any, BaseException | None]:
         # BaseException too: a SystemExit in a pool thread would otherwise be
         # re-raised in the consumer as if the main program had asked to exit.
         try:
@@ -124,289 +167,476 @@ class ThreadProducer:
         except BaseException as error:  # noqa: BLE001 - handed to the consumer
             return None, error
 
-    def epoch(self, indices: Sequence[int], epoch: int) -> Iterator[Batch]:
+    def epoch(self, indices: Iterable[int], epoch: int) -> Iterator[Any]:
         """Yields the batches ``indices`` of ``epoch`` in order, built ahead on the threads."""
-        self.close()
-        pool = self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="memseq-worker")
-        pending: dict[int, concurrent.futures.Future] = {}
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="memseq-worker")
+        pool = self._pool
+        ahead = _bounded(self._ahead, indices, self._workers)
+        todo = iter(indices)
+        pending: collections.deque[tuple[int, concurrent.futures.Future]] = collections.deque()
         try:
-            for position, index in enumerate(indices):
-                for ahead in range(position, min(position + self._ahead, len(indices))):
-                    if ahead not in pending:
-                        pending[ahead] = pool.submit(self._run, indices[ahead], epoch)
-                batch, error = pending.pop(position).result()
+            while True:
+                while len(pending) < ahead:
+                    index = next(todo, None)
+                    if index is None:
+                        break
+                    pending.append((index, pool.submit(self._run, index, epoch)))
+                if not pending:
+                    return
+                index, future = pending.popleft()
+                batch, error = future.result()
                 if error is not None:
-                    surfaced = _surface(error, index, epoch)
-                    raise surfaced from (None if surfaced is error else error)
-                if position == len(indices) - 1:
-                    self.close()  # as ProcessProducer: nothing left running after the last batch
+                    raise _surface(error, index, epoch)
                 yield batch
         finally:
-            self.close()
+            for _, future in pending:
+                future.cancel()
 
     def close(self) -> None:
-        """Cancels what has not started and lets running builds finish in the background."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Cancels what has not started; running builds finish in the background."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _after_fork_in_child(self) -> None:
+        self._pool = None  # its threads do not exist in the child
 
 
-def _send_batch(conn: Any, index: int, batch: Batch) -> None:
-    arrays = {name: np.ascontiguousarray(array) for name, array in batch.items()}
-    conn.send(("batch", index, [(name, a.dtype.str, a.shape) for name, a in arrays.items()]))
-    for array in arrays.values():
-        conn.send_bytes(memoryview(array).cast("B") if array.nbytes else b"")
+# -- process workers
 
 
-def _worker_main(conn: Any, build: BuildFn) -> None:
+def _die_with_parent() -> None:
+    """Asks Linux to SIGKILL this process when its parent (thread) exits."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the pipe's EOF still ends the worker
+        pass
+
+
+def _send_batch(conn: Any, tag: int, batch: Any) -> None:
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(batch, protocol=5, buffer_callback=buffers.append)
+    raws = [buffer.raw() for buffer in buffers]
+    conn.send(("batch", tag, header, [raw.nbytes for raw in raws]))
+    for raw in raws:
+        conn.send_bytes(raw)
+
+
+def _worker_main(conn: Any, build: BuildFn, parent_pid: int | None) -> None:
     """A worker process: builds the batches it is sent until told to stop or the parent goes away."""
+    _die_with_parent()
+    # Under fork this process inherited the trainer's end of its own pipe and of every
+    # other worker's: close them, or no pipe reaches EOF when the trainer dies.
+    for end in list(_parent_ends):
+        end.close()
+    if parent_pid is not None and os.getppid() != parent_pid:
+        return  # the parent died before the death signal was armed
     # The parent handles Ctrl-C and stops the workers; a worker interrupted in the
     # middle of sending would leave the pipe half-written.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            task = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return  # the parent closed the pipe or died
-        if task is None:
+        if message is None:
             return
-        index, epoch = task
+        if message[0] == "build":
+            build = message[1]
+            continue
+        _, tag, index, epoch = message
         try:
             batch = build(index, epoch)
         except BaseException as error:  # noqa: BLE001 - reported to the parent, then carry on
             text = "".join(traceback.format_exception(error))
             try:
                 pickle.loads(pickle.dumps(error))  # the parent must be able to rebuild it
-                conn.send(("error", index, error, text))
+                conn.send(("error", tag, error, text))
             except Exception:  # it does not pickle: send its text
-                conn.send(("error", index, None, text))
+                conn.send(("error", tag, None, text))
             continue
-        _send_batch(conn, index, batch)
+        _send_batch(conn, tag, batch)
 
 
 class _Worker:
-    """One worker process, its pipe and the batch it is building."""
+    """One worker process, its pipe, its pidfd and the batch it is building."""
 
     def __init__(self, context: Any, build: BuildFn, number: int):
+        self.start_method = context.get_start_method()
         self.conn, child = context.Pipe(duplex=True)
+        _parent_ends.add(self.conn)
+        # Under forkserver the parent is the fork server, not this process.
+        parent_pid = None if self.start_method == "forkserver" else os.getpid()
         self.process = context.Process(
-            target=_worker_main, args=(child, build), name=f"memseq-worker-{number}", daemon=True
+            target=_worker_main, args=(child, build, parent_pid), name=f"memseq-worker-{number}", daemon=True
         )
         self.process.start()
         child.close()
+        self.pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                self.pidfd = os.pidfd_open(self.process.pid)
+            except OSError:  # kernel without pidfds
+                pass
         self.task: tuple[int, int] | None = None  # (position in the epoch, batch index)
+        self.delivered = False  # whether it ever sent a batch
+
+    @property
+    def death_watch(self) -> Any:
+        return self.pidfd if self.pidfd is not None else self.process.sentinel
+
+    def died(self, epoch: int) -> WorkerError:
+        """The error for this worker, whose process died."""
+        # The pidfd is readable as the process exits, a moment before its status is
+        # reported: wait for it, bounded.
+        self.process.join(_STOP_SECONDS)
+        exitcode = self.process.exitcode
+        what = "while idle" if self.task is None else f"while building batch {self.task[1]} of epoch {epoch}"
+        if exitcode == -signal.SIGKILL:
+            hint = (
+                "It was killed with SIGKILL, often by the kernel's OOM killer: use fewer workers "
+                "or a smaller max_queue_size or batch_size."
+            )
+        elif exitcode and exitcode > 0 and not self.delivered and self.start_method != "fork":
+            hint = (
+                f"Under the {self.start_method!r} start method each worker imports your main module: "
+                "a script that starts training at top level needs an `if __name__ == \"__main__\":` guard "
+                "(the worker's own traceback above says more)."
+            )
+        else:
+            hint = "Its own output (stderr) may say why."
+        return WorkerError(
+            f"A memseq worker process (pid {self.process.pid}) died with {_describe_exit(exitcode)} {what}. {hint}"
+        )
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(_STOP_SECONDS if self.task is None else 0.05)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(_STOP_SECONDS)
+        self.conn.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        self.process.close()
 
 
-def _died(worker: _Worker, epoch: int) -> WorkerError:
-    """The error for ``worker``, whose process died while building its batch."""
-    # The sentinel (or EOF) comes as the process exits, a moment before the kernel
-    # reports its status: wait for it, bounded.
-    worker.process.join(_STOP_SECONDS)
-    _, index = worker.task
-    return WorkerError(
-        f"A memseq worker process (pid {worker.process.pid}) died with "
-        f"{_describe_exit(worker.process.exitcode)} while building batch {index} of epoch {epoch}. "
-        "If it was killed for lack of memory, use fewer workers or a smaller max_queue_size or batch_size."
-    )
+class _Run:
+    """One epoch's exchange between the consumer and the dispatcher thread."""
 
-
-class _EpochState:
-    """Results of one epoch shared by the dispatcher thread and the consumer."""
-
-    def __init__(self, num_batches: int):
+    def __init__(self, indices: Iterable[int], epoch: int, ahead: float, wake: Callable[[], None]):
+        self.indices = iter(indices)
+        self.epoch = epoch
+        self.ahead = ahead
+        self.wake = wake
         self.cond = threading.Condition()
-        self.ready: dict[int, Batch] = {}
-        self.error: BaseException | None = None
-        self.consumed = 0  # positions handed to the consumer
-        self.num_batches = num_batches
-        self.stopped = False
+        # position -> (batch, None) or (None, error); ``end`` is the number of positions.
+        self.results: dict[int, tuple[Any, BaseException | None]] = {}
+        self.end: int | None = None
+        self.consumed = 0
+        self.cancelled = False
+        self.finished = threading.Event()  # the dispatcher is done with this run
+
+    def put(self, position: int, batch: Any, error: BaseException | None = None) -> None:
+        with self.cond:
+            self.results[position] = (batch, error)
+            self.cond.notify_all()
+
+    def close_at(self, end: int) -> None:
+        with self.cond:
+            self.end = end if self.end is None else min(self.end, end)
+            self.cond.notify_all()
+
+    def take(self, position: int) -> tuple[bool, Any]:
+        """``(True, batch)``, or ``(False, None)`` past the end; raises the batch's error."""
+        with self.cond:
+            while position not in self.results and (self.end is None or position < self.end):
+                self.cond.wait()
+            if position not in self.results:
+                return False, None
+            batch, error = self.results.pop(position)
+            self.consumed = position + 1
+        self.wake()
+        if error is not None:
+            raise error
+        return True, batch
+
+    def room(self) -> float:
+        with self.cond:
+            return self.consumed + self.ahead
+
+
+class _Pool:
+    """The worker processes and the dispatcher thread that starts and serves them.
+
+    Kept apart from :class:`ProcessProducer` so that the thread refers only to this
+    object, and a producer that nobody references can be collected (which stops it).
+    """
+
+    def __init__(self, build: BuildFn, workers: int, start_method: str, refresh: bool):
+        self.build = build
+        self.num_workers = workers
+        self.context = multiprocessing.get_context(start_method)
+        self.refresh = refresh
+        self.buffers = BufferPool()
+        self.workers: list[_Worker] = []
+        self.runs: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.thread = threading.Thread(target=self.serve, name="memseq-dispatcher", daemon=True)
+        self.thread.start()
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the dispatcher has wake-ups pending anyway
+
+    def serve(self) -> None:
+        try:
+            while True:
+                run = self.runs.get()
+                if run is None:
+                    return
+                try:
+                    self.start_workers(run.epoch)
+                    self.run_epoch(run)
+                except BaseException as error:  # noqa: BLE001 - the consumer raises it
+                    self.fail(run, error)
+                    # Their pipes may hold half an exchange: start afresh next epoch.
+                    for worker in self.workers:
+                        worker.stop()
+                    self.workers.clear()
+                finally:
+                    run.finished.set()
+        finally:
+            for worker in self.workers:
+                worker.stop()
+            self.workers.clear()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def start_workers(self, epoch: int) -> None:
+        if self.workers and self.refresh:
+            for worker in self.workers:
+                worker.conn.send(("build", self.build))
+        while len(self.workers) < self.num_workers:
+            self.workers.append(_Worker(self.context, self.build, len(self.workers)))
+
+    def fail(self, run: _Run, error: BaseException) -> None:
+        """Makes ``error`` the outcome of the first position not yet built."""
+        with run.cond:
+            position = min([w.task[0] for w in self.workers if w.task is not None], default=None)
+            if position is None:
+                position = max(run.results, default=run.consumed - 1) + 1
+            run.results.setdefault(position, (None, error))
+            run.end = position + 1 if run.end is None else min(run.end, position + 1)
+            run.cond.notify_all()
+
+    def run_epoch(self, run: _Run) -> None:
+        next_position = 0
+        exhausted = False
+        failed = False
+        while True:
+            if run.cancelled:
+                failed = True
+            if not failed and not exhausted:
+                room = run.room()
+                for worker in self.workers:
+                    if worker.task is None and next_position < room:
+                        index = next(run.indices, None)
+                        if index is None:
+                            exhausted = True
+                            run.close_at(next_position)
+                            break
+                        worker.task = (next_position, index)
+                        worker.conn.send(("task", next_position, index, run.epoch))
+                        next_position += 1
+            busy = [w for w in self.workers if w.task is not None]
+            if not busy and (failed or exhausted):
+                return
+            waitables = [self.wake_r] + [w.conn for w in busy] + [w.death_watch for w in self.workers]
+            timeout = None if all(w.pidfd is not None for w in self.workers) else _POLL_SECONDS
+            for ready in multiprocessing.connection.wait(waitables, timeout):
+                if ready == self.wake_r:
+                    os.read(self.wake_r, 4096)
+                    continue
+                for worker in list(self.workers):
+                    if ready is worker.conn:
+                        if worker.task is not None:
+                            failed |= self.receive(run, worker)
+                    elif ready == worker.death_watch:
+                        if worker.task is not None and worker.conn.poll():
+                            failed |= self.receive(run, worker)  # it sent its batch, then died
+                        if worker in self.workers:
+                            self.bury(run, worker, next_position)
+                            failed = True
+            if timeout is not None:
+                for worker in list(self.workers):  # no pidfd: a forked grandchild may hold the sentinel
+                    if worker.task is not None and not worker.process.is_alive() and not worker.conn.poll():
+                        self.bury(run, worker, next_position)
+                        failed = True
+
+    def bury(self, run: _Run, worker: _Worker, next_position: int) -> None:
+        """Fails ``run`` at the dead ``worker``'s batch (or the next one, if it was idle)."""
+        position = worker.task[0] if worker.task is not None else next_position
+        run.put(position, None, worker.died(run.epoch))
+        run.close_at(position + 1)
+        self.workers.remove(worker)
+        worker.task = None
+        worker.stop()
+
+    def receive(self, run: _Run, worker: _Worker) -> bool:
+        """Takes ``worker``'s finished batch (or error); returns whether the run failed."""
+        position, index = worker.task
+        try:
+            message = worker.conn.recv()
+            if message[0] == "error":
+                _, _, error, text = message
+                worker.task = None
+                run.put(position, None, _remote_error(error, text, index, run.epoch))
+                run.close_at(position + 1)
+                return True
+            _, _, header, sizes = message
+            buffers = []
+            for size in sizes:
+                out = self.buffers.empty((size,), np.dtype(np.uint8))
+                if size:
+                    worker.conn.recv_bytes_into(out)
+                else:
+                    worker.conn.recv_bytes()
+                buffers.append(out)
+            batch = pickle.loads(header, buffers=buffers)
+        except (EOFError, OSError):
+            self.bury(run, worker, position)
+            return True
+        worker.task = None
+        worker.delivered = True
+        run.put(position, batch)
+        return False
+
+    def submit(self, run: _Run) -> None:
+        self.runs.put(run)
+
+    def shutdown(self) -> None:
+        """Stops the workers and the thread (waits for both, bounded)."""
+        if self.thread.is_alive():
+            self.runs.put(None)
+            self.wake()
+            if self.thread is not threading.current_thread():
+                self.thread.join(_STOP_SECONDS * 2 + 1)
+
+
+def _remote_error(error: BaseException | None, text: str, index: int, epoch: int) -> BaseException:
+    where = f"while building batch {index} of epoch {epoch} in a worker process"
+    cause = WorkerError(f"Traceback in the worker {where}:\n{text}")
+    if isinstance(error, Exception):
+        error.__cause__ = cause
+        return error
+    if error is None:
+        return WorkerError(f"A worker raised an exception that does not pickle {where}:\n{text}")
+    surfaced = _surface(error, index, epoch)
+    surfaced.__cause__ = cause
+    return surfaced
 
 
 class ProcessProducer:
-    """Builds batches ahead in ``workers`` processes; a dead worker fails the epoch at once.
+    """Builds batches ahead in ``workers`` persistent processes; a dead worker fails the epoch at once.
 
     Args:
         build: ``build(index, epoch)``; must pickle cheaply under spawn and
-            forkserver (a :class:`~memseq.MemmapSequence`'s bound method does: the
-            sequence pickles by reference).
+            forkserver (a :class:`~memseq.MemmapSequence` pickles by reference).
         workers: Worker processes (>= 1).
-        max_queue_size: Batches built or being built ahead of the consumer.
+        max_queue_size: Batches built or being built ahead of the consumer (0: no bound).
         start_method: ``"fork"``, ``"spawn"`` or ``"forkserver"``.
+        refresh: Send ``build`` to the workers again at the start of every epoch.
     """
 
-    def __init__(self, build: BuildFn, workers: int, max_queue_size: int, start_method: str):
+    def __init__(self, build: BuildFn, workers: int, max_queue_size: int, start_method: str, *, refresh: bool = False):
         self._build = build
         self._num_workers = max(1, workers)
-        self._ahead = max(self._num_workers, max_queue_size)
-        self._context = multiprocessing.get_context(start_method)
-        self._buffers = BufferPool()
-        self._workers: list[_Worker] = []
-        self._dispatcher: threading.Thread | None = None
-        self._state: _EpochState | None = None
-        # Workers must not outlive the producer, even if nobody calls close().
-        self._finalizer = weakref.finalize(self, ProcessProducer._stop_workers, self._workers)
+        self._ahead = _ahead(max_queue_size, self._num_workers)
+        self._start_method = start_method
+        self._refresh = refresh
+        self._pool: _Pool | None = None
+        self._run: _Run | None = None
+        self._finalizer: weakref.finalize | None = None
+        _forksafe.register(self)
 
-    # -- the consumer side
-
-    def epoch(self, indices: Sequence[int], epoch: int) -> Iterator[Batch]:
+    def epoch(self, indices: Iterable[int], epoch: int) -> Iterator[Any]:
         """Yields the batches ``indices`` of ``epoch`` in order, built ahead in the processes.
 
         Raises:
             WorkerError: If a worker process dies, or raises a non-``Exception``.
             Exception: What ``build`` raised in a worker, same type where it pickles.
         """
-        self.close()
-        state = self._state = _EpochState(len(indices))
-        self._workers[:] = [_Worker(self._context, self._build, n) for n in range(self._num_workers)]
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, args=(state, list(indices), epoch), name="memseq-dispatcher", daemon=True
-        )
-        self._dispatcher.start()
+        self._end_run()
+        if self._pool is None or not self._pool.thread.is_alive():
+            self._pool = _Pool(self._build, self._num_workers, self._start_method, self._refresh)
+            self._finalizer = weakref.finalize(self, _Pool.shutdown, self._pool)
+        pool = self._pool
+        run = self._run = _Run(indices, epoch, _bounded(self._ahead, indices, self._num_workers), pool.wake)
+        pool.submit(run)
         try:
-            for position in range(len(indices)):
-                batch = self._take(state, position)
-                if position == len(indices) - 1:
-                    # Stop the workers with the last batch, not when the consumer
-                    # next asks: tf.data and Keras never ask past an epoch's last
-                    # batch, and a suspended generator would keep them alive.
-                    self.close()
+            for position in itertools.count():
+                more, batch = run.take(position)
+                if not more:
+                    return
                 yield batch
         finally:
-            self.close()
+            if self._run is run:
+                self._end_run()
 
-    def _take(self, state: _EpochState, position: int) -> Batch:
-        with state.cond:
-            while position not in state.ready and state.error is None and not state.stopped:
-                state.cond.wait(_POLL_SECONDS)
-            if state.error is not None and position not in state.ready:
-                raise state.error
-            if position not in state.ready:
-                raise WorkerError(f"The workers were stopped before batch {position} of this epoch was built.")
-            state.consumed = position + 1
-            state.cond.notify_all()
-            return state.ready.pop(position)
-
-    # -- the dispatcher thread
-
-    def _dispatch(self, state: _EpochState, indices: list[int], epoch: int) -> None:
-        try:
-            self._dispatch_loop(state, indices, epoch)
-        except BaseException as error:  # noqa: BLE001 - the consumer raises it
-            with state.cond:
-                if state.error is None and not state.stopped:
-                    state.error = error
-                state.cond.notify_all()
-
-    def _dispatch_loop(self, state: _EpochState, indices: list[int], epoch: int) -> None:
-        next_position = 0
-        in_flight = 0
-        while not state.stopped:
-            with state.cond:
-                limit = min(len(indices), state.consumed + self._ahead)
-            for worker in self._workers:
-                if worker.task is None and next_position < limit:
-                    worker.task = (next_position, indices[next_position])
-                    worker.conn.send((indices[next_position], epoch))
-                    next_position += 1
-                    in_flight += 1
-            if in_flight == 0:
-                if next_position >= len(indices):
-                    return
-                with state.cond:  # wait for the consumer to make room
-                    if not state.stopped and state.consumed + self._ahead <= next_position:
-                        state.cond.wait(_POLL_SECONDS)
-                continue
-            busy = [w for w in self._workers if w.task is not None]
-            waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-            for ready in multiprocessing.connection.wait(waitables, timeout=_POLL_SECONDS):
-                worker = next(w for w in busy if ready in (w.conn, w.process.sentinel))
-                if worker.task is None:
-                    continue
-                if ready is worker.conn or worker.conn.poll():
-                    self._receive(state, worker, epoch)
-                else:
-                    raise _died(worker, epoch)
-                in_flight -= 1
-
-    def _receive(self, state: _EpochState, worker: _Worker, epoch: int) -> None:
-        position, index = worker.task
-        try:
-            message = worker.conn.recv()
-            if message[0] == "error":
-                _, _, error, text = message
-                raise self._remote_error(error, text, index, epoch)
-            batch = {}
-            for name, dtype, shape in message[2]:
-                out = self._buffers.empty(tuple(shape), np.dtype(dtype))
-                if out.nbytes:
-                    worker.conn.recv_bytes_into(memoryview(out).cast("B"))
-                else:
-                    worker.conn.recv_bytes()
-                batch[name] = out
-        except (EOFError, OSError) as error:
-            raise _died(worker, epoch) from error
-        worker.task = None
-        with state.cond:
-            state.ready[position] = batch
-            state.cond.notify_all()
-
-    @staticmethod
-    def _remote_error(error: BaseException | None, text: str, index: int, epoch: int) -> BaseException:
-        where = f"while building batch {index} of epoch {epoch} in a worker process"
-        cause = WorkerError(f"Traceback in the worker {where}:\n{text}")
-        if isinstance(error, Exception):
-            error.__cause__ = cause
-            return error
-        if error is None:
-            return WorkerError(f"A worker raised an exception that does not pickle {where}:\n{text}")
-        surfaced = _surface(error, index, epoch)
-        surfaced.__cause__ = cause
-        return surfaced
-
-    # -- stopping
+    def _end_run(self) -> None:
+        """Stops the current epoch (if any): nothing more is sent, what is in flight is dropped."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        with run.cond:
+            run.cancelled = True
+        run.wake()
 
     def close(self) -> None:
         """Stops the dispatcher and the workers (killing any that do not stop in time)."""
-        state, self._state = self._state, None
-        if state is not None:
-            with state.cond:
-                state.stopped = True
-                state.cond.notify_all()
-        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-            self._dispatcher.join(_STOP_SECONDS + _POLL_SECONDS)
-            self._dispatcher = None
-        ProcessProducer._stop_workers(self._workers)
+        self._end_run()
+        if self._finalizer is not None:
+            self._finalizer()
+        self._pool = None
 
-    @staticmethod
-    def _stop_workers(workers: list[_Worker]) -> None:
-        for worker in workers:
-            try:
-                worker.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        for worker in workers:
-            worker.process.join(_STOP_SECONDS if worker.task is None else 0.05)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(_STOP_SECONDS)
-            worker.conn.close()
-            worker.process.close()
-        workers.clear()
+    def _after_fork_in_child(self) -> None:
+        # The workers are the parent's, and the dispatcher thread does not exist here.
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._pool = self._run = self._finalizer = None
 
 
 def make_producer(
-    build: BuildFn, *, workers: int, use_multiprocessing: bool, max_queue_size: int, start_method: str
+    build: BuildFn,
+    *,
+    workers: int,
+    use_multiprocessing: bool,
+    max_queue_size: int,
+    start_method: str,
+    refresh: bool = False,
 ) -> InlineProducer | ThreadProducer | ProcessProducer:
-    """The producer for Keras' worker options.
+    """The producer for Keras' worker options, chosen as Keras chooses.
 
-    ``workers=0`` (without processes) builds batches inline; threads otherwise,
-    or processes with ``use_multiprocessing=True``.
+    Processes with ``use_multiprocessing=True`` and ``workers >= 1``; threads with
+    ``workers >= 2``; otherwise inline, in the consumer's thread.
     """
     if use_multiprocessing and workers > 0:
-        return ProcessProducer(build, workers, max_queue_size, start_method)
-    if workers == 0:
-        return InlineProducer(build)
-    return ThreadProducer(build, workers, max_queue_size)
+        return ProcessProducer(build, workers, max_queue_size, start_method, refresh=refresh)
+    if workers > 1:
+        return ThreadProducer(build, workers, max_queue_size)
+    return InlineProducer(build)
 
 
 def default_start_method(backend: str) -> str:

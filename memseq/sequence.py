@@ -11,23 +11,19 @@ threads or in worker processes (fork, spawn or forkserver), in any order. The on
 mutable state is the epoch: ``on_epoch_end()`` advances it (Keras calls it), and
 ``set_epoch(n)`` jumps to it (to resume a run).
 
-Keras facts this module is built around (Keras 3.15):
+Under ``fit`` (see :mod:`memseq._fit`):
 
 - ``workers``, ``use_multiprocessing`` and ``max_queue_size`` belong to the
-  ``PyDataset`` constructor; ``fit(seq, workers=...)`` is a ``TypeError`` in Keras 3.
-- ``fit``/``evaluate``/``predict`` call ``on_epoch_end()`` once *before* the first
-  epoch, then once after each epoch. A fresh sequence therefore serves epoch 1 in
-  ``fit``'s first epoch. To resume exactly: ``seq.set_epoch(initial_epoch)`` then
-  ``model.fit(seq, initial_epoch=initial_epoch, ...)``.
-- In Keras 3, ``fit(seq)`` runs through memseq's own adapter (:mod:`memseq._fit`):
-  batches are built ahead by :mod:`memseq._workers` in threads or processes, one
-  pool per epoch, and a dead worker raises instead of hanging. Worker processes
-  get the sequence inherited under fork, pickled under spawn and forkserver. A
-  sequence pickles by reference (file paths, seed, epoch: a few KiB), never array
-  data, so workers start fast and share the page cache.
-- ``fit(shuffle=True)`` (the default) only reorders whole batches, with Python's
-  global ``random``; memseq already shuffles rows, so pass ``shuffle=False`` to
-  ``fit`` when you want runs to be reproducible.
+  ``PyDataset`` constructor; ``fit(seq, workers=...)`` is a ``TypeError`` in Keras 3
+  (legacy tf_keras still takes them in ``fit``).
+- The epoch served is Keras' epoch number: ``fit``'s epoch ``k`` (counting from
+  ``initial_epoch``) serves ``set_epoch(k)``'s batches, so a run resumed with
+  ``initial_epoch`` or ``BackupAndRestore`` sees the shuffles of an uninterrupted run.
+- Batches are what ``seq[i]`` returns: a subclass may override ``__getitem__`` and
+  ``num_batches`` (``None``: endless), as Keras' ``PyDataset`` contract allows.
+- A sequence pickles by reference (file paths, seed, epoch: a few KiB), never array
+  data, so worker processes start fast under fork, spawn and forkserver and share
+  the page cache.
 """
 
 from __future__ import annotations
@@ -173,7 +169,10 @@ def _gather(column: Any, rows: np.ndarray, ascending: bool, buffers: BufferPool)
     return out
 
 
-class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
+_LEGACY_BASES = _legacy_sequence_bases()
+
+
+class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
     """A Keras dataset of shuffled batches read straight from memory-mapped files.
 
     Pass it to ``model.fit``, ``evaluate`` or ``predict``. Every epoch it shuffles
@@ -249,7 +248,7 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         super().__init__(
             workers=check_int(workers, "workers", 0),
             use_multiprocessing=check_bool(use_multiprocessing, "use_multiprocessing"),
-            max_queue_size=check_int(max_queue_size, "max_queue_size", 1),
+            max_queue_size=check_int(max_queue_size, "max_queue_size", 0),
         )
         columns, self._description = _as_columns(data)
         self.data = columns
@@ -292,6 +291,17 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         self._buffers = BufferPool()
         self.plan.permutation(0)  # computed now, so forked workers inherit it
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: in a subclass whose __init__ forgot
+        # super().__init__, every attribute this class sets is missing.
+        if name in _SET_BY_INIT:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r}: its __init__ did not call "
+                "MemmapSequence.__init__. Add `super().__init__(data, x=..., y=..., **kwargs)` "
+                f"to {type(self).__name__}.__init__."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- epochs
 
     @property
@@ -313,7 +323,11 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         self.plan.permutation(self._epoch)
 
     def on_epoch_end(self) -> None:
-        """Advances to the next epoch (a new shuffle). Keras calls this."""
+        """Advances to the next epoch (a new shuffle). Keras calls this.
+
+        Under ``fit`` the epoch served is set from Keras' epoch number when each epoch
+        begins, so how often this hook is called never changes what is served.
+        """
         self.set_epoch(self._epoch + 1)
 
     # -- batches
@@ -378,9 +392,10 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             SchemaError: If a subclass's ``augment`` does not return the batch dict.
         """
         index = self.plan.check_index(index)
+        epoch = check_int(epoch, "epoch", 0)  # before readahead is asked for anything
         if self._readahead is not None:
             self._readahead.ask(index, epoch)
-        return self._build(self.batch_rows(index, epoch), epoch, index, None)
+        return self._build(self.plan.batch_rows(index, epoch), epoch, index, None)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
         """Replica ``replica``'s share of global batch ``index`` of ``epoch``, after :meth:`augment`.
@@ -399,9 +414,10 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
             Field name -> array, for every selected field.
         """
         index = self.plan.check_index(index)
+        epoch = check_int(epoch, "epoch", 0)  # before readahead is asked for anything
         if self._readahead is not None:
             self._readahead.ask(index, epoch, (replica, num_replicas))
-        rows = self.plan.replica_rows(self.batch_rows(index, epoch), replica, num_replicas)
+        rows = self.plan.replica_rows(self.plan.batch_rows(index, epoch), replica, num_replicas)
         return self._build(rows, epoch, index, replica)
 
     def _build(self, rows: np.ndarray, epoch: int, index: int, replica: int | None) -> dict[str, np.ndarray]:
@@ -554,5 +570,14 @@ class MemmapSequence(keras.utils.PyDataset, *_legacy_sequence_bases()):
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-# model.fit(seq) in Keras 3 goes through memseq's adapter (see memseq._fit).
+# Attributes MemmapSequence.__init__ sets (Keras' PyDataset sets _workers and the like).
+_SET_BY_INIT = frozenset(
+    {"plan", "data", "padding", "shuffle", "seed", "batch_size", "drop_remainder", "readahead", "_columns",
+     "_x", "_y", "_sw", "_selection", "_description", "_readahead", "_augments", "_epoch", "_buffers"}
+)
+
+# model.fit(seq) goes through memseq's adapters (see memseq._fit): Keras 3's, and
+# legacy tf_keras' when this class is also a tf_keras Sequence.
 _fit.install(MemmapSequence)
+if _LEGACY_BASES:
+    _fit.install_legacy(MemmapSequence)

@@ -91,17 +91,17 @@ class Recording(memseq.MemmapSequence):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_fit_epoch_numbering_is_unchanged(data_path, workers):
+def test_fit_serves_keras_epoch_numbers(data_path, workers):
     seq = Recording(data_path, x="image", y="label", batch_size=64, seed=1, workers=workers)
+    seq.set_epoch(7)  # fit does not count from the sequence's epoch: Keras' epoch numbers rule
     tiny_model().fit(seq, epochs=2, shuffle=False, verbose=0)
-    # fit calls on_epoch_end once before the first epoch: epochs 1 and 2 are served.
-    served = [pair for pair in seq.built if pair[1] in (1, 2)]
-    assert sorted(served) == sorted((i, e) for e in (1, 2) for i in range(len(seq)))
-    assert seq.epoch == 3
-    before = len(seq.built)
-    tiny_model().evaluate(seq, verbose=0)
-    # (Batches 0 and 1 of the current epoch are also read once, as Keras does, for the signature.)
-    assert sorted(pair for pair in seq.built[before:] if pair[1] == 4) == [(i, 4) for i in range(len(seq))]
+    assert seq.built[:2] == [(0, 7), (1, 7)]  # batches 0 and 1, read once for the output signature
+    assert sorted(seq.built[2:]) == sorted((i, e) for e in (0, 1) for i in range(len(seq)))
+    assert seq.epoch == 2
+    # A later fit that continues the run serves exactly what one longer fit would.
+    seq.built.clear()
+    tiny_model().fit(seq, initial_epoch=2, epochs=4, shuffle=False, verbose=0)
+    assert sorted(seq.built[2:]) == sorted((i, e) for e in (2, 3) for i in range(len(seq)))
 
 
 def _fit_weights(seq, old_path, monkeypatch, **fit_kwargs):
@@ -114,7 +114,8 @@ def _fit_weights(seq, old_path, monkeypatch, **fit_kwargs):
 
 
 def test_class_weight_gives_the_same_training_as_keras_own_adapter(data_path, monkeypatch):
-    kwargs = dict(x="image", y="label", batch_size=32, seed=2)
+    # Rows in stored order: Keras' own adapter serves other epoch numbers (it counts hook calls).
+    kwargs = dict(x="image", y="label", batch_size=32, seed=2, shuffle=False)
     class_weight = {0: 0.5, 1: 2.0, 2: 7.0}
     ours = _fit_weights(memseq.MemmapSequence(data_path, **kwargs), False, monkeypatch, class_weight=class_weight, shuffle=False)
     keras_own = _fit_weights(memseq.MemmapSequence(data_path, **kwargs), True, monkeypatch, class_weight=class_weight, shuffle=False)
@@ -136,8 +137,13 @@ def test_fit_shuffle_true_reorders_whole_batches_as_keras_does(data_path):
 
     random.seed(0)
     tiny_model().fit(seq, epochs=1, shuffle=True, verbose=0)
-    order = [i for i, e in seq.built if e == 1]
+    order = [i for i, e in seq.built[2:]]  # after the two signature reads
     assert sorted(order) == list(range(len(seq))) and order != sorted(order)
+    # Seeded with (seed, epoch), not Python's global random: a resumed run replays it.
+    again = Recording(data_path, x="image", y="label", batch_size=32, seed=1, workers=0)
+    random.seed(1)
+    tiny_model().fit(again, epochs=1, shuffle=True, verbose=0)
+    assert [i for i, e in again.built[2:]] == order
 
 
 class Failing(memseq.MemmapSequence):
@@ -207,6 +213,10 @@ if __name__ == "__main__":
             died = float(f.read())
         print("RAISED", type(error).__name__, repr(str(error)))
         print("SECONDS", raised - died)
+    # Worker processes live as long as the sequence (persistent workers).
+    del seq, model
+    import gc
+    gc.collect()
     children = multiprocessing.active_children()
     workers = [t.name for t in threading.enumerate() if t.name.startswith("memseq") and not t.name.startswith("memseq-readahead")]
     print("LEFT", len(children), workers)
