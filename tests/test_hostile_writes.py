@@ -58,7 +58,7 @@ def _synchronous_dask():
 # --------------------------------------------------------------------------- finding 1: Dask blocks that lie
 
 
-def _declared(values: np.ndarray, declared_dtype, rows: int = 1000, chunk_rows: int = 250):
+def _declared(values: np.ndarray, declared_dtype, rows: int = 4000, chunk_rows: int = 1000):
     """A Dask array of ``rows`` rows in chunks of ``chunk_rows`` declared as ``declared_dtype``,
     whose third block computes to ``values`` (whatever it really is)."""
     row_shape = (4,)
@@ -72,18 +72,18 @@ def _declared(values: np.ndarray, declared_dtype, rows: int = 1000, chunk_rows: 
 
 LYING_BLOCKS = [
     # (id, what block 2 computes to, declared dtype, message)
-    ("999-rows-of-1000", np.ones((249, 4), np.uint8), np.uint8, r"rows 500:750.*field 'x'.*arrays of shape \(250, 4\)\. Received shape: \(249, 4\)"),
-    ("251-rows", np.ones((251, 4), np.uint8), np.uint8, r"rows 500:750.*Received shape: \(251, 4\)"),
-    ("5-columns-of-4", np.ones((250, 5), np.uint8), np.uint8, r"rows 500:750.*field 'x' takes rows of shape \(4,\).*Received shape: \(250, 5\)"),
-    ("flat", np.ones(1000, np.uint8), np.uint8, r"rows 500:750.*Received shape: \(1000,\)"),
-    ("scalar", np.uint8(3), np.uint8, r"rows 500:750.*Received shape: \(\)"),
-    ("int64-256-299-as-uint8", np.arange(256, 1256, dtype=np.int64).reshape(250, 4) % 44 + 256, np.uint8,
-     r"rows 500:750.*field 'x' has dtype uint8; int64 does not cast to it safely"),
-    ("int64-in-range-as-uint8", np.ones((250, 4), np.int64), np.uint8, r"int64 does not cast to it safely"),
-    ("float64-as-float32", np.full((250, 4), 1e300), np.float32, r"float64 does not cast to it safely"),
-    ("float-as-int", np.full((250, 4), 0.5, np.float32), np.int32, r"float32 does not cast to it safely"),
-    ("negative-as-unsigned", np.full((250, 4), -1, np.int8), np.uint16, r"int8 does not cast to it safely"),
-    ("objects", np.full((250, 4), None, object), np.uint8, r"object does not cast to it safely"),
+    ("999-rows-of-1000", np.ones((999, 4), np.uint8), np.uint8, r"rows 2000:3000.*field 'x'.*arrays of shape \(1000, 4\)\. Received shape: \(999, 4\)"),
+    ("1001-rows", np.ones((1001, 4), np.uint8), np.uint8, r"rows 2000:3000.*Received shape: \(1001, 4\)"),
+    ("5-columns-of-4", np.ones((1000, 5), np.uint8), np.uint8, r"rows 2000:3000.*field 'x' takes rows of shape \(4,\).*Received shape: \(1000, 5\)"),
+    ("flat", np.ones(4000, np.uint8), np.uint8, r"rows 2000:3000.*Received shape: \(4000,\)"),
+    ("scalar", np.uint8(3), np.uint8, r"rows 2000:3000.*Received shape: \(\)"),
+    ("int64-256-299-as-uint8", np.arange(4000, dtype=np.int64).reshape(1000, 4) % 44 + 256, np.uint8,
+     r"rows 2000:3000.*field 'x' has dtype uint8; int64 does not cast to it safely"),
+    ("int64-in-range-as-uint8", np.ones((1000, 4), np.int64), np.uint8, r"int64 does not cast to it safely"),
+    ("float64-as-float32", np.full((1000, 4), 1e300), np.float32, r"float64 does not cast to it safely"),
+    ("float-as-int", np.full((1000, 4), 0.5, np.float32), np.int32, r"float32 does not cast to it safely"),
+    ("negative-as-unsigned", np.full((1000, 4), -1, np.int8), np.uint16, r"int8 does not cast to it safely"),
+    ("objects", np.full((1000, 4), None, object), np.uint8, r"object does not cast to it safely"),
 ]
 
 
@@ -91,33 +91,33 @@ LYING_BLOCKS = [
 def test_dask_block_that_lies_is_refused_and_nothing_committed(tmp_path, block, dtype, pattern):
     path = tmp_path / "ds"
     with pytest.raises(memseq.SchemaError, match=pattern):
-        memseq.save(path, {"x": _declared(block, dtype), "label": np.arange(1000)})
+        memseq.save(path, {"x": _declared(block, dtype), "label": np.arange(4000)})
     _assert_nothing_written(path)
 
 
 def test_dask_lying_block_under_the_threaded_scheduler(tmp_path):
     path = tmp_path / "ds"
-    with dask.config.set(scheduler="threads"), pytest.raises(memseq.SchemaError, match=r"rows 500:750"):
-        memseq.save(path, {"x": _declared(np.ones((249, 4), np.uint8), np.uint8)}, shard_rows=300)
+    with dask.config.set(scheduler="threads"), pytest.raises(memseq.SchemaError, match=r"rows 2000:3000"):
+        memseq.save(path, {"x": _declared(np.ones((999, 4), np.uint8), np.uint8)}, shard_rows=1500)
     _assert_nothing_written(path)
 
 
 def test_dask_lying_block_cannot_overwrite_a_dataset(tmp_path):
     path = tmp_path / "ds"
-    memseq.save(path, {"x": np.zeros((1000, 4), np.uint8)})
+    memseq.save(path, {"x": np.zeros((4000, 4), np.uint8)})
     with pytest.raises(memseq.SchemaError, match="does not cast"):
-        memseq.save(path, {"x": _declared(np.full((250, 4), 300, np.int64), np.uint8)}, overwrite=True)
-    assert_same_array(memseq.open(path)["x"][:], np.zeros((1000, 4), np.uint8))
+        memseq.save(path, {"x": _declared(np.full((1000, 4), 300, np.int64), np.uint8)}, overwrite=True)
+    assert_same_array(memseq.open(path)["x"][:], np.zeros((4000, 4), np.uint8))
     assert _leftovers(tmp_path) == []
 
 
 def test_dask_block_that_widens_safely_is_written_exactly(tmp_path):
     # The same rule as Writer.append: a dtype that casts safely is accepted, exactly.
-    values = np.arange(1000, dtype=np.int16).reshape(250, 4) - 500
+    values = np.arange(4000, dtype=np.int16).reshape(1000, 4) - 2000
     memseq.save(tmp_path / "ds", {"x": _declared(values, np.int32)})
     x = memseq.open(tmp_path / "ds")["x"]
     assert x.dtype == np.int32
-    assert_same_array(x[500:750], values.astype(np.int32))
+    assert_same_array(x[2000:3000], values.astype(np.int32))
     assert memseq.open(tmp_path / "ds").verify() is None
 
 
@@ -217,6 +217,22 @@ def test_cli_convert_on_a_full_disk_prints_one_clean_line(tmp_path, small_tmpfs,
     assert code == 1
     assert err.startswith(f"memseq: error: {dst}: writing the data of field 'x' failed: No space left on device.")
     assert "[Errno" not in err and err.count("\n") == 1
+    assert os.listdir(small_tmpfs) == []
+
+
+@pytest.mark.parametrize("write", ["convert", "dask", "writer"])
+def test_read_only_mount_is_write_error(tmp_path, small_tmpfs, write):
+    _npy_source(tmp_path, 1)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    dst = small_tmpfs / "out"
+    with pytest.raises(memseq.WriteError) as info:
+        if write == "convert":
+            cv.convert(dst, cv.NpySource(tmp_path / "x.npy", "x"), jobs=2)
+        elif write == "dask":
+            memseq.save(dst, {"x": da.ones((10, 4), dtype=np.uint8, chunks=5)})
+        else:
+            memseq.save(dst, {"x": np.ones((10, 4), np.uint8)})
+    _assert_write_error(info.value, dst, errno.EROFS)
     assert os.listdir(small_tmpfs) == []
 
 
