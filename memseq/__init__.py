@@ -34,6 +34,7 @@ from memseq.writer import Writer
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackupAndRestore",
     "BatchIndexError",
     "BlockShuffle",
     "Column",
@@ -70,9 +71,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # MemmapSequence imports Keras: load it on first use so `import memseq` stays light.
+    # MemmapSequence and BackupAndRestore import Keras: load them on first use so
+    # `import memseq` stays light.
     if name == "MemmapSequence":
         from memseq.sequence import MemmapSequence
 
         return MemmapSequence
+    if name == "BackupAndRestore":
+        from memseq.callbacks import BackupAndRestore
+
+        return BackupAndRestore
     raise AttributeError(f"module 'memseq' has no attribute {name!r}")

@@ -145,11 +145,13 @@ def _wrap_callback_list(callback_list_type: type) -> None:
 # -- building batches
 
 
-def overrides(sequence: Any, name: str) -> bool:
-    """Whether ``type(sequence)`` overrides ``MemmapSequence``'s attribute ``name``."""
-    from memseq.sequence import MemmapSequence
+# The sequence class :func:`install` was given (MemmapSequence): subclasses are compared to it.
+_sequence_type: type | None = None
 
-    return getattr(type(sequence), name) is not getattr(MemmapSequence, name)
+
+def overrides(sequence: Any, name: str) -> bool:
+    """Whether ``type(sequence)`` overrides the installed sequence class's attribute ``name``."""
+    return getattr(type(sequence), name) is not getattr(_sequence_type, name)
 
 
 class BatchBuilder:
@@ -447,6 +449,8 @@ def install(sequence_type: type) -> bool:
         return False
     if getattr(original, "_memseq_wrapped", False):
         return True
+    global _sequence_type
+    _sequence_type = sequence_type
     expected = {"x", "y", "sample_weight", "shuffle", "class_weight"}
     if not expected <= set(inspect.signature(original).parameters) or not hasattr(module, "raise_unsupported_arg"):
         return False
@@ -490,30 +494,32 @@ def install_legacy(sequence_type: type) -> bool:
     if any(getattr(cls, "_memseq_type", None) is sequence_type for cls in adapters):
         return True
     _wrap_callback_list(callbacks.CallbackList)
-    adapter = _legacy_adapter_type(base, sequence_type)
-    adapters.insert(0, adapter)
+    # tf_keras insists that exactly one adapter handles an input: the subclass takes
+    # the place of KerasSequenceAdapter and defers to it for other sequences.
+    legacy = _legacy_adapter_type(base, sequence_type)
+    if base in adapters:
+        adapters[adapters.index(base)] = legacy
+    else:
+        adapters.insert(0, legacy)
     return True
 
 
 def _legacy_adapter_type(base: type, sequence_type: type) -> type:
     class LegacySequenceAdapter(base):  # type: ignore[misc, valid-type]
-        """tf_keras' ``KerasSequenceAdapter`` with memseq's epochs and workers.
+        """tf_keras' ``KerasSequenceAdapter``, with memseq's epochs and workers for memseq sequences.
 
-        Batches come from memseq's producers (the sequence's ``fit(workers=...,
-        use_multiprocessing=..., max_queue_size=...)`` options, as tf_keras passes
-        them), the epoch is tf_keras' epoch number, and ``on_epoch_end`` is called
-        exactly once per epoch.
+        For a memseq sequence, batches come from memseq's producers (``fit``'s
+        ``workers``/``use_multiprocessing``/``max_queue_size``, as tf_keras passes
+        them), the epoch is tf_keras' epoch number, and the sequence's
+        ``on_epoch_end`` is called exactly once per epoch. Other sequences get
+        tf_keras' own behaviour.
         """
 
         _memseq_type = sequence_type
 
-        @staticmethod
-        def can_handle(x: Any, y: Any = None) -> bool:
-            return isinstance(x, sequence_type)
-
         def _handle_multiprocessing(self, x: Any, workers: int, use_multiprocessing: bool, max_queue_size: int) -> Any:
-            # tf_keras' own options in fit(), as its enqueuer takes them; the
-            # sequence's are Keras 3's.
+            if not isinstance(x, sequence_type):
+                return super()._handle_multiprocessing(x, workers, use_multiprocessing, max_queue_size)
             feed = _EpochFeed(
                 x,
                 class_weight=None,
@@ -530,8 +536,10 @@ def _legacy_adapter_type(base: type, sequence_type: type) -> type:
             return generator_fn
 
         def on_epoch_end(self) -> None:
-            self._keras_sequence.on_epoch_end()
+            if isinstance(self._keras_sequence, sequence_type):
+                self._keras_sequence.on_epoch_end()
+            else:
+                super().on_epoch_end()
 
     LegacySequenceAdapter.__name__ = LegacySequenceAdapter.__qualname__ = "LegacySequenceAdapter"
     return LegacySequenceAdapter
-

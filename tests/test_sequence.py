@@ -228,7 +228,7 @@ def test_batch_index_errors(data_dir):
         ({"x": "image", "shuffle": "blocks"}, memseq.SchemaError, "shuffle must be True"),
         ({"x": "image", "drop_remainder": 1}, memseq.SchemaError, "drop_remainder must be True or False"),
         ({"x": "image", "workers": -1}, memseq.SchemaError, "workers must be an int >= 0"),
-        ({"x": "image", "max_queue_size": 0}, memseq.SchemaError, "max_queue_size"),
+        ({"x": "image", "max_queue_size": -1}, memseq.SchemaError, "max_queue_size"),
         ({"x": "image", "indices": [0, N]}, memseq.BatchIndexError, f"row index {N} is out of range"),
         ({"x": "image", "indices": [-1]}, IndexError, "negative indices are not allowed"),
         ({"x": "image", "indices": [[1, 2]]}, memseq.SchemaError, "1-D integers"),
@@ -290,9 +290,9 @@ def test_fit_sees_every_row_once_per_epoch_with_thread_workers(data_dir):
     seq = Recording(data_dir, x="image", y="aux", batch_size=100, seed=0, workers=2)
     history = small_model().fit(seq, epochs=3, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 3
-    # Keras calls on_epoch_end once before the first epoch: fit epochs 0..2 are seq epochs 1..3.
-    assert seq.epoch == 4
-    for epoch in (1, 2, 3):
+    # fit's epochs 0..2 serve the sequence's epochs 0..2 (Keras' epoch numbers).
+    assert seq.epoch == 3
+    for epoch in (0, 1, 2):
         rows = [r for (e, _), rs in seq.served.items() if e == epoch for r in rs]
         assert sorted(rows) == list(range(N))
 
