@@ -39,7 +39,6 @@ import os
 import platform
 import signal
 import sys
-import threading
 
 __all__ = ["ACTIVE", "Region", "libc", "register", "forget"]
 
@@ -106,13 +105,12 @@ class Region:
 
 
 # Registered mappings by start address, and the sorted starts (the handler bisects them).
-# Changed under _lock; the handler reads them holding the GIL, which list and dict
-# operations never release halfway.
+# No lock (a lock held by another thread at a fork would hang the child): every change
+# is one dict or list operation, which the GIL keeps whole, and two live mappings never
+# share a start address. The handler reads them holding the GIL.
 _regions: dict[int, Region] = {}
 _starts: list[int] = []
-_lock = threading.Lock()
 _previous = _Sigaction()  # the action the handler passes other faults on to
-_installed_address = None
 
 
 def register(start: int, length: int) -> Region:
@@ -120,28 +118,25 @@ def register(start: int, length: int) -> Region:
     region = Region(start, start + length)
     if not ACTIVE or length <= 0:
         return region
-    with _lock:
-        if start not in _regions:
-            bisect.insort(_starts, start)
-        _regions[start] = region
-        _install()
+    _regions[start] = region
+    bisect.insort(_starts, start)
+    _install()
     return region
 
 
 def forget(region: Region) -> None:
     """Stops guarding ``region`` (its memory is about to be unmapped)."""
-    if not ACTIVE:
+    if not ACTIVE or _regions.get(region.start) is not region:
         return
-    with _lock:
-        if _regions.get(region.start) is region:
-            del _regions[region.start]
-            i = bisect.bisect_left(_starts, region.start)
-            if i < len(_starts) and _starts[i] == region.start:
-                del _starts[i]
+    _regions.pop(region.start, None)
+    try:
+        _starts.remove(region.start)
+    except ValueError:
+        pass  # forgotten by another thread meanwhile (close() and the unmapper racing)
 
 
 def _install() -> None:
-    """Makes the guard the process's SIGBUS action, keeping the one it replaces (under _lock)."""
+    """Makes the guard the process's SIGBUS action, keeping the one it replaces."""
     global _previous
     current = _Sigaction()
     if _sigaction(_SIGBUS, None, ctypes.byref(current)) != 0:
@@ -152,8 +147,8 @@ def _install() -> None:
     action.handler = _handler_address
     action.flags = _SA_SIGINFO | _SA_RESTART
     previous = _Sigaction()
-    if _sigaction(_SIGBUS, ctypes.byref(action), ctypes.byref(previous)) == 0:
-        _previous = previous
+    if _sigaction(_SIGBUS, ctypes.byref(action), ctypes.byref(previous)) == 0 and previous.handler != _handler_address:
+        _previous = previous  # (another thread may have installed the guard meanwhile: never chain to itself)
 
 
 def _region_of(address: int) -> Region | None:
@@ -164,7 +159,11 @@ def _region_of(address: int) -> Region | None:
     return region if region is not None and region.start <= address < region.stop else None
 
 
+_failures = 0  # handler runs in a row that raised (a KeyboardInterrupt can land in one)
+
+
 def _on_sigbus(signo: int, info: int, context: int) -> None:
+    global _failures
     try:
         code = ctypes.c_int.from_address(info + 8).value
         if code > 0:  # a fault, not a signal someone sent
@@ -180,10 +179,15 @@ def _on_sigbus(signo: int, info: int, context: int) -> None:
                     0,
                 )
                 if got == region.start:
+                    _failures = 0
                     return  # the copy resumes, reading zeros
         _pass_on(signo, info, context, code > 0)
     except BaseException:  # noqa: BLE001 - nothing may escape a signal handler
-        _die()
+        # Python code can raise anywhere (a KeyboardInterrupt delivered in here): a
+        # fault comes back when the instruction re-executes, so try again, a few times.
+        _failures += 1
+        if _failures > 3:
+            _die()
 
 
 def _pass_on(signo: int, info: int, context: int, fault: bool) -> None:

@@ -113,7 +113,10 @@ class Column:
     A column behaves like a read-only numpy array for reading: it has ``len``,
     ``shape``, ``dtype`` and ``ndim``, and indexing with an int, a slice, an
     integer array or a boolean mask returns a numpy array (a copy: nothing handed
-    out points into the file). ``np.asarray(column)`` reads the whole column.
+    out points into the file). ``np.asarray(column)`` reads the whole column; a read
+    larger than the memory available is refused with :class:`~memseq.SchemaError`
+    before anything is allocated. A file truncated before or during a read raises
+    :class:`~memseq.CorruptFileError` (see :mod:`memseq._mapping`), never SIGBUS.
 
     Columns come from ``dataset[name]`` and from :func:`open_raw`; do not build
     them directly.
@@ -222,8 +225,13 @@ class Column:
 
         Raises:
             BatchIndexError: If an index is out of range or not an integer.
-            CorruptFileError: If a file was truncated since it was opened.
+            CorruptFileError: If a file was truncated since it was opened (or while
+                it was read).
+            DatasetReplacedError: If a file was truncated while it was read and its
+                path now names another file.
             DatasetClosedError: If the dataset was closed.
+            SchemaError: If ``out`` does not fit, or the result would not fit in the
+                memory available.
         """
         if trusted:
             if out is None:

@@ -444,7 +444,7 @@ def test_available_memory_is_a_positive_number():
 ])
 def test_windows_absurd_sizes_are_schema_errors(kwargs, name):
     tokens = np.arange(100, dtype=np.uint16)
-    with pytest.raises(SchemaError, match=rf"windows\(\): {name} must be an int in \[1, \d+\].*Received: \d+"):
+    with pytest.raises(SchemaError, match=rf"windows\(\): {name} must be an int (in|from) .*Received: .*\d"):
         memseq.windows(tokens, **kwargs)
 
 
