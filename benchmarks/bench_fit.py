@@ -14,10 +14,14 @@ same ``batches * 256`` rows (a fixed random subset) in every case:
   (memseq's adapter switched off), what ``fit(seq)`` ran before;
 - in-RAM arrays: ``fit(x, y, batch_size=256)`` on the same rows loaded into RAM;
 - ``fit(seq.to_tf_dataset())``;
-- model-only ceiling: one cached batch repeated (``from_tensors(...).repeat()``).
+- model-only ceiling: one cached batch repeated (``from_tensors(...).repeat()``);
+- one epoch per ``fit`` call (how Keras tuners and notebooks call it), ``fit(seq)``
+  processes against in-RAM arrays: each call timed whole, worker start-up included.
 
 for the tiny model (Rescaling + GlobalAveragePooling2D + Dense(10)) and the demo's
-CNN; then under ``KERAS_BACKEND=jax``, ``fit(seq)`` threads and in-RAM arrays.
+CNN; then under ``KERAS_BACKEND=jax``, ``fit(seq)`` threads and processes against
+in-RAM arrays, and the per-epoch overhead of process workers after the first epoch
+(median epoch time with processes minus with in-RAM arrays, in seconds).
 Every case runs in its own fresh Python process, in one run on the same data;
 an epoch is timed from ``on_epoch_begin`` to ``on_epoch_end``, the first epoch
 (tracing, compilation) excluded; figures are medians of the remaining epochs.
@@ -49,7 +53,15 @@ CASES = {
     "fit(seq.to_tf_dataset())": "tfdata",
     "model-only ceiling": "ceiling",
 }
-JAX_CASES = {"jax: fit(seq) threads": "seq_threads", "jax: in-RAM numpy arrays": "ram"}
+PER_CALL_CASES = {
+    "one epoch per fit call: fit(seq) processes": "seq_processes_per_call",
+    "one epoch per fit call: in-RAM numpy arrays": "ram_per_call",
+}
+JAX_CASES = {
+    "jax: fit(seq) threads": "seq_threads",
+    "jax: fit(seq) processes": "seq_processes",
+    "jax: in-RAM numpy arrays": "ram",
+}
 
 
 def make_model(kind: str):
@@ -87,7 +99,20 @@ def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -
     def sequence(**kwargs):
         return memseq.MemmapSequence(path, x="image", y="label", batch_size=BATCH, seed=0, indices=rows, **kwargs)
 
-    if case == "seq_threads":
+    if case.endswith("_per_call"):
+        # One epoch per fit call, each call timed whole (worker start-up included).
+        seq = sequence(workers=2, use_multiprocessing=True) if case.startswith("seq") else None
+        if seq is None:
+            ds = memseq.open(path)
+            x, y = ds["image"][rows], ds["label"][rows]
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            if seq is not None:
+                model.fit(seq, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=0)
+            else:
+                model.fit(x, y, batch_size=BATCH, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+            times.append(time.perf_counter() - start)
+    elif case == "seq_threads":
         model.fit(sequence(workers=2), shuffle=False, **fit)
     elif case == "seq_processes":
         model.fit(sequence(workers=2, use_multiprocessing=True), shuffle=False, **fit)
@@ -114,12 +139,16 @@ def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -
     return times
 
 
-def measure(case: str, model_kind: str, args: argparse.Namespace, backend: str) -> float:
-    """Samples/s of ``case`` in a fresh process: median over epochs after the first."""
+def epoch_times(case: str, model_kind: str, args: argparse.Namespace, backend: str) -> list[float]:
+    """Epoch times of ``case`` in a fresh process, the first (tracing, compilation) excluded."""
     command = [sys.executable, __file__, "--case", case, "--model", model_kind, "--dir", args.dir,
                "--batches", str(args.batches), "--epochs", str(args.epochs)]
-    times = _common.run_json(command, f"case {case} ({model_kind}, {backend})", dict(os.environ, KERAS_BACKEND=backend))
-    return args.batches * BATCH / statistics.median(times[1:])
+    return _common.run_json(command, f"case {case} ({model_kind}, {backend})", dict(os.environ, KERAS_BACKEND=backend))[1:]
+
+
+def rate(times: list[float], batches: int) -> float:
+    """Samples/s: the median epoch."""
+    return batches * BATCH / statistics.median(times)
 
 
 def report(title: str, rates: dict[str, float], baseline: str, ceiling: str | None = None) -> None:
@@ -150,11 +179,17 @@ def main(argv=None) -> int:
     print(f"dataset {args.dir}: {args.rows} rows of {ROW_SHAPE} uint8; {args.batches} batches of {BATCH} per epoch, "
           f"{args.epochs} epochs per case (first excluded); every case in a fresh process")
     for model_kind in filter(None, args.models.split(",")):
-        rates = {name: measure(case, model_kind, args, "tensorflow") for name, case in CASES.items()}
+        rates = {name: rate(epoch_times(case, model_kind, args, "tensorflow"), args.batches) for name, case in CASES.items()}
         report(f"{model_kind} model, TensorFlow backend:", rates, "in-RAM numpy arrays", "model-only ceiling")
+        rates = {name: rate(epoch_times(case, model_kind, args, "tensorflow"), args.batches) for name, case in PER_CALL_CASES.items()}
+        report(f"{model_kind} model, TensorFlow backend, one epoch per fit call:", rates,
+               "one epoch per fit call: in-RAM numpy arrays")
     if not args.no_jax:
-        rates = {name: measure(case, "tiny", args, "jax") for name, case in JAX_CASES.items()}
-        report("tiny model, JAX backend:", rates, "jax: in-RAM numpy arrays")
+        times = {name: epoch_times(case, "tiny", args, "jax") for name, case in JAX_CASES.items()}
+        report("tiny model, JAX backend:", {name: rate(t, args.batches) for name, t in times.items()}, "jax: in-RAM numpy arrays")
+        overhead = statistics.median(times["jax: fit(seq) processes"]) - statistics.median(times["jax: in-RAM numpy arrays"])
+        print(f"  per-epoch overhead of process workers after the first epoch: {overhead:+.2f} s "
+              "(median epoch, processes minus in-RAM arrays)")
     return 0
 
 

@@ -75,12 +75,17 @@ class _FitClock:
     """The epoch of the ``fit`` under way (``None`` outside one) and a pending resume point."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, owner: Any = None) -> None:
+        """Starts afresh, for the ``fit`` whose ``CallbackList`` is ``owner`` (``None``: no fit)."""
+        self.owner = None if owner is None else weakref.ref(owner)
         self.epoch: int | None = None
         self.resume: tuple[int, int] | None = None  # (epoch, first batch), set by BackupAndRestore
         self.start = 0  # the first batch of the epoch under way
 
-    def train_begin(self) -> None:
-        self.epoch, self.resume, self.start = None, None, 0
+    def owned_by(self, callbacks: Any) -> bool:
+        return self.owner is not None and self.owner() is callbacks
 
     def epoch_begin(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -113,33 +118,41 @@ def current_start() -> int:
 
 
 def _wrap_callback_list(callback_list_type: type) -> None:
-    """Wraps a ``CallbackList`` class so that ``fit``'s epoch numbers reach the clock."""
+    """Wraps a ``CallbackList`` class so that ``fit``'s epoch numbers reach the clock.
+
+    ``fit`` runs its validation through ``evaluate`` with its own ``CallbackList``:
+    an ``evaluate`` or ``predict`` with another list is not part of the ``fit`` (a
+    ``fit`` that raised never calls ``on_train_end``), so it resets the clock.
+    """
     if getattr(callback_list_type.on_epoch_begin, "_memseq_wrapped", False):
         return
-    original_train_begin = callback_list_type.on_train_begin
-    original_epoch_begin = callback_list_type.on_epoch_begin
-    original_train_end = callback_list_type.on_train_end
 
-    @functools.wraps(original_train_begin)
-    def on_train_begin(self: Any, *args: Any, **kwargs: Any) -> Any:
-        _clock.train_begin()  # before the callbacks: BackupAndRestore sets a resume point
-        return original_train_begin(self, *args, **kwargs)
+    def wrap(name: str, before: Any = None, after: Any = None) -> None:
+        original = getattr(callback_list_type, name)
 
-    @functools.wraps(original_epoch_begin)
-    def on_epoch_begin(self: Any, epoch: int, *args: Any, **kwargs: Any) -> Any:
-        _clock.epoch_begin(epoch)
-        return original_epoch_begin(self, epoch, *args, **kwargs)
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if before is not None:
+                before(self, *args)
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                if after is not None:
+                    after(self)
 
-    @functools.wraps(original_train_end)
-    def on_train_end(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original_train_end(self, *args, **kwargs)
-        finally:
-            _clock.train_begin()
-
-    for name, wrapper in (("on_train_begin", on_train_begin), ("on_epoch_begin", on_epoch_begin), ("on_train_end", on_train_end)):
         wrapper._memseq_wrapped = True  # type: ignore[attr-defined]
         setattr(callback_list_type, name, wrapper)
+
+    def outside_fit(callbacks: Any, *_: Any) -> None:
+        if not _clock.owned_by(callbacks):
+            _clock.reset()
+
+    # Reset before the callbacks run: BackupAndRestore sets a resume point in on_train_begin.
+    wrap("on_train_begin", before=lambda callbacks, *_: _clock.reset(callbacks))
+    wrap("on_epoch_begin", before=lambda callbacks, epoch, *_: _clock.epoch_begin(epoch))
+    wrap("on_train_end", after=lambda callbacks: _clock.reset())
+    wrap("on_test_begin", before=outside_fit)
+    wrap("on_predict_begin", before=outside_fit)
 
 
 # -- building batches

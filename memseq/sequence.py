@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib.util
 import mmap
 import os
-import secrets
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,12 +100,26 @@ def _as_columns(data: Any) -> tuple[Mapping[str, Any], str]:
     for name, array in data.items():
         if isinstance(array, np.memmap):
             array = _memmap_as_column(array)
-        elif not hasattr(array, "shape") or not hasattr(array, "dtype"):
-            array = np.asarray(array)
+        elif not hasattr(array, "shape") or not hasattr(array, "dtype") or not _numpy_dtype(array.dtype):
+            # Lists, and tensors of other libraries (tf.Tensor, jax.Array): in memory anyway.
+            try:
+                array = np.asarray(array)
+            except (TypeError, ValueError) as error:
+                raise SchemaError(
+                    f"Field {name!r} must be an array-like of numbers. Received: {type(array).__name__}"
+                ) from error
         if len(array.shape) < 1:
             raise SchemaError(f"Field {name!r} needs at least one dimension (rows). Received shape: {tuple(array.shape)}")
         columns[name] = array
     return columns, f"<mapping of {len(columns)} fields>"
+
+
+def _numpy_dtype(dtype: Any) -> bool:
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 def _parse_selection(selection: Any, role: str, available: Mapping[str, Any]) -> tuple[str, Any]:
@@ -194,7 +208,8 @@ class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
             window_blocks)`` shuffles blocks of contiguous rows and rows within windows
             of blocks, for data larger than RAM (see :class:`memseq.BlockShuffle`).
         seed: Seed of the epoch orders and of ``augment``'s rng. ``None`` draws one
-            now; it is shown in ``repr`` so the run can be repeated.
+            now from Python's ``random`` (so ``keras.utils.set_random_seed`` makes it
+            repeatable); it is shown in ``repr`` so the run can be repeated.
         drop_remainder: Drop the last batch if it has fewer than ``batch_size`` rows.
         indices: Optional 1-D row indices (or a boolean mask) to serve instead of
             all rows: a train/validation split, for example.
@@ -274,7 +289,8 @@ class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
             num_source_rows,
             batch_size,
             shuffle=shuffle,
-            seed=secrets.randbits(32) if seed is None else seed,
+            # Python's random, so keras.utils.set_random_seed makes a drawn seed repeatable.
+            seed=random.getrandbits(32) if seed is None else seed,
             drop_remainder=drop_remainder,
             indices=indices,
             row_nbytes=row_nbytes,
@@ -366,9 +382,10 @@ class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
         sequence's own epoch is not changed.
 
         Returns:
-            ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` when ``y`` is None;
-            each part is an array, a tuple of arrays or a dict of arrays, as
-            selected by ``x``, ``y`` and ``sample_weight``.
+            ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` when ``y`` is None
+            (a dict ``x`` on its own, as Keras does); each part is an array, a
+            tuple of arrays or a dict of arrays, as selected by ``x``, ``y`` and
+            ``sample_weight``.
         """
         # get_fields checks the index and the epoch.
         return self.pack(self.get_fields(index, self._epoch if epoch is None else epoch))
@@ -466,16 +483,18 @@ class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
             batch: Field name -> value, for every selected field (as :meth:`get_fields` returns).
 
         Returns:
-            ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` when ``y`` is None; each
-            part a value, a tuple or a dict, as selected by ``x``, ``y`` and ``sample_weight``.
+            ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` when ``y`` is None (a
+            dict ``x`` on its own); each part a value, a tuple or a dict, as selected by
+            ``x``, ``y`` and ``sample_weight``.
 
         Example:
             >>> seq.pack(seq.get_fields(0, epoch=0))   # == seq.get_batch(0, epoch=0)
         """
         x = _pick(*self._x, batch)
         if self._y is None:
-            # A 1-tuple: Keras reads a bare tuple of inputs as (x, y, ...).
-            return (x,)
+            # A dict of inputs as it is, as Keras' PyDataset returns it; anything else
+            # in a 1-tuple: Keras reads a bare tuple of inputs as (x, y, ...).
+            return x if self._x[0] == "dict" else (x,)
         y = _pick(*self._y, batch)
         if self._sw is None:
             return x, y

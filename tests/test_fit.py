@@ -332,3 +332,71 @@ def test_fit_with_steps_per_epoch_spanning_keras_epochs(data_path, workers, proc
                                 use_multiprocessing=processes)
     history = tiny_model().fit(seq, epochs=4, steps_per_epoch=3, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 4
+
+
+KILLED_TRAINER = '''
+import os, sys, time, multiprocessing
+os.environ["KERAS_BACKEND"] = sys.argv[1]
+import numpy as np
+import keras
+import memseq
+
+class Slow(memseq.MemmapSequence):
+    def augment(self, batch, rng):
+        time.sleep(0.05)
+        return batch
+
+if __name__ == "__main__":
+    if sys.argv[2] != "default":
+        multiprocessing.set_start_method(sys.argv[2])
+    data = {"x": np.zeros((4096, 3), np.float32), "y": np.zeros((4096, 1), np.float32)}
+    seq = Slow(data, x="x", y="y", batch_size=8, workers=3, use_multiprocessing=True)
+
+    class Report(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                print("PIDS", " ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(seq, epochs=100, verbose=0, callbacks=[Report()])
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "method"), [("tensorflow", "default"), ("tensorflow", "spawn"), ("jax", "default")])
+def test_sigkill_of_the_trainer_leaves_no_worker(tmp_path, backend, method):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import subprocess_env
+
+    if backend == "jax" and importlib.util.find_spec("jax") is None:
+        pytest.skip("jax (test extra) not installed")
+    script = tmp_path / "trainer.py"
+    script.write_text(KILLED_TRAINER)
+    trainer = subprocess.Popen(
+        [sys.executable, str(script), backend, method], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=subprocess_env(), text=True, cwd=tmp_path,
+    )
+    try:
+        line = trainer.stdout.readline()
+        pids = [int(p) for p in line.split()[1:]]
+        assert line.startswith("PIDS") and len(pids) >= 3, line
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.1)
+    assert [pid for pid in pids if _running(pid)] == []
+    assert trainer.stdout.read() == ""  # nobody holds the trainer's output open
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False

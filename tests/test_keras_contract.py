@@ -138,9 +138,9 @@ def expected_batch_class(dataset_type):
 
         return tf.Tensor
     if BACKEND == "jax":
-        import jax
-
-        return jax.Array if dataset_type == "jax" else np.ndarray
+        # Keras passes jax.Array columns through; memseq batches are numpy arrays
+        # (README, "Differences from Keras' PyDatasetAdapter that remain").
+        return np.ndarray
     if BACKEND == "torch":
         import torch
 
