@@ -400,3 +400,75 @@ def _running(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class Scaled(memseq.MemmapSequence):
+    """Overrides __getitem__ (the batch depends on the epoch) and on_epoch_end (state workers must see)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offset = 0
+
+    def __getitem__(self, index):
+        (row,) = super().__getitem__(index)
+        return (row * 1000 + self.epoch * 100 + self.offset,)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        self.offset += 1
+
+
+@pytest.mark.parametrize(("workers", "processes"), [(0, False), (3, False), (2, True)])
+def test_a_subclass_getitem_is_what_predict_and_fit_see_in_every_worker_kind(data_path, workers, processes):
+    seq = Scaled(data_path, x="row", batch_size=32, shuffle=False, workers=workers, use_multiprocessing=processes)
+    seq.set_epoch(4)
+    expected = np.concatenate([seq[i][0] for i in range(len(seq))])
+    predicted = identity_model(()).predict(seq, verbose=0)
+    np.testing.assert_array_equal(predicted, expected.astype(predicted.dtype))
+
+
+class FewerBatches(memseq.MemmapSequence):
+    @property
+    def num_batches(self):
+        return 3
+
+
+def test_an_overridden_num_batches_is_honoured(data_path):
+    seq = FewerBatches(data_path, x="row", batch_size=32, shuffle=False)
+    assert identity_model(()).predict(seq, verbose=0).shape[0] == 3 * 32
+
+
+class Endless(memseq.MemmapSequence):
+    num_batches = None
+
+    def __getitem__(self, index):
+        return super().__getitem__(index % len(self))
+
+
+def test_num_batches_none_is_an_endless_dataset(data_path):
+    seq = Endless(data_path, x="image", y="label", batch_size=32, seed=0, workers=2)
+    history = tiny_model().fit(seq, steps_per_epoch=25, epochs=2, verbose=0)  # 25 > len(seq) == 10
+    assert len(history.history["loss"]) == 2
+
+
+def test_an_evaluate_after_a_fit_that_raised_serves_the_sequences_own_epoch(data_path):
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("stop")
+
+    seq = Recording(data_path, x="image", y="label", batch_size=64, seed=1)
+    with pytest.raises(RuntimeError, match="stop"):
+        tiny_model().fit(seq, initial_epoch=6, epochs=8, verbose=0, callbacks=[Boom()])
+    seq.set_epoch(2)
+    seq.built.clear()
+    tiny_model().predict(seq, verbose=0)
+    assert {e for _, e in seq.built} == {2}  # not the crashed fit's epoch 6
+
+
+def test_a_subclass_that_forgets_super_init_is_told_so(data_path):
+    class Forgetful(memseq.MemmapSequence):
+        def __init__(self, path):
+            self.path = path
+
+    with pytest.raises(AttributeError, match=r"did not call MemmapSequence.__init__.*super\(\).__init__"):
+        Forgetful(data_path)[0]

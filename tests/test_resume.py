@@ -230,3 +230,28 @@ def test_jax_data_parallel_keeps_memseq_adapter_and_epochs_in_step(run_python, p
     assert {e for e, _ in served} == {0, 1}
     assert {i for e, i in served if e == 0} == set(range(8))
     assert sorted(i for e, i in served if e == 1) == list(range(8))
+
+
+class Shifted(memseq.MemmapSequence):
+    """State changed in on_epoch_end, which process workers must see in the next epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shift = 0.0
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x + self.shift, y
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        self.shift += 100.0
+
+
+def test_state_a_subclass_changes_between_epochs_reaches_persistent_workers():
+    log: list[np.ndarray] = []
+    seq = Shifted(_data(), x="x", y="y", batch_size=BATCH, shuffle=False, workers=2, use_multiprocessing=True)
+    _model(log).fit(seq, epochs=2, verbose=0, shuffle=False)
+    # Keras calls on_epoch_end once before the first epoch, then after each.
+    first, second = np.concatenate(log[:10]), np.concatenate(log[10:])
+    np.testing.assert_allclose(second - first, 100.0, rtol=1e-5)
