@@ -18,11 +18,12 @@ still visible anywhere is never overwritten.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
 import numpy as np
+
+from memseq import _forksafe
 
 __all__ = ["ALIGN", "BufferPool", "aligned_empty"]
 
@@ -48,19 +49,6 @@ def _calibrate() -> int:
 
 _FREE = _calibrate()
 
-# Bumped in a forked child: a pool created before the fork then starts afresh (its
-# lock may have been held by a thread that does not exist in the child).
-_fork_generation = 0
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class BufferPool:
     """Arrays for batches, reused once unreferenced.
 
@@ -78,7 +66,12 @@ class BufferPool:
         self._buffers: dict[tuple, list[np.ndarray]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self._generation = _fork_generation
+        _forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Start afresh: the lock may have been held by a thread that does not exist in
+        # the child, and the buffer lists may have been mid-update under it.
+        self.__init__(self.max_bytes)
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An aligned array of ``shape`` and ``dtype`` that nothing else references.
@@ -86,8 +79,6 @@ class BufferPool:
         Its contents are undefined (a recycled buffer keeps old data): fill it whole.
         """
         key = (shape, dtype)
-        if self._generation != _fork_generation:
-            self.__init__(self.max_bytes)
         with self._lock:
             buffers = self._buffers.setdefault(key, [])
             for i in range(len(buffers)):

@@ -17,7 +17,20 @@ import numpy as np
 
 from memseq.errors import BatchIndexError, SchemaError
 
-__all__ = ["bounded_repr", "bounded_text", "check_bool", "check_int", "equal_row_counts", "is_sorted", "row_indices"]
+__all__ = [
+    "INT64_MAX",
+    "bounded_repr",
+    "bounded_text",
+    "check_bool",
+    "check_int",
+    "equal_row_counts",
+    "is_sorted",
+    "row_indices",
+]
+
+# The largest integer any count, size, seed, epoch or index of memseq may be: what numpy
+# (int64 arrays), tf.data (int64 tensors) and Python's sequences (``len``) represent.
+INT64_MAX = 2**63 - 1
 
 # Long enough for any legitimate value (a path, a shape, a dict of row counts),
 # short enough that a message stays readable.
@@ -46,20 +59,28 @@ def _prefix(where: str | None) -> str:
     return f"{where}: " if where else ""
 
 
-def check_int(value: Any, name: str, minimum: int = 0, *, where: str | None = None) -> int:
-    """``value`` as an ``int`` if it is an integer (not a bool) >= ``minimum``.
+def check_int(
+    value: Any, name: str, minimum: int = 0, *, maximum: int = INT64_MAX, where: str | None = None
+) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) in ``[minimum, maximum]``.
+
+    Every integer argument has an upper bound, by default :data:`INT64_MAX`: a larger
+    value cannot be represented where memseq passes it on (numpy, tf.data, ``len``),
+    and would fail later with an ``OverflowError`` far from its cause.
 
     Args:
         value: The argument to check.
         name: The argument's name, for the message.
         minimum: The smallest accepted value.
+        maximum: The largest accepted value.
         where: Optional context (a path) to start the message with.
 
     Returns:
         ``int(value)``.
 
     Raises:
-        SchemaError: ``"<name> must be an int >= <minimum>. Received: <value>"``.
+        SchemaError: ``"<name> must be an int >= <minimum>. Received: <value>"``, or
+            ``"... <= <maximum> ..."`` for a value above ``maximum``.
 
     Example:
         >>> check_int(4, "workers", 0)
@@ -67,6 +88,11 @@ def check_int(value: Any, name: str, minimum: int = 0, *, where: str | None = No
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise SchemaError(f"{_prefix(where)}{name} must be an int >= {minimum}. Received: {bounded_repr(value)}")
+    if value > maximum:
+        bound = "2**63 - 1" if maximum == INT64_MAX else str(maximum)
+        raise SchemaError(
+            f"{_prefix(where)}{name} must be an int from {minimum} to {bound}. Received: {bounded_repr(value)}"
+        )
     return int(value)
 
 
@@ -153,6 +179,9 @@ def row_indices(
         raise invalid(f"{what}: row indices must be integers or a boolean mask. Received dtype: {idx.dtype}. {hint}")
     if idx.ndim != 1:
         raise invalid(f"{what}: row indices must be one-dimensional. Received shape: {idx.shape}. {hint}")
+    if idx.dtype.kind == "u" and idx.dtype.itemsize == 8 and idx.size and int(idx.max()) > INT64_MAX:
+        # Cast to int64 such an index would wrap to a negative one, which counts from the end.
+        raise BatchIndexError(f"{what}: row index {int(idx.max())} is out of range for {num_rows} rows.")
     idx = idx.astype(np.int64, copy=False)
     ascending = is_sorted(idx)
     lo, hi = (int(idx[0]), int(idx[-1])) if ascending else (int(idx.min()), int(idx.max()))

@@ -30,6 +30,7 @@ import shutil
 import threading
 import uuid
 
+from memseq import _forksafe
 from memseq import format as fmt
 from memseq.errors import DatasetExistsError
 
@@ -62,6 +63,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getat
 # Temporary directory -> the descriptor holding its flock, for the writer's lifetime.
 _locks: dict[str, int] = {}
 _locks_guard = threading.Lock()
+_forksafe.renew_locks(globals(), "_locks_guard")  # another thread may hold it at a fork
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100

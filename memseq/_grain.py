@@ -26,7 +26,7 @@ from typing import Any
 
 import grain
 
-from memseq._checks import check_int
+from memseq._checks import INT64_MAX, check_int
 from memseq.errors import BatchIndexError
 
 __all__ = ["SequenceMapDataset", "to_grain"]
@@ -93,9 +93,14 @@ def to_grain(seq: Any, *, epoch: int | None = None, num_epochs: int | None = Non
         The dataset. The sequence is not modified.
 
     Raises:
-        SchemaError: If ``epoch`` or ``num_epochs`` is invalid.
+        SchemaError: If ``epoch`` or ``num_epochs`` is invalid: ``num_epochs`` is at
+            most ``sys.maxsize // len(seq)`` (Grain's ``len``), and the last epoch at
+            most ``2**63 - 1``.
     """
-    epoch = seq.epoch if epoch is None else check_int(epoch, "epoch", 0)
+    epoch = seq.epoch if epoch is None else check_int(epoch, "epoch", 0, where="to_grain")
     if num_epochs is not None:
-        num_epochs = check_int(num_epochs, "num_epochs", 1)
+        # len() of the dataset (num_epochs * len(seq)) must be a Python size, and the
+        # last epoch served an int64.
+        most = min(sys.maxsize // len(seq), INT64_MAX - epoch + 1)
+        num_epochs = check_int(num_epochs, "num_epochs", 1, maximum=most, where="to_grain")
     return SequenceMapDataset(seq, epoch, num_epochs)

@@ -17,12 +17,14 @@ hence bit-identical in every worker and in ``to_tf_dataset``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from memseq._checks import bounded_repr, check_int
+from memseq._checks import INT64_MAX, bounded_repr, check_int
 from memseq.errors import SchemaError
 from memseq.ragged import RaggedColumn
 
@@ -74,6 +76,29 @@ def _empty(buffers: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buffers.empty((capacity,), dtype)[:n].reshape(shape)
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_fits_in_memory(shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+    """Refuses a padded batch larger than the machine's memory before allocating it.
+
+    A huge ``Padding.multiple`` pads every batch to it; allocating that would end in a
+    bare ``MemoryError`` (or an int64 product that wraps), far from the cause.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    limit = _physical_memory() or INT64_MAX
+    if nbytes > min(limit, INT64_MAX):
+        raise SchemaError(
+            f"Padding: a padded batch of field {name!r} would have shape {bounded_repr(shape)} of {dtype}, "
+            f"{nbytes} bytes, more than this machine's memory ({limit} bytes). Lower Padding.multiple or "
+            "Padding.max_length, or the batch size."
+        )
+
+
 def padded_length(lengths: np.ndarray, padding: Padding) -> int:
     """The padded length of a batch whose (truncated) row lengths are ``lengths``: at least 1."""
     longest = max(1, int(lengths.max())) if len(lengths) else 1
@@ -112,7 +137,9 @@ class PaddedField(BatchField):
 
     def gather(self, rows: np.ndarray, buffers: Any) -> np.ndarray:
         arrays, part_of, starts, lengths = self.lengths(rows)
-        out = _empty(buffers, (len(rows), padded_length(lengths, self.padding), *self.column.value_shape), self.dtype)
+        shape = (len(rows), padded_length(lengths, self.padding), *self.column.value_shape)
+        _check_fits_in_memory(shape, self.dtype, self.column.name)
+        out = _empty(buffers, shape, self.dtype)
         out.fill(self.pad)
         if len(arrays) == 1:
             values = arrays[0]

@@ -61,12 +61,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import os
 import queue
 import threading
 from typing import Any
 
 import numpy as np
+
+from memseq import _forksafe
 
 __all__ = ["page_runs", "read_ahead", "resident"]
 
@@ -193,14 +194,11 @@ def _pool() -> queue.SimpleQueue:
     return q
 
 
+@_forksafe.on_fork_in_child
 def _forget_pool_after_fork() -> None:
     # A forked child has the queue but none of the threads that served it.
     global _queue, _lock
     _queue, _lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _serve(q: queue.SimpleQueue) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from memseq._checks import equal_row_counts
+from memseq._identity import identity_of
+from memseq.raw import _reopen_raw
 from memseq.errors import BatchIndexError, SchemaError
 
 __all__ = ["Records", "records"]
@@ -48,8 +50,14 @@ def _memmap_reference(array: np.memmap) -> tuple[str, str, tuple[int, ...], int]
     return os.fspath(array.filename), array.dtype.str, tuple(array.shape), int(file_offset)
 
 
-def _remap(path: str, dtype: str, shape: tuple[int, ...], offset: int) -> np.memmap:
-    return np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+def _identity_now(array: Any) -> tuple | None:
+    """The identity of the file an ``np.memmap`` names now, or None (not a file-backed memmap)."""
+    if not isinstance(array, np.memmap) or array.filename is None:
+        return None
+    try:
+        return tuple(identity_of(os.stat(array.filename)))
+    except OSError:
+        return None
 
 
 class Records:
@@ -93,6 +101,9 @@ class Records:
                 raise SchemaError(f"records(): field {name!r} needs a row dimension. Received shape: {tuple(array.shape)}")
             selected[name] = array
         self._columns = selected
+        # The files the np.memmaps name now: a worker that unpickles this view maps
+        # them again and refuses another file (replaced, truncated, rewritten since).
+        self._identities = {name: _identity_now(a) for name, a in selected.items() if isinstance(a, np.memmap)}
         self._num_rows = equal_row_counts({name: a.shape[0] for name, a in selected.items()}, "records fields")
 
     @property
@@ -132,20 +143,23 @@ class Records:
         return [{name: rows[k] for name, rows in gathered.items()} for k in range(len(idx))]
 
     def __getstate__(self) -> dict[str, Any]:
-        # File-backed np.memmaps travel as references (Grain pickles the source to
-        # each worker process); memseq columns pickle by reference by themselves.
+        # File-backed np.memmaps travel as references with the identity of their file
+        # (Grain pickles the source to each worker process) and arrive as read-only
+        # memseq raw columns, which refuse to serve another file; memseq columns
+        # pickle by reference by themselves.
         state = dict(self.__dict__)
         columns = {}
         for name, array in self._columns.items():
             ref = _memmap_reference(array) if isinstance(array, np.memmap) else None
-            columns[name] = ("memmap", ref) if ref is not None else ("array", array)
+            columns[name] = ("raw", (*ref, self._identities.get(name))) if ref is not None else ("array", array)
         state["_columns"] = columns
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         columns = {}
         for name, (kind, value) in state["_columns"].items():
-            columns[name] = _remap(*value) if kind == "memmap" else value
+            columns[name] = _reopen_raw(*value) if kind == "raw" else value
+        state.setdefault("_identities", {})
         self.__dict__.update(state, _columns=columns)
 
     def __repr__(self) -> str:

@@ -17,9 +17,13 @@ The promises of the reader, and where they are kept:
   dataset of thousands of shards opens under ``ulimit -n 1024``. ``Dataset.close()``
   or a ``with`` block unmaps the files at once, and a Dataset takes part in no
   reference cycle, so dropping the last reference unmaps them too.
-- Pickling stores paths (and a fingerprint of the manifest), never array data, and
-  the unpickled object reopens the files on first use. Worker processes started
-  by spawn or forkserver therefore start fast and share the page cache.
+- Pickling stores absolute paths, a fingerprint of the manifest and the identity of
+  every data file (device, inode, size, mtime), never array data; the unpickled
+  object reopens the files on first use and refuses a replaced, truncated or
+  rewritten file (:class:`DatasetReplacedError`, :class:`CorruptFileError`), so a
+  worker never serves data its parent did not. A closed Dataset pickles closed.
+  Worker processes started by spawn or forkserver therefore start fast, share the
+  page cache, and read exactly what the parent reads.
 
 ``Column``, ``RawColumn`` and ``open_raw`` are re-exported here, where they lived
 before the reader was split into modules.
@@ -35,10 +39,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from memseq import _fs
+from memseq import _forksafe, _fs, _identity
 from memseq import format as fmt
 from memseq._checksum import crc32
 from memseq._checks import bounded_repr, row_indices
+from memseq._identity import FileIdentity
 from memseq._mapping import MappedFile
 from memseq.columns import Column
 from memseq.errors import (
@@ -121,16 +126,29 @@ class _DatasetFiles:
     Dataset and its columns pickled together share one of these in the copy too.
     """
 
-    def __init__(self, path: str, fingerprint: int | None = None):
+    def __init__(
+        self, path: str, fingerprint: int | None = None, identities: Sequence[tuple] | None = None, closed: bool = False
+    ):
         self.path = path
         self.fingerprint = fingerprint
+        # The identity of every data file (see memseq._identity), in opening order: those
+        # this object mapped, or, until it opens, those its pickling process mapped.
+        self._identities: list[FileIdentity] | None = None if identities is None else [FileIdentity(*i) for i in identities]
+        self._opening: list[FileIdentity] = []
         self._lock = threading.Lock()
         self._manifest: fmt.Manifest | None = None
         self._mapped: dict[str, list[MappedFile]] | None = None
-        self._closed = False
+        self._closed = bool(closed)
+        _forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def __reduce__(self):
-        return (_DatasetFiles, (self.path, self.fingerprint))
+        # The path (absolute), the manifest's fingerprint and each data file's identity:
+        # the copy refuses a replaced manifest or data file. A closed dataset stays closed.
+        identities = None if self._identities is None else [tuple(i) for i in self._identities]
+        return (_DatasetFiles, (self.path, self.fingerprint, identities, self._closed))
 
     @property
     def manifest_path(self) -> str:
@@ -171,6 +189,7 @@ class _DatasetFiles:
                     )
                 try:
                     manifest = fmt.parse_manifest(raw, self.path)
+                    self._opening = []
                     mapped = self._open_all(manifest)
                 except MemseqError:
                     if _manifest_fingerprint(self.path) != crc:
@@ -183,6 +202,7 @@ class _DatasetFiles:
                 raise DatasetReplacedError(f"{self.manifest_path}: the dataset kept changing while it was being opened.")
             self._manifest = manifest
             self.fingerprint = crc
+            self._identities, self._opening = self._opening, []
             self._mapped = mapped
 
     def _open_all(self, manifest: fmt.Manifest) -> dict[str, list[MappedFile]]:
@@ -239,6 +259,12 @@ class _DatasetFiles:
                     f"{path}: expected {expected_size} bytes for {bounded_repr(shape)} of {dtype}, but the file is "
                     f"{st.st_size} bytes ({'truncated' if st.st_size < expected_size else 'has trailing bytes'})."
                 )
+            # A pickled copy maps the files its parent mapped, or none (the files are
+            # opened in manifest order, the same order in every process).
+            expected = self._identities
+            if expected is not None and len(self._opening) < len(expected):
+                _identity.check(path, st, expected[len(self._opening)], "dataset")
+            self._opening.append(_identity.identity_of(st))
             return MappedFile(path, fd, st, dtype, shape, offset)
         finally:
             os.close(fd)

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from memseq._checks import bounded_repr, check_bool, check_int, row_indices
+from memseq import _forksafe
+from memseq._checks import INT64_MAX, bounded_repr, check_bool, check_int, row_indices
 from memseq.errors import BatchIndexError, SchemaError
 
 __all__ = [
@@ -271,10 +272,19 @@ def replica_share(batch_size: int, num_replicas: int, num_pipelines: int, pipeli
         SchemaError: If replicas do not split evenly over pipelines, or the batch
             size does not divide by the number of replicas.
     """
-    if num_replicas < 1 or num_pipelines < 1 or num_replicas % num_pipelines or not 0 <= pipeline_id < num_pipelines:
+    if num_replicas < 1 or num_pipelines < 1:
         raise SchemaError(
-            f"input_context: {num_replicas} replicas do not split evenly over {num_pipelines} input pipelines "
-            f"(pipeline id {pipeline_id})."
+            f"input_context: needs at least 1 replica and 1 input pipeline. Received: num_replicas_in_sync="
+            f"{num_replicas}, num_input_pipelines={num_pipelines}"
+        )
+    if not 0 <= pipeline_id < num_pipelines:
+        raise SchemaError(
+            f"input_context: input pipeline id {pipeline_id} is out of range for {num_pipelines} input pipelines "
+            f"(ids 0 to {num_pipelines - 1})."
+        )
+    if num_replicas % num_pipelines:
+        raise SchemaError(
+            f"input_context: {num_replicas} replicas do not split evenly over {num_pipelines} input pipelines."
         )
     if batch_size % num_replicas:
         raise SchemaError(
@@ -344,6 +354,12 @@ class BatchPlan:
         self._permutations: dict[int, np.ndarray] = {}
         self._first_touches: tuple[int, np.ndarray, np.ndarray] | None = None
         self._recent = 0
+        _forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at the fork. The cache stays: every
+        # change to it is one atomic dict operation, so it is consistent.
+        self._lock = threading.Lock()
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of positions ``0..num_rows-1`` in ``epoch``, cached.
@@ -460,7 +476,12 @@ class BatchPlan:
 
         Dealt round-robin from ascending rows, so each share is a random subset spread
         over the whole row range, and the shares of all replicas are the batch.
+
+        Raises:
+            SchemaError: Unless ``num_replicas >= 1`` and ``0 <= replica < num_replicas``.
         """
+        num_replicas = check_int(num_replicas, "num_replicas", 1)
+        replica = check_int(replica, "replica", 0, maximum=num_replicas - 1)
         return rows[replica::num_replicas]
 
     def rng_key(self, epoch: int, index: int, replica: int | None = None) -> list[int]:
@@ -478,6 +499,7 @@ class BatchPlan:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        _forksafe.register(self)
 
 
 class LengthBuckets(EpochOrder):
@@ -512,6 +534,12 @@ class LengthBuckets(EpochOrder):
         array = np.asarray(source)
         if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
             raise SchemaError(f"LengthBuckets: lengths must be 1-D integers. Received: {array.dtype} {array.shape}")
+        if array.size and (int(array.min()) < 0 or int(array.max()) > INT64_MAX):
+            bad = int(array.min()) if int(array.min()) < 0 else int(array.max())
+            raise SchemaError(
+                f"LengthBuckets: lengths must be from 0 to 2**63 - 1. Received: {bad} "
+                f"at row {int(np.flatnonzero(array == bad)[0])}"
+            )
         self.lengths = array.astype(np.int64, copy=False)
         self.window_batches = check_int(window_batches, "window_batches", 1, where="LengthBuckets")
         self.batch_size = 0  # set by bind(): BatchPlan binds the order to its batch size
@@ -533,7 +561,9 @@ class LengthBuckets(EpochOrder):
             raise SchemaError("LengthBuckets: use it as a MemmapSequence's (or BatchPlan's) shuffle=.")
         rng = np.random.default_rng([seed, epoch])
         perm = rng.permutation(np.arange(num_rows, dtype=_index_dtype(num_rows)))
-        window = np.arange(num_rows, dtype=np.int64) // (self.window_batches * self.batch_size)
+        # Windows longer than the epoch are the epoch (and the product must fit an int64).
+        span = min(self.window_batches * self.batch_size, max(1, num_rows))
+        window = np.arange(num_rows, dtype=np.int64) // span
         perm = perm[np.lexsort((self._served[perm], window))]
         full = num_rows // self.batch_size
         batches = perm[: full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]

@@ -2,37 +2,70 @@
 
 ``memseq.open_raw(path, dtype, shape)`` checks the file's size against ``dtype`` and
 ``shape`` (one ``-1`` inferred), maps it read-only and returns a :class:`RawColumn`,
-which pickles as its arguments, never as data.
+which pickles as its arguments and the file's identity, never as data.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from typing import Any, Sequence
 
 import numpy as np
 
-from memseq import _fs
+from memseq import _forksafe, _fs, _identity
 from memseq import format as fmt
 from memseq._checks import bounded_repr, check_int
+from memseq._identity import FileIdentity
 from memseq._mapping import MappedFile, prod
 from memseq.columns import Column
-from memseq.errors import CorruptFileError, DatasetClosedError, SchemaError
+from memseq.errors import CorruptFileError, DatasetClosedError, FormatError, SchemaError
 
 __all__ = ["RawColumn", "open_raw"]
 
 
 class RawColumn(Column):
-    """A headerless raw file opened by :func:`open_raw`; pickles as its arguments."""
+    """A headerless raw file opened by :func:`open_raw`; pickles as its arguments and the file's identity.
 
-    def __init__(self, path: str, dtype: np.dtype, shape: tuple[int, ...], offset: int):
+    The path is kept absolute, so a process with another working directory reads the
+    same file. The pickle also carries the identity of the file this object maps
+    (device, inode, size, modification time; see :mod:`memseq._identity`): the
+    unpickled copy maps the path again on first read and refuses another file with
+    :class:`DatasetReplacedError` (replaced or modified) or :class:`CorruptFileError`
+    (another size), instead of serving data its parent never served. A closed column
+    pickles closed.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        offset: int,
+        *,
+        identity: FileIdentity | None = None,
+        closed: bool = False,
+    ):
+        path = os.path.abspath(path)
         super().__init__(os.path.basename(path), dtype, shape[1:], [shape[0]])
         self.path = path
         self.offset = offset
         self._lock = threading.Lock()
         self._file: MappedFile | None = None
-        self._closed = False
+        self._closed = closed
+        if identity is None:
+            # Built over a file someone else opened (an np.memmap given to a sequence):
+            # the file the path names now is the one to serve, here and in workers.
+            try:
+                identity = _identity.identity_of(os.stat(path))
+            except OSError:
+                identity = None  # reported by the first read
+        self._identity = identity
+        _forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def _parts(self) -> Sequence[MappedFile]:
         f = self._file
@@ -41,9 +74,17 @@ class RawColumn(Column):
                 if self._closed:
                     raise DatasetClosedError(f"{self.path}: the raw column was closed; open it again to read.")
                 if self._file is None:
-                    self._file = MappedFile.open(self.path, self.dtype, self.shape, self.offset, "raw file")
+                    self._file = self._map()
                 f = self._file
         return (f,)
+
+    def _map(self) -> MappedFile:
+        fd, st = _fs.open_regular(self.path, "raw file")
+        try:
+            _identity.check(self.path, st, self._identity, "raw column")
+            return MappedFile(self.path, fd, st, self.dtype, self.shape, self.offset)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Unmaps the file; reading afterwards raises :class:`DatasetClosedError`."""
@@ -60,15 +101,26 @@ class RawColumn(Column):
         self.close()
 
     def __reduce__(self):
-        return (_reopen_raw, (self.path, self.dtype.str, self.shape, self.offset))
+        identity = None if self._identity is None else tuple(self._identity)
+        return (_reopen_raw, (self.path, self.dtype.str, self.shape, self.offset, identity, self._closed))
 
     def __repr__(self) -> str:
         return f"<memseq.RawColumn {self.path!r} shape={self.shape} dtype={self.dtype} offset={self.offset}>"
 
 
-def _reopen_raw(path: str, dtype: str, shape: tuple[int, ...], offset: int) -> RawColumn:
-    # Lazy: the file is mapped (and its size checked) on first read in the new process.
-    return RawColumn(path, np.dtype(dtype), tuple(shape), offset)
+def _reopen_raw(
+    path: str, dtype: str, shape: tuple[int, ...], offset: int, identity: tuple | None = None, closed: bool = False
+) -> RawColumn:
+    # Lazy: the file is mapped (and its identity and size checked) on first read in the
+    # new process. Pickles made before identities existed carry none: nothing to compare.
+    column = RawColumn.__new__(RawColumn)
+    Column.__init__(column, os.path.basename(path), np.dtype(dtype), tuple(shape)[1:], [tuple(shape)[0]])
+    column.path, column.offset = path, offset
+    column._lock = threading.Lock()
+    column._file = None
+    column._closed = bool(closed)
+    column._identity = None if identity is None else FileIdentity(*identity)
+    return _forksafe.register(column)
 
 
 def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, offset: int = 0) -> Column:
@@ -76,6 +128,14 @@ def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, of
 
     The file is mapped read-only. Its size minus ``offset`` must be exactly what
     ``dtype`` and ``shape`` imply; one ``-1`` in ``shape`` is inferred from the size.
+
+    What cannot be checked: a headerless file does not record its dtype. With a
+    ``-1`` in ``shape``, a wrong dtype whose item size still divides the file (say
+    ``float32`` for ``float64`` data, or ``uint8`` for anything) opens, with another
+    row count, and reads wrong values. Pass the full shape when you know the row
+    count: then a wrong dtype is a size mismatch, an error. A file that does carry a
+    header (a ``.npy`` file) is checked against it: another dtype, shape or offset
+    than its header says is refused (reading all its bytes as 1-D ``uint8`` is not).
 
     Args:
         path: The raw file.
@@ -90,7 +150,8 @@ def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, of
         DatasetNotFoundError: If the file does not exist.
         NotRegularFileError: If it is a FIFO, socket, device or directory.
         DatasetPermissionError, FileAccessError: If it cannot be opened.
-        SchemaError: If the path, dtype, shape or offset is invalid.
+        SchemaError: If the path, dtype, shape or offset is invalid, or the file is a
+            ``.npy`` file whose header says another dtype, shape or data offset.
         CorruptFileError: If the size does not match (not divisible, too small or
             too large); the message gives the expected and the actual size.
 
@@ -118,12 +179,43 @@ def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, of
     fd, st = _fs.open_regular(path, "raw file")
     try:
         dims = _raw_shape(path, dt, dims, offset, st.st_size)
+        _refuse_npy_mismatch(path, fd, dt, dims, offset)
         part = MappedFile(path, fd, st, dt, dims, offset)  # map now: a bad file fails here, not on first read
     finally:
         os.close(fd)
-    column = RawColumn(path, dt, dims, offset)
+    column = RawColumn(path, dt, dims, offset, identity=_identity.identity_of(st))
     column._file = part
     return column
+
+
+def _refuse_npy_mismatch(path: str, fd: int, dt: np.dtype, dims: tuple[int, ...], offset: int) -> None:
+    """Refuses a ``.npy`` file read with another dtype or shape than its header says.
+
+    A headerless file cannot tell its dtype, but a ``.npy`` file can: if the file
+    starts with the ``.npy`` magic string and has a valid header, ``open_raw`` must
+    skip exactly the header and agree with its dtype and shape.
+    """
+    try:
+        head = os.pread(fd, 8, 0)
+    except OSError:
+        return  # the mapping reports unreadable files
+    if not fmt.has_npy_magic(head):
+        return
+    try:
+        with io.FileIO(fd, "rb", closefd=False) as f:
+            npy_dtype, npy_shape, npy_offset = fmt.read_npy_header(f, path)
+    except FormatError:
+        return  # raw bytes that happen to start like a .npy file: nothing to compare with
+    if offset == npy_offset and dt == npy_dtype and dims == tuple(npy_shape):
+        return
+    if dt == np.uint8 and offset == 0 and len(dims) == 1:
+        return  # the file's bytes, header included, on purpose
+    raise SchemaError(
+        f"{path}: this is a .npy file, not a headerless raw file: its header says dtype {npy_dtype}, shape "
+        f"{bounded_repr(tuple(npy_shape))}, data at byte {npy_offset}. Received: dtype={dt}, shape={bounded_repr(dims)}, "
+        f"offset={offset}. Open it with np.load(path, mmap_mode='r'), or pass "
+        f"open_raw(path, dtype={npy_dtype.str!r}, shape={bounded_repr(tuple(npy_shape))}, offset={npy_offset})."
+    )
 
 
 def _raw_shape(path: str, dt: np.dtype, dims: tuple[int, ...], offset: int, size: int) -> tuple[int, ...]:

@@ -55,11 +55,19 @@ from typing import Any
 
 import numpy as np
 
-from memseq._checks import check_bool, check_int
+from memseq import _forksafe
+from memseq._checks import INT64_MAX, bounded_repr, check_bool, check_int
+from memseq._tfexit import guarded
 from memseq.errors import SchemaError
 from memseq.order import ReplicaShare, replica_share
 
-__all__ = ["dataset_fn", "distribute", "per_iteration", "to_tf_dataset"]
+__all__ = ["MAX_PARALLEL_CALLS", "dataset_fn", "distribute", "per_iteration", "to_tf_dataset"]
+
+# The most batches ``to_tf_dataset`` builds in parallel. tf.data reserves a result slot
+# per parallel call up front (``10**9`` of them abort the process), and each call in
+# flight holds a whole batch in memory; far fewer run at once on any machine, since
+# tf.data's threads are as many as the cores.
+MAX_PARALLEL_CALLS = 1024
 
 
 class _EpochCounter:
@@ -72,10 +80,16 @@ class _EpochCounter:
     def __init__(self, first: int):
         self._next = first
         self._lock = threading.Lock()
+        _forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def __call__(self) -> np.int64:
         with self._lock:
             epoch = self._next
+            if epoch > INT64_MAX:
+                raise SchemaError(f"to_tf_dataset: the next epoch, {epoch}, exceeds 2**63 - 1.")
             self._next += 1
         return np.int64(epoch)
 
@@ -183,12 +197,30 @@ def _check_arguments(seq: Any, deterministic: Any, epoch: Any, num_parallel_call
         return first_epoch, tf.data.AUTOTUNE
     if num_parallel_calls != tf.data.AUTOTUNE or isinstance(num_parallel_calls, (bool, np.bool_)):
         try:
-            check_int(num_parallel_calls, "num_parallel_calls", 1)
+            check_int(num_parallel_calls, "num_parallel_calls", 1, maximum=MAX_PARALLEL_CALLS)
         except SchemaError:
             raise SchemaError(
-                f"num_parallel_calls must be an int >= 1 or tf.data.AUTOTUNE. Received: {num_parallel_calls!r}"
+                f"num_parallel_calls must be an int from 1 to {MAX_PARALLEL_CALLS} "
+                f"(memseq.tfdata.MAX_PARALLEL_CALLS) or tf.data.AUTOTUNE. Received: {bounded_repr(num_parallel_calls)}"
             ) from None
     return first_epoch, int(num_parallel_calls)
+
+
+def _replica_share(seq: Any, input_context: Any) -> ReplicaShare | None:
+    """The share of ``input_context`` (a ``tf.distribute.InputContext``), or None without one."""
+    if input_context is None:
+        return None
+    names = ("num_replicas_in_sync", "num_input_pipelines", "input_pipeline_id")
+    values = {}
+    for name in names:
+        value = getattr(input_context, name, None)
+        if value is None:
+            raise SchemaError(
+                "input_context must be a tf.distribute.InputContext (with num_replicas_in_sync, "
+                f"num_input_pipelines and input_pipeline_id). Received: {bounded_repr(input_context)}"
+            )
+        values[name] = check_int(value, f"input_context.{name}", 0)
+    return replica_share(seq.batch_size, *(values[name] for name in names))
 
 
 def per_iteration(start: Callable[[], Any], num_elements: int) -> Any:
@@ -211,7 +243,7 @@ def per_iteration(start: Callable[[], Any], num_elements: int) -> Any:
 
     @tf.autograph.experimental.do_not_convert
     def next_epoch(_: Any) -> Any:
-        return tf.numpy_function(lambda: np.int64(start()), [], tf.int64, stateful=True, name="memseq_iteration")
+        return tf.numpy_function(guarded(lambda: np.int64(start())), [], tf.int64, stateful=True, name="memseq_iteration")
 
     @tf.autograph.experimental.do_not_convert
     def elements(epoch: Any) -> Any:
@@ -267,8 +299,8 @@ def to_tf_dataset(
             given to ``strategy.distribute_datasets_from_function``): serve only
             this input pipeline's share, with the per-replica batch size.
         epoch: The epoch of the first iteration. Default: ``seq.epoch``.
-        num_parallel_calls: Batches built in parallel. Default:
-            ``tf.data.AUTOTUNE``.
+        num_parallel_calls: Batches built in parallel, from 1 to
+            :data:`MAX_PARALLEL_CALLS` (1024). Default: ``tf.data.AUTOTUNE``.
         ragged: Serve stored variable-length fields as ``tf.RaggedTensor`` (rows
             truncated to ``Padding.max_length``, no padding) instead of padded
             tensors. Not with ``input_context``.
@@ -298,16 +330,9 @@ def to_tf_dataset(
     template, specs = _signature(seq, output_signature)
     names = list(specs)
     dtypes = [specs[name].dtype for name in names]
-    share = None
-    if input_context is not None:
-        share = replica_share(
-            seq.batch_size,
-            int(input_context.num_replicas_in_sync),
-            int(input_context.num_input_pipelines),
-            int(input_context.input_pipeline_id),
-        )
+    share = _replica_share(seq, input_context)
     num_elements = len(seq) * (1 if share is None else share.replicas_per_pipeline)
-    load = _Loader(seq, names, specs, share)
+    load = guarded(_Loader(seq, names, specs, share))
     row_lengths = None
     if check_bool(ragged, "ragged"):
         from memseq._tfragged import RowLengths
@@ -322,7 +347,7 @@ def to_tf_dataset(
             array.set_shape(specs[name].shape)
             by_name[name] = array
         if row_lengths is not None and row_lengths.names:
-            lengths = tf.numpy_function(row_lengths, [epoch, element], [tf.int32] * len(row_lengths.names),
+            lengths = tf.numpy_function(guarded(row_lengths), [epoch, element], [tf.int32] * len(row_lengths.names),
                                         stateful=False, name="memseq_lengths")
             row_lengths.wrap(by_name, lengths)
         return tf.nest.map_structure(lambda name: by_name[name], template)
