@@ -301,7 +301,7 @@ class _Worker:
                 "It was killed with SIGKILL, often by the kernel's OOM killer: use fewer workers "
                 "or a smaller max_queue_size or batch_size."
             )
-        elif exitcode and exitcode > 0 and not self.delivered and self.start_method != "fork":
+        elif exitcode is not None and exitcode >= 0 and not self.delivered and self.start_method != "fork":
             hint = (
                 f"Under the {self.start_method!r} start method each worker imports your main module: "
                 "a script that starts training at top level needs an `if __name__ == \"__main__\":` guard "

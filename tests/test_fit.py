@@ -472,3 +472,25 @@ def test_a_subclass_that_forgets_super_init_is_told_so(data_path):
 
     with pytest.raises(AttributeError, match=r"did not call MemmapSequence.__init__.*super\(\).__init__"):
         Forgetful(data_path)[0]
+
+
+NO_MAIN_GUARD = '''
+import multiprocessing
+import numpy as np
+import keras
+import memseq
+
+multiprocessing.set_start_method("spawn", force=True)
+seq = memseq.MemmapSequence({"x": np.zeros((64, 3), np.float32)}, x="x", batch_size=8, workers=1, use_multiprocessing=True)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Identity()])
+model.predict(seq, verbose=0)
+'''
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_is_told_to_add_one(run_python):
+    result = run_python(NO_MAIN_GUARD, timeout=300)
+    assert result.returncode != 0
+    # memseq's message, after the worker's own traceback (Python's bootstrapping error).
+    assert "each worker imports your main module" in result.stderr, result.stderr[-3000:]
+    assert '`if __name__ == "__main__":` guard' in result.stderr
