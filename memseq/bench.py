@@ -288,6 +288,9 @@ def run_bench(
     hot (the same batches again, now cached). tf.data pipelines are built and their
     first batch taken before the clock starts.
 
+    ``batches`` is capped at the dataset's number of full batches (at least 1); ``log``
+    says so when the cap applies, and each result's ``batches`` is the number run.
+
     Returns:
         Dicts with ``method``, ``cache`` (``"cold"``/``"hot"``), ``batches``,
         ``samples``, ``seconds``, ``samples_per_s``, ``gb_per_s`` and
@@ -298,6 +301,9 @@ def run_bench(
 
     log = log or (lambda message: None)
     job, files, row_bytes = _prepare(path, x, y, batch_size, batches, methods)
+    if job.num_batches < batches:
+        log(f"{path} holds {job.num_batches} full batch(es) of {batch_size} rows: running {job.num_batches} "
+            f"batch(es) per measurement, not the {batches} asked for")
     results = []
     for method in methods:
         if method == "tf_data" and not hasattr(memseq.MemmapSequence, "to_tf_dataset"):

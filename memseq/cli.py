@@ -292,7 +292,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     """Adds ``memseq convert [SRC] DST [--field ...] [--raw ...]``."""
     p = sub.add_parser(
         "convert",
-        help="convert .npy/.npz/raw/HDF5 files or an image folder into a dataset",
+        help="convert .npy/.npz/raw/HDF5 files, Zarr stores, .npy globs or an image folder into a dataset",
         formatter_class=_Formatter,
         usage="memseq convert [-h] [SRC] DST [--field NAME=PATH[:KEY]]... [--raw NAME=PATH:DTYPE:SHAPE]... [options]",
         description="""\
@@ -315,6 +315,15 @@ Sources (combine several; all need the same number of rows):
                             a headerless raw file with its own dtype and shape,
                             e.g. --raw image=images.mmap:uint8:-1,64,64,3
 SHAPE is rows first, comma-separated, with one -1 inferred from the file size.
+
+Through Dask (--scheduler chooses where; --raw does not combine with these):
+  SRC = STORE.zarr          a Zarr store: every array of its group ('group/x'
+                            becomes field 'group.x')
+  SRC = 'x-*.npy'           a glob of .npy files concatenated in natural order
+                            (x-2 before x-10), as field 'x' (named after the
+                            pattern); quote it so the shell does not expand it
+  --field NAME=STORE.zarr[:ARRAY]   one array of a Zarr store as field NAME
+  --field NAME='GLOB'       a glob of .npy files as field NAME
 
 Variable-length fields (converted in one process; --jobs does not apply):
   --field NAME=DIR/         a directory of .npy files, one row each (natural

@@ -263,6 +263,29 @@ def _make_base(directory: str | None, needed: int) -> str:
     return base
 
 
+def _progress_callback(keras: Any, num_batches: int, batch_size: int, epochs: int, out: Callable[[str], None],
+                       interval: float = 10.0) -> Any:
+    """A Keras callback that prints an epoch's progress every ``interval`` seconds (through ``out``)."""
+
+    class _Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+            self._start = self._last = time.perf_counter()
+            out(f"epoch {epoch + 1}/{epochs}: started, {num_batches:,} batches")
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if now - self._last < interval:
+                return
+            self._last = now
+            done = batch + 1
+            elapsed = now - self._start
+            out(f"epoch {self._epoch + 1}/{epochs}: batch {done:,}/{num_batches:,}, {elapsed:.0f} s, "
+                f"{done * batch_size / elapsed:,.0f} samples/s")
+
+    return _Progress()
+
+
 def _train(path: str, *, epochs: int, batch_size: int, workers: int, seed: int, verbose: int | str | None,
            out: Callable[[str], None]) -> tuple[dict[str, Any], MemorySampler]:
     """Trains the demo model on the dataset at ``path``; returns the measurements and the memory peaks."""
@@ -296,10 +319,15 @@ def _train(path: str, *, epochs: int, batch_size: int, workers: int, seed: int, 
 
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    callbacks = [_Timer()]
+    if verbose == 2:
+        # Keras' verbose=2 prints one line per epoch only: without a terminal the demo
+        # would print nothing for the better part of a minute.
+        callbacks.append(_progress_callback(keras, len(seq), batch_size, epochs, out))
     with MemorySampler() as memory:
         # shuffle=False: memseq already shuffles rows every epoch, reproducibly;
         # fit's own shuffle would only reorder whole batches with Python's random.
-        history = model.fit(seq, epochs=epochs, shuffle=False, verbose=verbose, callbacks=[_Timer()])
+        history = model.fit(seq, epochs=epochs, shuffle=False, verbose=verbose, callbacks=callbacks)
     _, val_accuracy = model.evaluate(val, verbose=0)
 
     samples = len(seq) * batch_size if seq.drop_remainder else len(train_rows)
@@ -352,7 +380,8 @@ def run_demo(
         workers: Keras worker processes.
         seed: Seed of the data, the shuffles and the augmentation.
         verbose: ``model.fit`` verbosity; default: a progress bar on a terminal,
-            one line per epoch otherwise.
+            one line per epoch otherwise. With 2 (the default without a terminal),
+            a progress line is also printed every 10 seconds of an epoch.
         out: Where to print the report lines.
 
     Returns:
