@@ -354,7 +354,9 @@ class SequenceAdapter(DataAdapter):
         return data_adapter_utils.get_torch_dataloader(self._feed.batches())
 
     def get_mlx_iterator(self) -> Iterator[Any]:
-        return data_adapter_utils.get_mlx_iterator(self._feed.batches())
+        # Keras' MLX backend (newer Keras) converts numpy batches itself where this is missing.
+        convert = getattr(data_adapter_utils, "get_mlx_iterator", None)
+        return self._feed.batches() if convert is None else convert(self._feed.batches())
 
     def get_tf_dataset(self) -> Any:
         """A tf.data pipeline: one epoch per iteration, without ``from_generator``.
