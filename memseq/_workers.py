@@ -343,7 +343,6 @@ class _Run:
         self.end: int | None = None
         self.consumed = 0
         self.cancelled = False
-        self.finished = threading.Event()  # the dispatcher is done with this run
 
     def put(self, position: int, batch: Any, error: BaseException | None = None) -> None:
         with self.cond:
@@ -407,24 +406,22 @@ class _Pool:
                 if run is None:
                     return
                 try:
-                    self.start_workers(run.epoch)
+                    self.start_workers()
                     self.run_epoch(run)
                 except BaseException as error:  # noqa: BLE001 - the consumer raises it
                     self.fail(run, error)
-                    # Their pipes may hold half an exchange: start afresh next epoch.
-                    for worker in self.workers:
-                        worker.stop()
-                    self.workers.clear()
-                finally:
-                    run.finished.set()
+                    self.stop_workers()  # their pipes may hold half an exchange: start afresh
         finally:
-            for worker in self.workers:
-                worker.stop()
-            self.workers.clear()
+            self.stop_workers()
             os.close(self.wake_r)
             os.close(self.wake_w)
 
-    def start_workers(self, epoch: int) -> None:
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+    def start_workers(self) -> None:
         if self.workers and self.refresh:
             for worker in self.workers:
                 worker.conn.send(("build", self.build))
