@@ -49,3 +49,22 @@ def assert_same_array(actual, expected) -> None:
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_exit(pids: list[int], seconds: float) -> list[int]:
+    """Waits up to ``seconds`` for ``pids`` to end; returns those still running."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(process_running(pid) for pid in pids):
+        time.sleep(0.1)
+    return [pid for pid in pids if process_running(pid)]

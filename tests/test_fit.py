@@ -368,9 +368,8 @@ if __name__ == "__main__":
 def test_sigkill_of_the_trainer_leaves_no_worker(tmp_path, backend, method):
     import subprocess
     import sys
-    import time
 
-    from conftest import subprocess_env
+    from conftest import subprocess_env, wait_for_exit
 
     if backend == "jax" and importlib.util.find_spec("jax") is None:
         pytest.skip("jax (test extra) not installed")
@@ -387,19 +386,9 @@ def test_sigkill_of_the_trainer_leaves_no_worker(tmp_path, backend, method):
     finally:
         trainer.kill()
         trainer.wait()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
-        time.sleep(0.1)
-    assert [pid for pid in pids if _running(pid)] == []
+    assert wait_for_exit(pids, 5) == []
     assert trainer.stdout.read() == ""  # nobody holds the trainer's output open
 
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class Scaled(memseq.MemmapSequence):

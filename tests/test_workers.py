@@ -9,7 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-from memseq._workers import InlineProducer, ProcessProducer, ThreadProducer, make_producer
+from memseq._workers import (
+    InlineProducer,
+    ProcessProducer,
+    ThreadProducer,
+    make_producer,
+)
 from memseq.errors import WorkerError
 
 
@@ -254,9 +259,8 @@ if __name__ == "__main__":
 def test_no_worker_outlives_a_killed_trainer(tmp_path, method):
     import subprocess
     import sys
-    import time
 
-    from conftest import subprocess_env
+    from conftest import subprocess_env, wait_for_exit
 
     script = tmp_path / "trainer.py"
     script.write_text(ORPHAN_SCRIPT)
@@ -267,17 +271,7 @@ def test_no_worker_outlives_a_killed_trainer(tmp_path, method):
     assert len(pids) >= 3, trainer.stderr.read()
     trainer.kill()
     trainer.wait()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.1)
-    assert [pid for pid in pids if _alive(pid)] == []
+    assert wait_for_exit(pids, 5) == []
     # Nobody holds the trainer's output open any more: reading it ends.
     assert trainer.stdout.read() == ""
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
