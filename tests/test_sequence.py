@@ -258,6 +258,24 @@ def test_bad_data_arguments(tmp_path, data_dir):
         memseq.MemmapSequence(data_dir, x="image").set_epoch(-1)
 
 
+def test_a_bad_epoch_is_refused_before_readahead_and_poisons_nothing(data_dir):
+    seq = memseq.MemmapSequence(data_dir, x="image", y="label", batch_size=100, readahead=True)
+    for bad in ("2", -1, 2.0, 2**70):
+        with pytest.raises(memseq.SchemaError, match="epoch"):
+            seq.get_batch(0, epoch=bad)
+    # Later epochs are served as usual (a bad epoch once broke every later read ahead).
+    for epoch in (0, 1, 2):
+        assert np.array_equal(seq.get_batch(3, epoch)[1], memseq.MemmapSequence(data_dir, x="image", y="label", batch_size=100, seed=seq.seed, readahead=False).get_batch(3, epoch)[1])
+
+
+def test_dict_inputs_without_targets_are_the_dict_as_keras_returns_it(data_dir):
+    seq = memseq.MemmapSequence(data_dir, x={"pixels": "image"}, batch_size=100, shuffle=False)
+    batch = seq[0]
+    assert isinstance(batch, dict) and set(batch) == {"pixels"}
+    (single,) = memseq.MemmapSequence(data_dir, x="image", batch_size=100, shuffle=False)[0]
+    assert np.array_equal(batch["pixels"], single)
+
+
 def test_predict_mode_yields_inputs_only(data_dir):
     seq = memseq.MemmapSequence(data_dir, x="image", batch_size=100, shuffle=False)
     (x,) = seq[0]
