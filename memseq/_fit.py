@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import itertools
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -281,7 +282,7 @@ class _EpochFeed:
     def order(self, epoch: int) -> Iterable[int]:
         num_batches = self.seq.num_batches
         if num_batches is None:
-            return _count_from(self.start)
+            return itertools.count(self.start)
         indices = np.arange(num_batches)
         if self.shuffle:
             # Keras 3.15 shuffles with the global `random`; seeded here so a resumed
@@ -309,13 +310,6 @@ class _EpochFeed:
         if count == 0:
             raise ValueError("The PyDataset has length 0")
         return data_adapter_utils.get_tensor_spec([standardize(self.seq[i], self.class_weight) for i in range(count)])
-
-
-def _count_from(start: int) -> Iterator[int]:
-    index = start
-    while True:
-        yield index
-        index += 1
 
 
 class SequenceAdapter(DataAdapter):
