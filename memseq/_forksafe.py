@@ -25,7 +25,9 @@ too), and drop references to threads and to queues that only those threads serve
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +70,7 @@ def _after_fork_in_child() -> None:
     global _objects
     # Module callbacks first: an object's hook may use a module's renewed state.
     for callback in list(_callbacks):
-        callback()
+        _call(callback)
     # The set itself may have been mid-update in another thread at the fork: iterate a
     # copy of its underlying refs, then start a fresh set with the live objects.
     live = [ref() for ref in list(_objects.data)]
@@ -76,8 +78,17 @@ def _after_fork_in_child() -> None:
     for obj in live:
         if obj is None:
             continue
-        obj._after_fork_in_child()
+        _call(obj._after_fork_in_child)
         _objects.add(obj)
+
+
+def _call(hook: Callable[[], None]) -> None:
+    # One failing hook must not leave the others' locks held: report it and go on.
+    try:
+        hook()
+    except Exception:  # noqa: BLE001
+        print(f"memseq: a fork hook failed in the child ({hook!r}):", file=sys.stderr)
+        traceback.print_exc()
 
 
 if hasattr(os, "register_at_fork"):

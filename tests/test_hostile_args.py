@@ -326,6 +326,20 @@ def test_memmap_in_a_sequence_or_records_is_checked_in_workers(tmp_path, pool_el
         pool_elsewhere.apply(operator.getitem, (source, 2))
 
 
+def test_memmap_given_to_a_sequence_is_checked_when_unpickled(tmp_path):
+    path = tmp_path / "x.mmap"
+    _write_raw(path, 1.0)
+    s = memseq.MemmapSequence({"x": np.memmap(path, np.float32, "r", shape=(N, 4)), "y": np.arange(N)},
+                              x="x", y="y", batch_size=8, seed=0)
+    blob = pickle.dumps(s)
+    assert len(blob) < 64 * 1024  # by reference, not the data
+    assert_same_array(pickle.loads(blob).get_batch(0)[0], np.ones((8, 4), np.float32))
+    _write_raw(tmp_path / "new.mmap", 2.0)
+    os.replace(tmp_path / "new.mmap", path)
+    with pytest.raises(DatasetReplacedError, match="names another file than the raw column that was pickled"):
+        pickle.loads(blob).get_batch(0)
+
+
 def test_dataset_data_file_replaced_by_rename_is_refused_in_workers(tmp_path, pool_elsewhere):
     path = tmp_path / "ds"
     memseq.save(path, {"x": np.ones((N, 4), np.float32)})
