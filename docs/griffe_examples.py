@@ -1,8 +1,13 @@
-"""A Griffe extension for the API reference: ``Example:`` sections render as examples.
+"""A Griffe extension for the API reference: memseq's docstrings rendered as Markdown.
 
-memseq's docstrings head doctest snippets with ``Example:``, which Griffe's Google
-parser reads as an admonition of plain Markdown (so ``ds["image"][0:4]`` would be
-taken for a Markdown link). Renamed ``Examples:``, they render as Python console code.
+memseq's docstrings are Google style with a few reStructuredText habits, which the
+Markdown renderer would show verbatim or misread:
+
+- ``Example:`` heads doctest snippets; Griffe's Google parser reads it as an
+  admonition of plain Markdown (so ``ds["image"][0:4]`` would be taken for a Markdown
+  link). Renamed ``Examples:``, it renders as Python console code.
+- Sphinx roles (``:class:`memseq.Writer```, ``:func:`~memseq.save```) become inline
+  code of the name (the last component for ``~``), as Sphinx would display them.
 """
 
 from __future__ import annotations
@@ -13,11 +18,18 @@ from typing import Any
 import griffe
 
 _EXAMPLE = re.compile(r"^(\s*)Example:[ \t]*$", re.MULTILINE)
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|exc|data|obj):`(~?)([^`]+)`")
+
+
+def _role(match: re.Match) -> str:
+    tilde, target = match.groups()
+    return f"`{target.rsplit('.', 1)[-1] if tilde else target}`"
 
 
 class ExampleSections(griffe.Extension):
-    """Renames ``Example:`` section headers to ``Examples:`` before docstrings are parsed."""
+    """Rewrites ``Example:`` headers and Sphinx roles before docstrings are parsed."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
+            text = _EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
+            obj.docstring.value = _ROLE.sub(_role, text)

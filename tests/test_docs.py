@@ -252,6 +252,7 @@ def test_convert_help_lists_every_source():
         assert source.lower() in text.lower(), source
 
 
+@pytest.mark.slow  # run_bench imports Keras
 def test_bench_says_when_it_runs_fewer_batches(tmp_path, monkeypatch):
     import numpy as np
 
