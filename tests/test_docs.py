@@ -95,13 +95,14 @@ def runnable(path: Path) -> list[dict]:
 # a block pickle as a pasted session's would), so everything it does is guarded.
 _DRIVER = textwrap.dedent(
     """\
-    import json, linecache, subprocess, sys, traceback
+    import json, linecache, subprocess, sys, time, traceback
     if __name__ == "__main__":
         page, blocks = json.load(open(sys.argv[1]))
         namespace = sys.modules["__main__"].__dict__
         for block in blocks:
             where = f"{page}:{block['line']}"
             print(f"--- running {block['language']} block at {where}", flush=True)
+            started = time.perf_counter()
             if block["language"] == "bash":
                 rc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block["code"]]).returncode
             elif block["marker"] == "fresh-process":
@@ -117,6 +118,7 @@ _DRIVER = textwrap.dedent(
                     rc = 1
             sys.stdout.flush()
             sys.stderr.flush()
+            print(f"--- {time.perf_counter() - started:.1f} s", flush=True)
             if rc != 0:
                 print(f"--- FAILED: the {block['language']} block at {where} (exit code {rc})", flush=True)
                 sys.exit(1)
