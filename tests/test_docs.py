@@ -64,7 +64,7 @@ def code_blocks(path: Path) -> list[dict]:
         i += 1
         body = []
         while i < len(lines) and not re.match(rf"^{re.escape(indent)}```\s*$", lines[i]):
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
+            body.append(lines[i].removeprefix(indent))
             i += 1
         if i == len(lines):
             raise ValueError(f"{path}:{start + 1}: the code block never ends.")
@@ -164,7 +164,7 @@ def _run_page(path: Path, workdir: Path) -> subprocess.CompletedProcess:
     env.pop("TF_USE_LEGACY_KERAS", None)
     env["MPLBACKEND"] = "Agg"
     return subprocess.run([sys.executable, str(driver), str(spec)], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=PAGE_TIMEOUT)
+                          text=True, timeout=PAGE_TIMEOUT, check=False)
 
 
 def test_driver_reports_the_failing_block(tmp_path):
@@ -174,7 +174,8 @@ def test_driver_reports_the_failing_block(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(["broken.md", runnable(page)]))
     (tmp_path / "driver.py").write_text(_DRIVER)
-    result = subprocess.run([sys.executable, "driver.py", "spec.json"], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "driver.py", "spec.json"], cwd=tmp_path, capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 1
     assert "FAILED: the bash block at broken.md:5" in result.stdout
     assert "never" not in result.stdout
@@ -202,7 +203,7 @@ def test_every_skip_says_why_and_pages_parse():
 @pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     site = tmp_path / "site"
