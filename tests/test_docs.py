@@ -128,7 +128,7 @@ _DRIVER = textwrap.dedent(
 
 
 def _page_id(path: Path) -> str:
-    return str(path.relative_to(ROOT))
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def test_collector_reads_markers_and_languages(tmp_path):
