@@ -13,6 +13,11 @@ never served. So a pickle carries the identity of the file its parent opened:
 - ``st_size``: a different size means truncated or rewritten.
 - ``st_mtime_ns``: a different time means written to since.
 
+A pickle carries the identity as of pickling (:func:`refreshed`): the same inode at
+the same size keeps its identity with the current mtime, because the pickling
+process reads that inode's current bytes itself (its mapping is shared); another
+inode or another size keeps the identity the process opened, so the copy refuses it.
+
 :func:`check` compares a freshly opened file with a pickled identity and raises
 :class:`~memseq.DatasetReplacedError` (another file, or the same file modified) or
 :class:`~memseq.CorruptFileError` (another size).
@@ -28,7 +33,7 @@ from typing import NamedTuple
 from memseq._checks import bounded_text
 from memseq.errors import CorruptFileError, DatasetReplacedError
 
-__all__ = ["FileIdentity", "check", "identity_of"]
+__all__ = ["FileIdentity", "check", "identity_of", "refreshed"]
 
 
 class FileIdentity(NamedTuple):
@@ -55,7 +60,21 @@ def identity_of(st: os.stat_result) -> FileIdentity:
     return FileIdentity(_machine(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def check(path: str, st: os.stat_result, expected: FileIdentity | None, what: str) -> None:
+def refreshed(path: str, identity: FileIdentity | None) -> FileIdentity | None:
+    """``identity`` with the current mtime if ``path`` still names that file at that size, else unchanged."""
+    if identity is None:
+        return None
+    try:
+        now = identity_of(os.stat(path))
+    except OSError:
+        return identity
+    same = (now.machine, now.dev, now.ino, now.size) == (identity.machine, identity.dev, identity.ino, identity.size)
+    return now if same else identity
+
+
+def check(
+    path: str, st: os.stat_result, expected: FileIdentity | None, what: str, *, modified: bool = True
+) -> None:
     """Raises if the file opened at ``path`` (``st``, its fstat) is not the ``expected`` one.
 
     Args:
@@ -63,6 +82,7 @@ def check(path: str, st: os.stat_result, expected: FileIdentity | None, what: st
         st: The fstat of the opened descriptor.
         expected: The identity the pickling process saw; None checks nothing.
         what: What was pickled ("raw column", "dataset"), for the message.
+        modified: Whether to compare the mtime too (refuse a file written to since).
 
     Raises:
         CorruptFileError: If the size differs (truncated or rewritten).
@@ -86,7 +106,7 @@ def check(path: str, st: os.stat_result, expected: FileIdentity | None, what: st
             f"{what} was pickled: {'truncated' if st.st_size < expected.size else 'grown'} since). Restore the file, "
             f"or {advice}"
         )
-    if expected.machine == _machine() and st.st_mtime_ns != expected.mtime_ns:
+    if modified and expected.machine == _machine() and st.st_mtime_ns != expected.mtime_ns:
         raise DatasetReplacedError(
             f"{shown}: the file was modified after the {what} was pickled (mtime {expected.mtime_ns} ns expected, "
             f"found {st.st_mtime_ns} ns): its bytes may differ from what the pickling process read. {advice[0].upper()}{advice[1:]}"

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from memseq._checks import equal_row_counts
-from memseq._identity import identity_of
+from memseq._identity import FileIdentity, identity_of, refreshed
 from memseq.raw import _reopen_raw
 from memseq.errors import BatchIndexError, SchemaError
 
@@ -50,12 +50,12 @@ def _memmap_reference(array: np.memmap) -> tuple[str, str, tuple[int, ...], int]
     return os.fspath(array.filename), array.dtype.str, tuple(array.shape), int(file_offset)
 
 
-def _identity_now(array: Any) -> tuple | None:
+def _identity_now(array: Any) -> FileIdentity | None:
     """The identity of the file an ``np.memmap`` names now, or None (not a file-backed memmap)."""
     if not isinstance(array, np.memmap) or array.filename is None:
         return None
     try:
-        return tuple(identity_of(os.stat(array.filename)))
+        return identity_of(os.stat(array.filename))
     except OSError:
         return None
 
@@ -151,7 +151,11 @@ class Records:
         columns = {}
         for name, array in self._columns.items():
             ref = _memmap_reference(array) if isinstance(array, np.memmap) else None
-            columns[name] = ("raw", (*ref, self._identities.get(name))) if ref is not None else ("array", array)
+            if ref is None:
+                columns[name] = ("array", array)
+                continue
+            identity = refreshed(ref[0], self._identities.get(name))
+            columns[name] = ("raw", (*ref, None if identity is None else tuple(identity)))
         state["_columns"] = columns
         return state
 

@@ -31,10 +31,10 @@ class RawColumn(Column):
     The path is kept absolute, so a process with another working directory reads the
     same file. The pickle also carries the identity of the file this object maps
     (device, inode, size, modification time; see :mod:`memseq._identity`): the
-    unpickled copy maps the path again on first read and refuses another file with
-    :class:`DatasetReplacedError` (replaced or modified) or :class:`CorruptFileError`
-    (another size), instead of serving data its parent never served. A closed column
-    pickles closed.
+    unpickled copy maps the path again on first read and refuses another file
+    (replaced by a rename, or written to after pickling) with
+    :class:`DatasetReplacedError` and another size with :class:`CorruptFileError`,
+    instead of serving data its parent never served. A closed column pickles closed.
     """
 
     def __init__(
@@ -54,6 +54,7 @@ class RawColumn(Column):
         self._lock = threading.Lock()
         self._file: MappedFile | None = None
         self._closed = closed
+        self._unpickled = False
         if identity is None:
             # Built over a file someone else opened (an np.memmap given to a sequence):
             # the file the path names now is the one to serve, here and in workers.
@@ -81,8 +82,13 @@ class RawColumn(Column):
     def _map(self) -> MappedFile:
         fd, st = _fs.open_regular(self.path, "raw file")
         try:
-            _identity.check(self.path, st, self._identity, "raw column")
-            return MappedFile(self.path, fd, st, self.dtype, self.shape, self.offset)
+            # In the process that made it, writes since (to an np.memmap given to a
+            # sequence, say) are what that process reads anyway: only an unpickled copy
+            # refuses a file written to after it was pickled.
+            _identity.check(self.path, st, self._identity, "raw column", modified=self._unpickled)
+            mapped = MappedFile(self.path, fd, st, self.dtype, self.shape, self.offset)
+            self._identity = _identity.identity_of(st)
+            return mapped
         finally:
             os.close(fd)
 
@@ -101,7 +107,8 @@ class RawColumn(Column):
         self.close()
 
     def __reduce__(self):
-        identity = None if self._identity is None else tuple(self._identity)
+        identity = _identity.refreshed(self.path, self._identity)
+        identity = None if identity is None else tuple(identity)
         return (_reopen_raw, (self.path, self.dtype.str, self.shape, self.offset, identity, self._closed))
 
     def __repr__(self) -> str:
@@ -119,6 +126,7 @@ def _reopen_raw(
     column._lock = threading.Lock()
     column._file = None
     column._closed = bool(closed)
+    column._unpickled = True
     column._identity = None if identity is None else FileIdentity(*identity)
     return _forksafe.register(column)
 

@@ -295,23 +295,26 @@ def test_raw_file_truncated_is_refused_in_workers(tmp_path, pool_elsewhere):
     os.truncate(path, 10 * 4 * 4)
     with pytest.raises(CorruptFileError, match=r"the file is 160 bytes but 1024 bytes are expected \(its size when"):
         pool_elsewhere.apply(operator.getitem, (column, [0]))
-    # Cut and grown back to its size: zeros where the data were, and another mtime.
-    os.truncate(path, N * 4 * 4)
-    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # coarse filesystem clocks
-    with pytest.raises(DatasetReplacedError, match="was modified after the raw column was pickled"):
-        pool_elsewhere.apply(operator.getitem, (column, [0]))
 
 
-def test_raw_file_modified_in_place_is_refused_in_workers(tmp_path, pool_elsewhere):
+def _loads_and_read(blob, key):
+    """In a worker: unpickle, then read (so that the file can change in between)."""
+    return pickle.loads(blob)[key]
+
+
+def test_raw_file_written_after_pickling_is_refused_in_workers(tmp_path, pool_elsewhere):
     path = tmp_path / "x.mmap"
     _write_raw(path, 1.0)
     column = memseq.open_raw(path, "float32", (-1, 4))
-    time.sleep(0.01)
-    with open(path, "r+b") as f:
+    with open(path, "r+b") as f:  # before pickling: the parent reads these bytes too, so do workers
         f.write(np.float32(5).tobytes())
+    assert pool_elsewhere.apply(operator.getitem, (column, [0]))[0, 0] == column[[0]][0, 0] == 5.0
+    blob = pickle.dumps(column)
+    with open(path, "r+b") as f:
+        f.write(np.float32(6).tobytes())
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # coarse filesystem clocks
     with pytest.raises(DatasetReplacedError, match="was modified after the raw column was pickled"):
-        pool_elsewhere.apply(operator.getitem, (column, [0]))
+        pool_elsewhere.apply(_loads_and_read, (blob, [0]))
 
 
 def test_memmap_in_a_sequence_or_records_is_checked_in_workers(tmp_path, pool_elsewhere):
@@ -338,6 +341,15 @@ def test_memmap_given_to_a_sequence_is_checked_when_unpickled(tmp_path):
     os.replace(tmp_path / "new.mmap", path)
     with pytest.raises(DatasetReplacedError, match="names another file than the raw column that was pickled"):
         pickle.loads(blob).get_batch(0)
+
+
+def test_memmap_written_after_the_sequence_was_made_is_read_in_that_process(tmp_path):
+    mm = np.memmap(tmp_path / "x.mmap", np.float32, "w+", shape=(N, 4))
+    s = memseq.MemmapSequence({"x": mm, "y": np.arange(N)}, x="x", y="y", batch_size=8, seed=0, shuffle=False)
+    mm[:] = 3
+    mm.flush()
+    os.utime(tmp_path / "x.mmap", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert_same_array(s.get_batch(0)[0], np.full((8, 4), 3, np.float32))
 
 
 def test_dataset_data_file_replaced_by_rename_is_refused_in_workers(tmp_path, pool_elsewhere):
