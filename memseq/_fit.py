@@ -61,6 +61,7 @@ import numpy as np
 from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
+from memseq import _forksafe
 from memseq._workers import default_start_method, make_producer
 
 __all__ = ["BatchBuilder", "SequenceAdapter", "current_start", "install", "install_legacy", "resume_at", "standardize"]
@@ -337,6 +338,7 @@ class SequenceAdapter(DataAdapter):
         self._signature: Any = None
         self._tf_iterator: Iterator[Any] | None = None
         self._lock = threading.Lock()
+        _forksafe.register(self)
 
     def get_numpy_iterator(self) -> Iterator[Any]:
         return self._feed.batches()
@@ -403,6 +405,10 @@ class SequenceAdapter(DataAdapter):
         options.experimental_optimization.inject_prefetch = False
         options.autotune.enabled = False
         return ds.with_options(options)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a thread of the parent may have held it
+        self._tf_iterator = None
 
     def _start_tf_epoch(self) -> int:
         with self._lock:
