@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from memseq._checks import check_int
 from memseq.errors import SchemaError
 
 __all__ = ["check_shard_rows", "shard_layout", "shard_directory", "shard_file"]
 
 
 def check_shard_rows(shard_rows: Any) -> int | None:
-    """Returns ``shard_rows`` if it is a positive int or None; else raises SchemaError."""
-    if shard_rows is not None and (isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1):
+    """Returns ``shard_rows`` if it is None or an int in ``[1, 2**63 - 1]``; else raises SchemaError."""
+    if shard_rows is None:
+        return None
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)):
         raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
-    return shard_rows
+    return check_int(shard_rows, "shard_rows", 1)
 
 
 def shard_layout(num_rows: int, shard_rows: int | None, first_row: int = 0) -> list[tuple[int, int, int]]:

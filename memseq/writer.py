@@ -37,7 +37,7 @@ import numpy as np
 from memseq import _commit, _fs, _ragged_write
 from memseq import format as fmt
 from memseq._checksum import crc32
-from memseq._checks import equal_row_counts
+from memseq._checks import check_int, equal_row_counts
 from memseq.errors import MemseqError, SchemaError
 
 __all__ = ["Writer", "save", "check_block", "checked_rows"]
@@ -229,6 +229,7 @@ class Writer:
         self.path = os.path.abspath(_fs.check_path(path, "dataset path"))
         self.fields = _normalize_fields(fields)
         self.shard_rows = fmt.check_shard_rows(shard_rows)
+        total_rows = None if total_rows is None else check_int(total_rows, "total_rows")
         self.overwrite = bool(overwrite)
         self._closed = True  # until the temporary directory exists: __del__ has nothing to clean
         try:

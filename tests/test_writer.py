@@ -539,3 +539,11 @@ def test_fields_keep_the_order_they_were_written_in(tmp_path):
     ds = memseq.open(tmp_path / "ds")
     assert list(ds) == ["x", "label", "a"]
     assert list(ds.fields) == ["x", "label", "a"]
+
+
+@pytest.mark.parametrize("argument", ["shard_rows", "total_rows"])
+@pytest.mark.parametrize("value", [2**63, 2**70, -1])
+def test_writer_size_arguments_are_bounded(tmp_path, argument, value):
+    with pytest.raises(memseq.SchemaError, match=argument):
+        memseq.Writer(tmp_path / "w", {"a": ("int64", ())}, **{argument: value})
+    assert not (tmp_path / "w").exists()
