@@ -310,7 +310,7 @@ class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: in a subclass whose __init__ forgot
         # super().__init__, every attribute this class sets is missing.
-        if name in _SET_BY_INIT:
+        if "plan" not in self.__dict__ and not name.startswith("__"):
             raise AttributeError(
                 f"{type(self).__name__} has no attribute {name!r}: its __init__ did not call "
                 "MemmapSequence.__init__. Add `super().__init__(data, x=..., y=..., **kwargs)` "
@@ -588,12 +588,6 @@ class MemmapSequence(keras.utils.PyDataset, *_LEGACY_BASES):
         ]
         return f"{type(self).__name__}({', '.join(parts)})"
 
-
-# Attributes MemmapSequence.__init__ sets (Keras' PyDataset sets _workers and the like).
-_SET_BY_INIT = frozenset(
-    {"plan", "data", "padding", "shuffle", "seed", "batch_size", "drop_remainder", "readahead", "_columns",
-     "_x", "_y", "_sw", "_selection", "_description", "_readahead", "_augments", "_epoch", "_buffers"}
-)
 
 # model.fit(seq) goes through memseq's adapters (see memseq._fit): Keras 3's, and
 # legacy tf_keras' when this class is also a tf_keras Sequence.
