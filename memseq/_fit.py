@@ -119,7 +119,27 @@ def current_start() -> int:
     return _clock.start
 
 
-def _wrap_callback_list(callback_list_type: type) -> None:
+def _legacy_resume_step(callbacks: Any, epoch: int) -> int:
+    """The batch at which tf_keras' ``BackupAndRestore`` resumes ``epoch`` (0: none).
+
+    tf_keras restores the epoch and step counters of its checkpoint and skips the
+    steps already trained, but its data iterator starts at batch 0; memseq's adapter
+    starts the epoch at that step instead, so the data match the steps.
+    """
+    state = getattr(getattr(callbacks, "model", None), "_training_state", None)
+    steps = (getattr(callbacks, "params", None) or {}).get("steps")
+    if state is None or not steps:
+        return 0
+    try:
+        from tf_keras.src.utils.mode_keys import ModeKeys
+
+        resumed, step = state.maybe_load_initial_counters_from_ckpt(steps, epoch, ModeKeys.TRAIN)
+    except (ImportError, AttributeError, TypeError):  # another tf_keras: restart at batch 0
+        return 0
+    return int(step) if int(resumed) == epoch else 0
+
+
+def _wrap_callback_list(callback_list_type: type, *, legacy: bool = False) -> None:
     """Wraps a ``CallbackList`` class so that ``fit``'s epoch numbers reach the clock.
 
     ``fit`` runs its validation through ``evaluate`` with its own ``CallbackList``:
@@ -151,7 +171,14 @@ def _wrap_callback_list(callback_list_type: type) -> None:
 
     # Reset before the callbacks run: BackupAndRestore sets a resume point in on_train_begin.
     wrap("on_train_begin", before=lambda callbacks, *_: _clock.reset(callbacks))
-    wrap("on_epoch_begin", before=lambda callbacks, epoch, *_: _clock.epoch_begin(epoch))
+    def epoch_begin(callbacks: Any, epoch: int, *_: Any) -> None:
+        if legacy and _clock.epoch is None:  # the first epoch of a tf_keras fit
+            step = _legacy_resume_step(callbacks, epoch)
+            if step:
+                _clock.resume = (epoch, step)
+        _clock.epoch_begin(epoch)
+
+    wrap("on_epoch_begin", before=epoch_begin)
     wrap("on_train_end", after=lambda callbacks: _clock.reset())
     wrap("on_test_begin", before=outside_fit)
     wrap("on_predict_begin", before=outside_fit)
@@ -508,7 +535,7 @@ def install_legacy(sequence_type: type) -> bool:
         return False
     if any(getattr(cls, "_memseq_type", None) is sequence_type for cls in adapters):
         return True
-    _wrap_callback_list(callbacks.CallbackList)
+    _wrap_callback_list(callbacks.CallbackList, legacy=True)
     # tf_keras insists that exactly one adapter handles an input: the subclass takes
     # the place of KerasSequenceAdapter and defers to it for other sequences.
     legacy = _legacy_adapter_type(base, sequence_type)

@@ -255,3 +255,67 @@ def test_state_a_subclass_changes_between_epochs_reaches_persistent_workers():
     # Keras calls on_epoch_end once before the first epoch, then after each.
     first, second = np.concatenate(log[:10]), np.concatenate(log[10:])
     np.testing.assert_allclose(second - first, 100.0, rtol=1e-5)
+
+
+LEGACY_RESUME = """
+import os, sys, json
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tf_keras
+import memseq
+
+class Noisy(memseq.MemmapSequence):
+    def augment(self, batch, rng):
+        batch["x"] = batch["x"] + rng.normal(size=batch["x"].shape).astype(np.float32)
+        return batch
+
+class Recorder(tf_keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = tf_keras.layers.Dense(1, kernel_initializer="ones")
+    def call(self, x):
+        return self.dense(x)
+    def train_step(self, data):
+        x, _ = data
+        print("BATCH", json.dumps(np.asarray(x).round(5).tolist()), flush=True)
+        return super().train_step(data)
+
+class Crash(tf_keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if sys.argv[1] == "crash" and (self.epoch, batch) == (1, int(sys.argv[2])):
+            os._exit(9)  # killed
+
+if __name__ == "__main__":
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(80, 3)).astype(np.float32), "y": rng.normal(size=(80, 1)).astype(np.float32)}
+    seq = Noisy(data, x="x", y="y", batch_size=8, seed=3)
+    model = Recorder()
+    model.compile(optimizer=tf_keras.optimizers.SGD(0.01), loss="mse", run_eagerly=True)
+    callbacks = [Crash()]
+    if sys.argv[1] != "whole":
+        callbacks.insert(0, tf_keras.callbacks.BackupAndRestore(sys.argv[3], save_freq=3))
+    model.fit(seq, epochs=3, verbose=0, shuffle=False, workers=int(sys.argv[4]), callbacks=callbacks)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "4"])
+def test_legacy_tf_keras_resumes_mid_epoch_at_the_next_batch(run_python, tmp_path, workers):
+    def batches(*args):
+        result = run_python(LEGACY_RESUME, *args, timeout=300)
+        return result, [line for line in result.stdout.splitlines() if line.startswith("BATCH")]
+
+    crash_batch = random.Random(workers).randrange(3, 9)
+    whole_run, whole = batches("whole", "0", "-", workers)
+    assert whole_run.returncode == 0, whole_run.stderr[-3000:]
+    assert len(whole) == 30
+    killed, before = batches("crash", str(crash_batch), str(tmp_path / "b"), workers)
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    resumed_run, after = batches("resume", "0", str(tmp_path / "b"), workers)
+    assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
+    # tf_keras saved after every third batch trained (counting across epochs).
+    restored_at = (10 + crash_batch + 1) // 3 * 3
+    assert len(after) == 30 - restored_at
+    assert after == whole[restored_at:]
