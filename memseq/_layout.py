@@ -20,9 +20,9 @@ def check_shard_rows(shard_rows: Any) -> int | None:
     """Returns ``shard_rows`` if it is None or an int in ``[1, 2**63 - 1]``; else raises SchemaError."""
     if shard_rows is None:
         return None
-    if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)):
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
         raise SchemaError(f"shard_rows must be a positive int or None. Received: {shard_rows!r}")
-    return check_int(shard_rows, "shard_rows", 1)
+    return check_int(shard_rows, "shard_rows", 1)  # bounded above like every integer
 
 
 def shard_layout(num_rows: int, shard_rows: int | None, first_row: int = 0) -> list[tuple[int, int, int]]:
