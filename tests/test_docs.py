@@ -291,3 +291,24 @@ def test_demo_prints_progress_within_an_epoch():
     callback.on_epoch_begin(1)
     callback.on_train_batch_end(0)
     assert quiet == ["epoch 2/2: started, 5 batches"]
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _example(path: Path) -> str:
+    return next(b["code"] for b in code_blocks(path) if b["language"] == "python")
+
+
+def test_readme_example_is_the_getting_started_example():
+    # One complete example, the same in both places, so neither drifts from what runs.
+    assert _example(ROOT / "README.md") == _example(DOCS / "index.md")
+    assert "model.fit(seq" in _example(ROOT / "README.md")
+
+
+def test_readme_keeps_the_two_commands_and_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert 'python -m pip install -e . && python -m memseq demo' in readme
+    assert 'python -m pip install -e ".[test]" && python -m pytest' in readme
+    for target in re.findall(r"\]\(((?:docs|notebooks)/[^)#]*)", readme):
+        assert (ROOT / target).exists(), target
