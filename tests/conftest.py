@@ -68,3 +68,20 @@ def wait_for_exit(pids: list[int], seconds: float) -> list[int]:
     while time.monotonic() < deadline and any(process_running(pid) for pid in pids):
         time.sleep(0.1)
     return [pid for pid in pids if process_running(pid)]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs mounted at tmp_path/"mnt": writes into it really run out of space.
+
+    Skips where mounting is not permitted (it needs root or CAP_SYS_ADMIN).
+    """
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -164,22 +164,6 @@ def _npy_source(tmp_path, mib: int = 4):
     return x
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs (root only): writes into it really run out of space."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the injected-ENOSPC tests cover this case")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def _assert_write_error(e: BaseException, path, code: int) -> None:
     assert isinstance(e, memseq.WriteError), repr(e)
     assert e.errno == code
