@@ -118,7 +118,7 @@ def run_case(kind: str, options: dict, path: str) -> dict:
             for i in range(len(seq)):
                 nbytes += seq[i][0].nbytes
         elif kind == "adapter":
-            from memseq._fit import SequenceAdapter
+            from memseq.adapters.keras.fit import SequenceAdapter
 
             batches = SequenceAdapter(seq).get_numpy_iterator()
             start = time.perf_counter()
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
     ds = memseq.open(args.dir)
     paths = bench.data_files(ds)
     image_path = os.path.join(args.dir, ds.manifest.shards[0].files["image"].path)
-    from memseq.format import read_npy_header
+    from memseq.storage.format import read_npy_header
 
     with open(image_path, "rb") as f:
         _, _, data_offset = read_npy_header(f, image_path)

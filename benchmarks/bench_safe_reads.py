@@ -70,8 +70,9 @@ def use_process_vm_readv() -> None:
     """Replaces Column's copies out of the mappings by process_vm_readv on the own process."""
     import ctypes
 
-    from memseq import _sigbus, columns
     from memseq.errors import CorruptFileError
+    from memseq.read import columns
+    from memseq.read import sigbus as _sigbus
 
     call = _sigbus.libc.process_vm_readv
     call.restype = ctypes.c_ssize_t
@@ -171,7 +172,7 @@ def run_case(case: str, path: str, directory: str, batches: int, repeats: int) -
         for i in picks:
             one(i)
         rates.append(batches * nbytes / (time.perf_counter() - t) / 1e9)
-    from memseq import _sigbus
+    from memseq.read import sigbus as _sigbus
 
     return {"rate": statistics.median(rates), "guard": _sigbus.ACTIVE}
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from memseq import augment
-from memseq.columns import Column
-from memseq.dataset import Dataset, open
+from memseq.batching.padding import Padding, padding_fraction
 from memseq.errors import (
     BatchIndexError,
     CorruptFileError,
@@ -22,14 +21,18 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
-from memseq._padding import Padding, padding_fraction
-from memseq._records import Records, records
-from memseq._save import save
 from memseq.order import BlockShuffle, LengthBuckets
-from memseq.ragged import RaggedColumn
-from memseq.raw import open_raw
-from memseq.windows import TokenWindows, windows
-from memseq.writer import Writer
+from memseq.read.columns import Column
+from memseq.read.dataset import Dataset, open
+from memseq.read.ragged import RaggedColumn
+from memseq.read.raw import open_raw
+from memseq.read.records import Records, records
+from memseq.windows import (  # the module first, then the function of its name
+    TokenWindows,
+    windows,
+)
+from memseq.write.save import save
+from memseq.write.writer import Writer
 
 __version__ = "0.1.0"
 
@@ -74,11 +77,11 @@ def __getattr__(name: str):
     # MemmapSequence and BackupAndRestore import Keras: load them on first use so
     # `import memseq` stays light.
     if name == "MemmapSequence":
-        from memseq.sequence import MemmapSequence
+        from memseq.sequence import MemmapSequence  # installs the Keras fit adapters
 
         return MemmapSequence
     if name == "BackupAndRestore":
-        from memseq.callbacks import BackupAndRestore
+        from memseq.adapters.keras.callbacks import BackupAndRestore
 
         return BackupAndRestore
     raise AttributeError(f"module 'memseq' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``python -m memseq``: the ``memseq`` command (see :mod:`memseq.cli`)."""
+"""``python -m memseq``: the ``memseq`` command (see :mod:`memseq.cli.command`)."""
 
 import sys
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 import memseq
-from memseq import _fs
 from memseq.errors import SchemaError
+from memseq.storage import files as _fs
 
 __all__ = ["METHOD_LABELS", "cached_fraction", "data_files", "drop_page_cache", "run_bench"]
 

@@ -35,9 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from memseq import _forksafe
-from memseq._checks import INT64_MAX, bounded_repr, check_bool, check_int, row_indices
 from memseq.errors import BatchIndexError, SchemaError
+from memseq.util import forksafe as _forksafe
+from memseq.util.checks import (
+    INT64_MAX,
+    bounded_repr,
+    check_bool,
+    check_int,
+    row_indices,
+)
 
 __all__ = [
     "BatchPlan",

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from memseq._buffers import ALIGN, BufferPool, aligned_empty
+from memseq.batching.buffers import ALIGN, BufferPool, aligned_empty
 
 
 def test_aligned_empty_is_aligned_and_writable():

@@ -237,7 +237,7 @@ def test_subprocess_demo(tmp_path):
 
 def test_cli_convert_and_demo_modules_do_not_import_tensorflow(tmp_path):
     code = (
-        "import sys, memseq.cli, memseq.convert, memseq.demo, memseq.__main__\n"
+        "import sys, memseq.cli.command, memseq.convert, memseq.demo, memseq.__main__\n"
         "from memseq.cli import main\n"
         "main(['--help'])\n"
     )

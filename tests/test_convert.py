@@ -12,9 +12,9 @@ import pytest
 
 import memseq
 from memseq import convert as cv
-from memseq._cli_options import parse_shape
-from memseq.convert import _engine
 from memseq.cli import main
+from memseq.cli.options import parse_shape
+from memseq.convert import _engine
 
 
 def _leftovers(directory) -> list[str]:
@@ -67,7 +67,7 @@ def test_crc32_combine_matches_zlib_of_the_concatenation():
 
 def test_memseq_crc32_is_zlibs_crc32():
     # memseq checksums with ISA-L when installed: the manifest's values must not change.
-    from memseq._checksum import crc32
+    from memseq.storage.checksum import crc32
 
     rng = np.random.default_rng(5)
     for size in (0, 1, 7, 4096, 1_000_003):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 
 import memseq
-from conftest import assert_same_array
 from memseq import convert as cv
 from memseq.cli import main
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 import memseq
-from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import assert_same_array, subprocess_env
 
 import memseq
-from conftest import assert_same_array, subprocess_env
 
 da = pytest.importorskip("dask.array", reason="dask[array] (test extra) is not installed")
 import dask  # noqa: E402

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 
 import memseq
-from memseq import columns as columns_mod
-from memseq import dataset as dataset_mod
-from conftest import assert_same_array
+from memseq.read import columns as columns_mod
+from memseq.read import dataset as dataset_mod
 
 N = 40
 
@@ -257,7 +257,7 @@ def test_dataset_replaced_while_opening_is_opened_consistently(tmp_path, monkeyp
     # the reader must not pair the old manifest with the new files.
     path = tmp_path / "ds"
     memseq.save(path, {"a": np.zeros(5, np.int64), "b": np.zeros(5, np.int64)})
-    real_open_data_file = memseq.dataset._DatasetFiles._open_data_file
+    real_open_data_file = memseq.read.dataset._DatasetFiles._open_data_file
     calls = []
 
     def open_data_file(self, shard, spec):
@@ -266,7 +266,7 @@ def test_dataset_replaced_while_opening_is_opened_consistently(tmp_path, monkeyp
             memseq.save(path, {"a": np.ones(5, np.int64), "b": np.ones(5, np.int64)}, overwrite=True)
         return real_open_data_file(self, shard, spec)
 
-    monkeypatch.setattr(memseq.dataset._DatasetFiles, "_open_data_file", open_data_file)
+    monkeypatch.setattr(memseq.read.dataset._DatasetFiles, "_open_data_file", open_data_file)
     ds = memseq.open(path)
     assert len(calls) == 4  # opened twice
     assert ds["a"][:].tolist() == ds["b"][:].tolist() == [1] * 5
@@ -734,8 +734,8 @@ print("OK", ds.num_shards, len(ds))
 
 def test_a_2000_shard_dataset_opens_under_ulimit_n_1024(tmp_path, run_python):
     # Built directly (np.save + manifest) rather than through the Writer: 4,000 fsyncs are slow.
-    from memseq import format as fmt
-    from memseq._checksum import crc32_of_file
+    from memseq.storage import format as fmt
+    from memseq.storage.checksum import crc32_of_file
 
     path = tmp_path / "ds"
     shards = []
@@ -791,6 +791,6 @@ def test_take_trusted_skips_checks_and_matches_take(tmp_path):
 
 
 def test_row_index_helpers_have_one_home():
-    # memseq._checks.row_indices / is_sorted are the only copies.
+    # memseq.util.checks.row_indices / is_sorted are the only copies.
     assert not hasattr(dataset_mod, "_row_indices")
     assert not hasattr(dataset_mod, "_is_sorted")

@@ -1,4 +1,4 @@
-"""tf.distribute with memseq.tfdata: every row once per epoch across input pipelines.
+"""tf.distribute with memseq.adapters.tf_data: every row once per epoch across input pipelines.
 
 Each test runs TensorFlow in subprocesses (this file doubles as their script), so
 the logical-device configuration and the multi-worker cluster never touch the
@@ -176,7 +176,7 @@ def _worker(mode: str, data: str, out: str) -> None:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     import memseq
-    import memseq.tfdata
+    import memseq.adapters.tf_data
 
     seq = memseq.MemmapSequence(data, x="feat", y="label", batch_size=BATCH_SIZE, seed=7)
     contexts = []
@@ -197,7 +197,7 @@ def _worker(mode: str, data: str, out: str) -> None:
 
         with strategy.scope():
             model = _model(keras)
-        history = model.fit(memseq.tfdata.distribute(seq, strategy), epochs=2, verbose=0)
+        history = model.fit(memseq.adapters.tf_data.distribute(seq, strategy), epochs=2, verbose=0)
     else:
         # Keras 3's fit cannot train under MultiWorkerMirroredStrategy (keras-team/keras#20585:
         # its symbolic build reduces the first (x, y) batch with a strategy.reduce that

@@ -210,7 +210,7 @@ def test_mkdocs_build_strict(tmp_path):
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert (site / "notebooks" / notebook.stem / "index.html").is_file(), notebook.name
     reference = "".join(p.read_text() for p in (site / "reference").rglob("*.html"))
-    assert 'id="memseq.sequence.MemmapSequence"' in reference
+    assert 'id="memseq.batching.sequence.MemmapSequence"' in reference
 
 
 def test_api_reference_covers_every_public_name():
@@ -230,7 +230,7 @@ def test_api_reference_covers_every_public_name():
             return importlib.import_module(dotted)
 
     # MemmapSequence and BackupAndRestore import Keras: compared by name, not loaded here.
-    lazy = {"MemmapSequence": "memseq.sequence.MemmapSequence", "BackupAndRestore": "memseq.callbacks.BackupAndRestore"}
+    lazy = {"MemmapSequence": "memseq.batching.sequence.MemmapSequence", "BackupAndRestore": "memseq.adapters.keras.callbacks.BackupAndRestore"}
     missing = []
     for name in memseq.__all__:
         if name in lazy:

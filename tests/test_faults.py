@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_array, subprocess_env
 
 import memseq
-from conftest import assert_same_array, subprocess_env
 
 
 def leftovers(parent: Path) -> list[str]:

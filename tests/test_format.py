@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
 import os
 import re
 import zlib
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memseq
-from memseq import format as fmt
-from conftest import assert_same_array
+from memseq.storage import format as fmt
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # Set MEMSEQ_REGEN_GOLDEN=1 to rewrite the golden files after an *intended* format change

@@ -33,9 +33,9 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 import memseq
-from conftest import subprocess_env
 
 FULL = os.environ.get("MEMSEQ_FUZZ_FULL") == "1"
 SEED = int(os.environ.get("MEMSEQ_FUZZ_SEED", "20240611"))

@@ -7,9 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 
 import memseq
-from conftest import assert_same_array
 
 grain = pytest.importorskip("grain", reason="grain (test extra) is not installed")
 

@@ -17,10 +17,16 @@ import time
 
 import numpy as np
 import pytest
+from conftest import assert_same_array, subprocess_env
 
 import memseq
-from conftest import assert_same_array, subprocess_env
-from memseq import BatchIndexError, CorruptFileError, DatasetClosedError, DatasetReplacedError, SchemaError
+from memseq import (
+    BatchIndexError,
+    CorruptFileError,
+    DatasetClosedError,
+    DatasetReplacedError,
+    SchemaError,
+)
 
 N = 64
 HUGE = [2**63, 2**64 - 1, 2**70, 10**30, np.uint64(2**64 - 1)]
@@ -54,16 +60,16 @@ def _sequence(data, **kwargs):
 
 def _grain():
     pytest.importorskip("grain")
-    from memseq._grain import to_grain
+    from memseq.adapters.grain import to_grain
 
     return to_grain
 
 
 def _tfdata():
     pytest.importorskip("tensorflow")
-    import memseq.tfdata
+    import memseq.adapters.tf_data
 
-    return memseq.tfdata.to_tf_dataset
+    return memseq.adapters.tf_data.to_tf_dataset
 
 
 # Every public integer argument: (name, callable of (data, seq, huge value), errors accepted).
@@ -168,13 +174,13 @@ def test_grain_num_epochs_bounded_by_len(seq):
 
 def test_num_parallel_calls_has_a_documented_maximum(seq):
     to_tf_dataset = _tfdata()
-    import memseq.tfdata
+    import memseq.adapters.tf_data
 
-    assert memseq.tfdata.MAX_PARALLEL_CALLS == 1024
-    ds = to_tf_dataset(seq, num_parallel_calls=memseq.tfdata.MAX_PARALLEL_CALLS)
+    assert memseq.adapters.tf_data.MAX_PARALLEL_CALLS == 1024
+    ds = to_tf_dataset(seq, num_parallel_calls=memseq.adapters.tf_data.MAX_PARALLEL_CALLS)
     first = next(iter(ds))
     assert_same_array(first[0].numpy(), seq.get_batch(0)[0])
-    with pytest.raises(SchemaError, match=r"num_parallel_calls must be an int from 1 to 1024 \(memseq.tfdata.MAX_PARALLEL_CALLS\)"):
+    with pytest.raises(SchemaError, match=r"num_parallel_calls must be an int from 1 to 1024 \(memseq.adapters.tf_data.MAX_PARALLEL_CALLS\)"):
         to_tf_dataset(seq, num_parallel_calls=10**9)
 
 
@@ -201,7 +207,7 @@ _AUGMENT_FAILS = """
 import os, sys
 import numpy as np
 import memseq
-from memseq.tfdata import to_tf_dataset
+from memseq.adapters.tf_data import to_tf_dataset
 
 class Failing(memseq.MemmapSequence):
     def augment(self, batch, rng):
@@ -367,8 +373,8 @@ def test_dataset_data_file_replaced_by_rename_is_refused_in_workers(tmp_path, po
 
 
 def test_identity_from_another_machine_compares_sizes_only(tmp_path):
-    from memseq._identity import identity_of
-    from memseq.raw import _reopen_raw
+    from memseq.read.raw import _reopen_raw
+    from memseq.storage.identity import identity_of
 
     path = tmp_path / "x.mmap"
     _write_raw(path, 1.0)
@@ -382,7 +388,7 @@ def test_identity_from_another_machine_compares_sizes_only(tmp_path):
 
 
 def test_old_pickles_without_identity_still_open(tmp_path):
-    from memseq.raw import _reopen_raw
+    from memseq.read.raw import _reopen_raw
 
     path = tmp_path / "x.mmap"
     _write_raw(path, 1.0)
@@ -470,7 +476,12 @@ def test_fork_while_threads_hammer_the_sequence(data, run_python):
 
 def test_every_lock_owner_is_renewed_in_a_forked_child(data):
     """The one fork mechanism: a lock held at the fork is a fresh one in the child."""
-    from memseq import _buffers, _commit, _forksafe, _readahead, order, tfdata
+    from memseq import order
+    from memseq.adapters import tf_data as tfdata
+    from memseq.batching import buffers as _buffers
+    from memseq.readahead import pagein as _readahead
+    from memseq.storage import commit as _commit
+    from memseq.util import forksafe as _forksafe
 
     ds = memseq.open(data[0])
     raw = memseq.open_raw(data[1], "float32", (-1, 4))

@@ -53,7 +53,7 @@ CAMPAIGN = r'''
 import json, os, random, sys, threading, time
 import numpy as np
 import memseq
-from memseq import _sigbus
+from memseq.read import sigbus as _sigbus
 
 root, kinds, runs = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 READERS, PAGE = 2, 4096
@@ -355,7 +355,8 @@ def test_guard_off_by_environment(run_python, tmp_path, monkeypatch):
 import os
 import numpy as np
 import memseq
-from memseq import _sigbus
+from memseq.read import sigbus as _sigbus
+
 print("ACTIVE", _sigbus.ACTIVE, flush=True)
 memseq.save("ds", {"x": np.zeros((16, 4096), np.uint8)})
 ds = memseq.open("ds")
@@ -416,7 +417,7 @@ def test_whole_column_larger_than_memory_is_refused_before_allocating(tmp_path):
 
 
 def test_read_larger_than_reported_memory_names_both_sizes(tmp_path, monkeypatch):
-    from memseq import columns
+    from memseq.read import columns
 
     memseq.save(tmp_path / "ds", {"x": np.zeros((300, 2**20), np.uint8)})
     monkeypatch.setattr(columns, "available_memory", lambda: 100 * 2**20)
@@ -428,7 +429,7 @@ def test_read_larger_than_reported_memory_names_both_sizes(tmp_path, monkeypatch
 
 
 def test_available_memory_is_a_positive_number():
-    available = memseq.columns.available_memory()
+    available = memseq.read.columns.available_memory()
     assert available is None or available > 0
 
 

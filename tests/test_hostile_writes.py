@@ -27,12 +27,12 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 
 import memseq
-from conftest import assert_same_array
-from memseq import _commit
 from memseq import convert as cv
 from memseq.cli import main
+from memseq.storage import commit as _commit
 
 da = pytest.importorskip("dask.array", reason="dask[array] (test extra) is not installed")
 dask = pytest.importorskip("dask")
@@ -135,7 +135,7 @@ class _LyingSource(cv.Source):
     """A conversion source whose rows are not what its fields declare."""
 
     def __init__(self, rows):
-        self.fields = {"x": memseq.format.field_spec("x", np.uint8, (4,))}
+        self.fields = {"x": memseq.storage.format.field_spec("x", np.uint8, (4,))}
         self.num_rows = 100
         self.description = "lying source"
         self._rows = rows

@@ -12,7 +12,7 @@ def test_import_memseq_does_not_import_tensorflow_or_keras(run_python):
         """
         import json, sys
         import memseq
-        import memseq.format, memseq.dataset, memseq.writer, memseq.errors
+        import memseq.storage.format, memseq.read.dataset, memseq.write.writer, memseq.errors
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
         print(json.dumps({"heavy": heavy, "all": memseq.__all__}))
         """
@@ -99,6 +99,71 @@ def test_the_package_import_graph_has_no_cycle():
         if node not in done:
             visit(node, [node])
     assert cycles == [], f"import cycles: {cycles}"
-    # Data flows one way: the storage layers never import the layers above them.
-    for low in ("memseq.format", "memseq.dataset", "memseq.writer", "memseq.order", "memseq._checks"):
-        assert not graph[low] & {"memseq.sequence", "memseq.tfdata", "memseq.cli", "memseq.demo"}, low
+
+
+# The layers, lowest first. A module may import modules of its own layer and of lower
+# layers only, never of a higher one, not even inside a function. Old import paths
+# (``memseq.format``, ``memseq.dataset``, ...) are thin re-export modules on top.
+LAYERS = [
+    ("foundation", ["memseq.errors", "memseq.util", "memseq.augment"]),
+    ("storage", ["memseq.storage"]),
+    ("order", ["memseq.order"]),
+    ("readahead", ["memseq.readahead"]),
+    ("read", ["memseq.read"]),
+    ("write", ["memseq.write"]),
+    ("batching", ["memseq.batching"]),
+    ("adapters", ["memseq.adapters"]),
+    ("convert", ["memseq.convert"]),
+    ("top", ["memseq", "memseq.__main__", "memseq.cli", "memseq.bench", "memseq.demo"]
+     + [f"memseq.{name}" for name in ("format", "dataset", "writer", "tfdata", "columns", "raw", "ragged",
+                                       "windows", "sequence", "callbacks")]),
+]
+# The only imports against the layers: one-line delegations of MemmapSequence's
+# ``to_tf_dataset()`` and ``to_grain()`` to their adapters.
+ALLOWED_UPWARD = {("memseq.batching.sequence", "memseq.adapters.tf_data"), ("memseq.batching.sequence", "memseq.adapters.grain"),
+                  ("memseq.batching.sequence", "memseq.adapters")}
+
+
+def _layer_of(module: str) -> int:
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "memseq" and module.startswith(prefix + ".")):
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    assert best is not None, f"{module} belongs to no layer: add it to LAYERS"
+    return best[0]
+
+
+def test_every_import_follows_the_layer_order():
+    graph = _memseq_imports()
+    against = sorted(
+        f"{module} ({LAYERS[_layer_of(module)][0]}) imports {target} ({LAYERS[_layer_of(target)][0]})"
+        for module, targets in graph.items()
+        for target in targets
+        if target != "memseq" and _layer_of(target) > _layer_of(module) and (module, target) not in ALLOWED_UPWARD
+    )
+    assert against == []
+
+
+def test_nothing_inside_imports_the_compatibility_modules():
+    graph = _memseq_imports()
+    shims = {f"memseq.{name}" for name in ("format", "dataset", "writer", "tfdata", "columns", "raw", "ragged", "windows", "sequence", "callbacks")}
+    top = _layer_of("memseq.cli")
+    users = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets & shims if _layer_of(m) < top)
+    assert users == []
+
+
+def test_layers_of_one_rank_do_not_import_each_other():
+    graph = _memseq_imports()
+    top = _layer_of("memseq.cli")
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    sideways = sorted(
+        f"{m} -> {t}" for m, targets in graph.items() for t in targets
+        if t != "memseq" and _layer_of(m) == _layer_of(t) < top and package(m) != package(t)
+        and not {package(m), package(t)} <= {"memseq.errors", "memseq.util", "memseq.augment"}
+    )
+    assert sideways == []

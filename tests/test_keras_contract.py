@@ -48,11 +48,10 @@ import pytest
 import memseq
 
 keras = pytest.importorskip("keras")
+from conftest import REPO_ROOT, subprocess_env  # noqa: E402
 from keras.src import backend  # noqa: E402
 from keras.src.trainers import data_adapters, epoch_iterator  # noqa: E402
 from keras.src.utils.rng_utils import set_random_seed  # noqa: E402
-
-from conftest import REPO_ROOT, subprocess_env  # noqa: E402
 from keras_contract_helpers import (  # noqa: E402
     CallbackSequence,
     ConcurrencySequence,

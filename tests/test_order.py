@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memseq
-from memseq.order import BatchPlan, BlockShuffle, EpochOrder, FullShuffle, Sequential, num_batches, resolve_shuffle
+from memseq.order import (
+    BatchPlan,
+    BlockShuffle,
+    EpochOrder,
+    FullShuffle,
+    Sequential,
+    num_batches,
+    resolve_shuffle,
+)
 
 
 def test_golden_full_shuffle_order():

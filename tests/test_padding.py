@@ -6,9 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 
 import memseq
-from conftest import assert_same_array
 
 N = 203
 

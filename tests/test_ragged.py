@@ -7,11 +7,11 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memseq
-from conftest import assert_same_array
 
 
 def _rows(lengths, trailing=(), dtype=np.uint16, seed=0):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import memseq
-from memseq._fit import SequenceAdapter
-from memseq.columns import Column
+from memseq.adapters.keras.fit import SequenceAdapter
+from memseq.read.columns import Column
 
 ROW = (8, 8, 3)
 N = 2000
@@ -192,7 +192,8 @@ def test_prefetch_reads_evicted_rows_into_the_page_cache(tmp_path):
 def test_prefetch_of_a_block_reads_it_all_past_the_kernels_per_call_cap(tmp_path, monkeypatch):
     # A block is asked with MADV_WILLNEED, which reads at most max(read_ahead_kb, max_sectors_kb)
     # per call (128 KiB on some disks): what the cap leaves out of a block is read all the same.
-    from memseq import _readahead, bench
+    from memseq import bench
+    from memseq.readahead import pagein as _readahead
 
     path = tmp_path / "blocks"
     memseq.save(path, {"x": np.arange(4096 * 2048, dtype=np.uint8).reshape(2048, 4096)})
@@ -227,7 +228,7 @@ def test_prefetch_of_a_block_reads_it_all_past_the_kernels_per_call_cap(tmp_path
 
 
 def _child_has_readahead_threads(queue) -> None:
-    from memseq import _readahead
+    from memseq.readahead import pagein as _readahead
 
     buffer = np.zeros(3 * 4096, np.uint8)
     _readahead.read_ahead(buffer, np.array([buffer.ctypes.data]), np.array([buffer.ctypes.data + buffer.nbytes]))
@@ -237,7 +238,7 @@ def _child_has_readahead_threads(queue) -> None:
 def test_readahead_threads_start_again_in_a_forked_worker():
     import multiprocessing
 
-    from memseq import _readahead
+    from memseq.readahead import pagein as _readahead
 
     buffer = np.zeros(4096, np.uint8)
     _readahead.read_ahead(buffer, np.array([buffer.ctypes.data]), np.array([buffer.ctypes.data + 4096]))

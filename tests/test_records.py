@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 
 import memseq
-from conftest import assert_same_array
 
 N = 2000
 

@@ -1,4 +1,4 @@
-"""memseq.tfdata: MemmapSequence as a tf.data.Dataset."""
+"""memseq.adapters.tf_data: MemmapSequence as a tf.data.Dataset."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from memseq import SchemaError
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-import memseq.tfdata  # after the importorskip
+import memseq.adapters.tf_data  # after the importorskip
 
 N = 100
 
@@ -65,7 +65,7 @@ SELECTIONS = [
 @pytest.mark.parametrize("selection", SELECTIONS)
 def test_same_batches_same_order_as_the_sequence(data_path, selection):
     seq = memseq.MemmapSequence(data_path, **selection, batch_size=16, seed=3)
-    ds = memseq.tfdata.to_tf_dataset(seq)
+    ds = memseq.adapters.tf_data.to_tf_dataset(seq)
     assert int(ds.cardinality()) == len(seq) == 7
     for epoch, batches in enumerate(_epochs(ds, 2)):
         assert len(batches) == len(seq)
@@ -194,7 +194,7 @@ def test_output_signature_is_validated(data_path):
 def test_invalid_arguments(data_path):
     seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=16)
     with pytest.raises(SchemaError, match="MemmapSequence"):
-        memseq.tfdata.to_tf_dataset({"image": np.zeros((3, 2))})
+        memseq.adapters.tf_data.to_tf_dataset({"image": np.zeros((3, 2))})
     with pytest.raises(SchemaError, match="epoch"):
         seq.to_tf_dataset(epoch=-1)
     with pytest.raises(SchemaError, match="deterministic"):
@@ -229,7 +229,7 @@ def test_in_memory_and_raw_sources(tmp_path):
 def test_method_and_module_function_agree(data_path):
     seq = memseq.MemmapSequence(data_path, x="image", y="label", batch_size=32, seed=8)
     a = _epochs(seq.to_tf_dataset(), 1)[0]
-    b = _epochs(memseq.tfdata.to_tf_dataset(seq), 1)[0]
+    b = _epochs(memseq.adapters.tf_data.to_tf_dataset(seq), 1)[0]
     for x, y in zip(a, b):
         _assert_same_batch(x, y)
 
@@ -312,7 +312,7 @@ def test_input_context_needs_divisible_batch_size(data_path):
 
 
 def test_import_memseq_does_not_import_tensorflow():
-    code = "import sys, memseq, memseq.tfdata; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import sys, memseq, memseq.adapters.tf_data; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

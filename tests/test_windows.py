@@ -1,4 +1,4 @@
-"""memseq.windows: fixed-length windows over a 1-D token column."""
+"""memseq.read.windows: fixed-length windows over a 1-D token column."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memseq
-from conftest import assert_same_array
 
 
 def _raw_tokens(tmp_path, n, dtype=np.uint16):

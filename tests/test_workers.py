@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from memseq._workers import (
+from memseq.batching.workers import (
     InlineProducer,
     ProcessProducer,
     ThreadProducer,
@@ -100,7 +100,7 @@ def test_inline_lets_errors_through_unchanged():
 
 
 def _producer_threads() -> list[threading.Thread]:
-    # memseq-readahead-* threads are the process-wide readahead pool (memseq._readahead):
+    # memseq-readahead-* threads are the process-wide readahead pool (memseq.readahead.pagein):
     # four idle daemon threads for the life of the process, by design; not a producer's.
     return [t for t in threading.enumerate() if t.name.startswith("memseq") and not t.name.startswith("memseq-readahead")]
 
@@ -241,7 +241,7 @@ def test_a_dead_worker_is_seen_even_when_its_child_holds_its_pipes():
 ORPHAN_SCRIPT = """
 import os, sys, time
 import numpy as np
-from memseq._workers import ProcessProducer
+from memseq.batching.workers import ProcessProducer
 
 def build(index, epoch):
     time.sleep(0.2)

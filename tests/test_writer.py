@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_same_array
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import memseq
-from memseq import writer as writer_mod
-from conftest import assert_same_array
+from memseq.write import writer as writer_mod
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -517,7 +517,7 @@ def test_garbage_collected_writer_cleans_up_even_when_warnings_are_errors(tmp_pa
 
 def test_overwrite_without_atomic_exchange_falls_back_to_renames(tmp_path, monkeypatch):
     # Filesystems without renameat2(RENAME_EXCHANGE): two renames, same end result.
-    monkeypatch.setattr(memseq._commit, "exchange", lambda a, b: False)
+    monkeypatch.setattr(memseq.storage.commit, "exchange", lambda a, b: False)
     path = tmp_path / "ds"
     memseq.save(path, {"x": np.arange(5)})
     memseq.save(path, {"x": np.arange(3) + 7}, overwrite=True)
@@ -529,7 +529,7 @@ def test_atomic_exchange_swaps_two_directories(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "from-a").write_text("a")
     (tmp_path / "b").mkdir()
-    if not memseq._commit.exchange(str(tmp_path / "a"), str(tmp_path / "b")):
+    if not memseq.storage.commit.exchange(str(tmp_path / "a"), str(tmp_path / "b")):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this filesystem")
     assert os.listdir(tmp_path / "b") == ["from-a"] and os.listdir(tmp_path / "a") == []
 

@@ -56,15 +56,14 @@ One private module per source kind (``_npy``, ``_raw``, ``_npz``, ``_hdf5``,
 ``_memseq``, ``_images``) on the base class in ``_base``; ``_detect`` finds the kind
 of a path; ``_engine`` plans, runs and finishes a conversion. The names below are
 the public ones. Parsing the command line's option strings (``--field``, ``--raw``)
-is the command's business: :mod:`memseq._cli_options`.
+is the command's business: :mod:`memseq.cli.options`.
 """
 
 from __future__ import annotations
 
-from memseq._checksum import crc32_combine
 from memseq.convert._base import Source
-from memseq.convert._detect import source_for_path, source_kind
 from memseq.convert._dask_inputs import convert_with_dask, dask_arrays, is_dask_input
+from memseq.convert._detect import source_for_path, source_kind
 from memseq.convert._engine import convert
 from memseq.convert._hdf5 import HDF5Source
 from memseq.convert._images import IMAGE_EXTENSIONS, ImageFolderSource, write_classes
@@ -73,6 +72,7 @@ from memseq.convert._npy import NpySource
 from memseq.convert._npz import NpzSource
 from memseq.convert._ragged import NpyRowsSource, TokenStreamSource
 from memseq.convert._raw import RawSource
+from memseq.storage.checksum import crc32_combine
 
 __all__ = [
     "Source",

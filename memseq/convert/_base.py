@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from memseq import format as fmt
 from memseq.errors import DatasetNotFoundError, MemseqError, SchemaError
+from memseq.storage import format as fmt
 
 __all__ = ["Source", "check_file", "missing_file", "field_spec_at", "optional_module"]
 
@@ -18,7 +18,7 @@ __all__ = ["Source", "check_file", "missing_file", "field_spec_at", "optional_mo
 class Source:
     """Base class of conversion sources: a table of rows read on demand.
 
-    Subclasses set ``fields`` (name -> :class:`memseq.format.FieldSpec`),
+    Subclasses set ``fields`` (name -> :class:`memseq.storage.format.FieldSpec`),
     ``num_rows`` and ``description`` in their constructor, after validating the
     input, and implement :meth:`read`. A source is pickled to worker processes: it
     must hold paths and small metadata only, and reopen files lazily.
@@ -84,7 +84,7 @@ def check_file(path: str | os.PathLike, what: str) -> str:
 
 
 def field_spec_at(name: str, dtype: Any, row_shape: Sequence[int], where: str) -> fmt.FieldSpec:
-    """:func:`memseq.format.field_spec`, with ``where`` (the source) at the start of its messages."""
+    """:func:`memseq.storage.format.field_spec`, with ``where`` (the source) at the start of its messages."""
     try:
         return fmt.field_spec(name, dtype, tuple(row_shape))
     except SchemaError as e:

@@ -2,7 +2,7 @@
 
 ``memseq convert`` sends these inputs here instead of to the process-pool engine:
 they become Dask arrays, and :func:`memseq.save` writes Dask arrays with every
-chunk in parallel on the chosen Dask scheduler (see :mod:`memseq.convert._dask_writer`): local
+chunk in parallel on the chosen Dask scheduler (see :mod:`memseq.write.dask`): local
 threads or processes, or a ``dask.distributed`` cluster whose workers see the
 same filesystem.
 
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from memseq import format as fmt
 from memseq.convert._npy import NpySource
-from memseq.dataset import Dataset
-from memseq.dataset import open as open_dataset
 from memseq.errors import DatasetNotFoundError, MemseqError, SchemaError
+from memseq.read.dataset import Dataset
+from memseq.read.dataset import open as open_dataset
+from memseq.storage import format as fmt
 
 __all__ = ["is_dask_input", "dask_arrays", "convert_with_dask"]
 
@@ -225,7 +225,7 @@ def convert_with_dask(
 
     import dask
 
-    from memseq.convert._dask_writer import save_dask
+    from memseq.write.dask import save_dask
 
     arrays = dask_arrays(src, field_options)
     show = sys.stderr.isatty() if progress is None else bool(progress)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from memseq import format as fmt
 from memseq.convert._base import Source, missing_file
 from memseq.convert._hdf5 import HDF5_EXTENSIONS, HDF5_MAGIC, HDF5Source
 from memseq.convert._images import ImageFolderSource
@@ -14,6 +13,7 @@ from memseq.convert._npy import NpySource
 from memseq.convert._npz import ZIP_MAGIC, NpzSource
 from memseq.convert._ragged import NpyRowsSource
 from memseq.errors import FormatError
+from memseq.storage import format as fmt
 
 __all__ = ["source_kind", "source_for_path"]
 

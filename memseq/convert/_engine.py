@@ -5,7 +5,7 @@
 1. **plan** (:func:`plan_dataset`): validate the sources, create the temporary directory's
    files pre-sized with their final ``.npy`` headers, and cut the rows into work
    units (a few MiB each, never straddling a shard). The shard layout comes from
-   :func:`memseq.format.shard_layout`, as in :class:`memseq.Writer`, so the output
+   :func:`memseq.storage.format.shard_layout`, as in :class:`memseq.Writer`, so the output
    is byte-identical to :func:`memseq.save` and does not depend on ``jobs``.
 2. **run** (:func:`_run`): write every unit's rows at their final offsets with
    ``pwrite``, in this process or a pool of spawned worker processes; each unit
@@ -27,16 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from memseq import _commit, _fs
-from memseq import format as fmt
-from memseq._checks import check_int, equal_row_counts
-from memseq._checksum import crc32, crc32_combine
 from memseq.convert._base import Source
 from memseq.convert._ragged import convert_streaming
-from memseq.dataset import Dataset
-from memseq.dataset import open as open_dataset
 from memseq.errors import MemseqError, SchemaError
-from memseq.writer import checked_rows
+from memseq.read.dataset import Dataset
+from memseq.read.dataset import open as open_dataset
+from memseq.storage import commit as _commit
+from memseq.storage import files as _fs
+from memseq.storage import format as fmt
+from memseq.storage.checksum import crc32, crc32_combine
+from memseq.util.checks import check_int, equal_row_counts
+from memseq.write.writer import checked_rows
 
 __all__ = ["convert"]
 

@@ -11,10 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from memseq import _fs
-from memseq import format as fmt
 from memseq.convert._base import Source, optional_module
-from memseq.errors import CorruptFileError, DatasetNotFoundError, FormatError, MemseqError, SchemaError
+from memseq.errors import (
+    CorruptFileError,
+    DatasetNotFoundError,
+    FormatError,
+    MemseqError,
+    SchemaError,
+)
+from memseq.storage import files as _fs
+from memseq.storage import format as fmt
 
 __all__ = ["ImageFolderSource", "IMAGE_EXTENSIONS", "write_classes"]
 

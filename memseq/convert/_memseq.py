@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from memseq.convert._base import Source
-from memseq.dataset import open as open_dataset
+from memseq.read.dataset import open as open_dataset
 
 __all__ = ["MemseqSource"]
 

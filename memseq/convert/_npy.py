@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from memseq import format as fmt
 from memseq.convert._base import check_file, field_spec_at
 from memseq.convert._raw import MappedFileSource
 from memseq.errors import CorruptFileError, SchemaError
+from memseq.storage import format as fmt
 
 __all__ = ["NpySource"]
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from memseq import format as fmt
 from memseq.convert._base import Source, check_file, field_spec_at
 from memseq.errors import CorruptFileError, FormatError, SchemaError
+from memseq.storage import format as fmt
 
 __all__ = ["NpzSource", "ZIP_MAGIC"]
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from memseq import format as fmt
-from memseq._checks import check_int
 from memseq.convert._base import Source, check_file, field_spec_at
 from memseq.errors import DatasetNotFoundError, FormatError, SchemaError
-from memseq.raw import open_raw
+from memseq.read.raw import open_raw
+from memseq.storage import format as fmt
+from memseq.util.checks import check_int
 
 __all__ = ["NpyRowsSource", "TokenStreamSource", "convert_streaming"]
 
@@ -146,7 +146,7 @@ class TokenStreamSource(Source):
 def convert_streaming(dst: str, sources: list[Source], fields: dict[str, fmt.FieldSpec], owner: dict[str, int], *,
                       shard_rows: int | None, overwrite: bool, progress: bool | None) -> None:
     """Writes the sources' rows through one :class:`memseq.Writer` (for variable-length fields)."""
-    from memseq.writer import Writer
+    from memseq.write.writer import Writer
 
     num_rows = sources[0].num_rows
     row_bytes = sum(spec.row_nbytes * (512 if spec.ragged else 1) for spec in fields.values())

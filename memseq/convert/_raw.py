@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from memseq import format as fmt
 from memseq.convert._base import Source, check_file, field_spec_at
-from memseq.raw import open_raw
+from memseq.read.raw import open_raw
+from memseq.storage import format as fmt
 
 __all__ = ["RawSource", "MappedFileSource"]
 

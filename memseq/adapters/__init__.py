@@ -1,0 +1,1 @@
+"""The sequence as Keras, tf.data and Grain inputs."""

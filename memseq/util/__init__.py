@@ -1,0 +1,1 @@
+"""Foundation used by every layer: argument checks, fork safety, libc bindings."""
