@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import memseq
 from memseq.storage import format as fmt
+from memseq.storage import manifest as manifest_mod
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 # Set MEMSEQ_REGEN_GOLDEN=1 to rewrite the golden files after an *intended* format change
@@ -295,7 +296,7 @@ def test_unparsable_manifest_is_refused(dataset_dir, raw, pattern):
 
 
 def test_oversized_manifest_is_refused_before_parsing(dataset_dir, monkeypatch):
-    monkeypatch.setattr(fmt, "_MAX_MANIFEST_BYTES", 1024)
+    monkeypatch.setattr(manifest_mod, "_MAX_MANIFEST_BYTES", 1024)
     (dataset_dir / "memseq.json").write_bytes(b"{" + b" " * 2000 + b"}")
     with pytest.raises(memseq.FormatError, match=r"memseq\.json: larger than 1024 bytes"):
         memseq.open(dataset_dir)
@@ -512,3 +513,31 @@ def test_manifest_that_is_a_directory_is_refused(tmp_path):
     (tmp_path / "ds" / "memseq.json").mkdir(parents=True)
     with pytest.raises(memseq.FormatError, match=r"ds/memseq\.json: manifest is a directory, not a regular file"):
         memseq.open(tmp_path / "ds")
+
+
+def test_the_old_import_path_exports_every_public_name_of_the_format():
+    # storage/format.py is the specification and the public names; the code lives in
+    # storage/schema.py (data model) and storage/manifest.py (memseq.json): split by
+    # role, memseq.format and memseq.storage.format keep every name they had.
+    import memseq.format
+
+    expected = [
+        "FORMAT_NAME", "FORMAT_VERSION", "FieldSpec", "FileEntry", "MANIFEST_NAME", "Manifest",
+        "SUPPORTED_VERSIONS", "ShardSpec", "check_dtype", "check_field_name", "check_shard_rows",
+        "field_spec", "format_checksum", "has_npy_magic", "manifest_to_json", "npy_header",
+        "read_manifest", "read_npy_header", "reserved_header_length", "resolve_inside",
+        "shard_directory", "shard_file", "shard_layout",
+    ]
+    assert sorted(memseq.format.__all__) == sorted(fmt.__all__) == expected
+    for name in expected:
+        assert getattr(memseq.format, name) is getattr(fmt, name), name
+    assert fmt.parse_manifest is manifest_mod.parse_manifest
+    assert fmt.read_manifest_bytes is manifest_mod.read_manifest_bytes
+
+
+def test_manifest_round_trips_through_json(tmp_path):
+    spec = fmt.field_spec("tokens", "uint16", (None, 2))
+    manifest = fmt.Manifest(3, {"tokens": spec}, (fmt.ShardSpec(3, {"tokens": fmt.FileEntry(
+        "tokens.npy", fmt.format_checksum(0xABC), 7, fmt.FileEntry("tokens.offsets.npy", fmt.format_checksum(1)))}),))
+    (tmp_path / "memseq.json").write_text(fmt.manifest_to_json(manifest))
+    assert fmt.read_manifest(str(tmp_path)) == manifest
