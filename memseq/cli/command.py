@@ -161,9 +161,13 @@ def _convert_sources(args: argparse.Namespace, src: str | None, dst: str) -> lis
                 f"{dst} (the memseq format allows no extra files there); put it beside it."
             )
     sources = []
-    if src is not None:
+    if src is not None and options.migration_options(args):
+        sources.append(options.migration_source(src, args))
+    elif src is not None:
         image_size = options.parse_image_size(args.image_size)
         sources.append(cv.source_for_path(src, image_size=image_size, color="gray" if args.gray else "rgb"))
+    elif options.migration_options(args):
+        raise SchemaError(f"{', '.join(options.migration_options(args))} apply to a source given as SRC.")
     elif args.image_size or args.gray:
         raise SchemaError("--image-size and --gray apply to an image folder given as SRC.")
     for text in args.field:
@@ -181,7 +185,7 @@ def _convert(args: argparse.Namespace) -> int:
     if len(args.paths) > 2:
         raise SchemaError(f"convert takes [SRC] DST. Received {len(args.paths)} paths: {args.paths}")
     src, dst = (args.paths[0], args.paths[1]) if len(args.paths) == 2 else (None, args.paths[0])
-    use_dask = cv.is_dask_input(src, args.field)  # a Zarr store or a glob of .npy files: written through Dask
+    use_dask = cv.migration_kind(src) is None and cv.is_dask_input(src, args.field)  # a Zarr store or a glob of .npy files: written through Dask
     if use_dask and args.raw:
         raise SchemaError("--raw cannot be combined with a Zarr store or a .npy glob; convert raw files separately.")
     sources = [] if use_dask else _convert_sources(args, src, dst)
@@ -292,7 +296,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     """Adds ``memseq convert [SRC] DST [--field ...] [--raw ...]``."""
     p = sub.add_parser(
         "convert",
-        help="convert .npy/.npz/raw/HDF5 files, Zarr stores, .npy globs or an image folder into a dataset",
+        help="convert .npy/.npz/raw/HDF5 files, Zarr stores, .npy globs, an image folder, TFRecord, "
+        "Parquet/Arrow/Hugging Face or WebDataset data into a dataset",
         formatter_class=_Formatter,
         usage="memseq convert [-h] [SRC] DST [--field NAME=PATH[:KEY]]... [--raw NAME=PATH:DTYPE:SHAPE]... [options]",
         description="""\
@@ -332,6 +337,15 @@ Variable-length fields (converted in one process; --jobs does not apply):
                             a headerless token stream cut into rows after each
                             SEPARATOR token, e.g. --tokens tokens=train.bin:uint16:50256
 
+From other libraries' formats (SRC; see docs/guide/migrate.md):
+  SRC = FILE.tfrecord, a directory or a quoted glob of TFRecord files
+                            tf.train.Example features, read with TensorFlow; the
+                            features are inferred from the first 100 records or
+                            given with --feature NAME=SPEC: int64, float32,
+                            int64:3, float32:28,28, int64:-1 (any length), bytes
+                            (variable-length uint8), bytes:uint8:28,28,1 (raw
+                            values, as tf.io.decode_raw); '/' in names becomes '.'
+
 Image folders: SRC/<class>/<image files>. Fields 'image' (HxWxC; C=3, or 1 with
 --gray) and 'label' (int64: the class's index in alphabetical order). Pixel values
 are kept exactly: 8-bit images as uint8, 16-bit grayscale as uint16 (32-bit: int32,
@@ -350,6 +364,9 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
                    help="add a field from a headerless raw file (repeatable)")
     p.add_argument("--tokens", action="append", default=[], metavar="NAME=PATH:DTYPE:SEPARATOR",
                    help="a raw token stream cut into variable-length rows after each SEPARATOR token (repeatable)")
+    p.add_argument("--feature", action="append", default=[], metavar="NAME=SPEC",
+                   help="a TFRecord feature to convert, e.g. label=int64, image=bytes:uint8:28,28,1 (repeatable; "
+                   "default: all, inferred)")
     p.add_argument("--dtype", help="dtype of headerless raw --field files, e.g. float32")
     p.add_argument("--shape", help="shape of headerless raw --field files, e.g. --shape=-1,64,64,3")
     p.add_argument("--image-size", metavar="HxW", help="resize images to HxW (default: the first image's size, others must match)")

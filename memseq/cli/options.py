@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from memseq import convert as cv
 from memseq.errors import SchemaError
 from memseq.storage import format as fmt
 
-__all__ = ["parse_shape", "parse_raw_option", "parse_field_option", "parse_image_size", "parse_tokens_option"]
+__all__ = [
+    "parse_shape", "parse_raw_option", "parse_field_option", "parse_image_size", "parse_tokens_option",
+    "migration_options", "migration_source",
+]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -164,3 +168,30 @@ def parse_tokens_option(text: str) -> cv.TokenStreamSource:
     except ValueError:
         raise SchemaError(f"--tokens: SEPARATOR must be an integer token. Received: {parts[1]!r}") from None
     return cv.TokenStreamSource(path, name, parts[0], separator)
+
+
+def migration_options(args: Any) -> list[str]:
+    """The options given that choose what to take from another library's format (``--feature``)."""
+    return [flag for flag, attr in (("--feature", "feature"),) if getattr(args, attr, None)]
+
+
+def _parse_features(texts: Sequence[str]) -> dict[str, str]:
+    features = {}
+    for text in texts:
+        name, sep, spec = text.partition("=")
+        if not sep or not name or not spec:
+            raise SchemaError(f"--feature takes NAME=SPEC, e.g. --feature label=int64. Received: {text!r}")
+        features[name] = spec
+    return features
+
+
+def migration_source(src: str, args: Any) -> cv.Source:
+    """The source of ``memseq convert SRC`` with ``--feature`` options.
+
+    Raises:
+        SchemaError: If the options do not apply to SRC's kind.
+    """
+    kind = cv.migration_kind(src)
+    if kind != "tfrecord":
+        raise SchemaError(f"--feature applies to TFRecord files (.tfrecord, .tfrecords, .tfr); {src} is not one.")
+    return cv.TFRecordSource(src, _parse_features(args.feature))

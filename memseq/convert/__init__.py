@@ -26,6 +26,13 @@ file into memory:
   class in alphabetical order). Images are decoded one at a time with Pillow
   (optional: ``pip install "memseq[convert]"``).
 
+Migrating from other libraries' formats (see ``docs/guide/migrate.md``):
+
+- :class:`TFRecordSource`: TFRecord files of ``tf.train.Example`` records, read with
+  TensorFlow's own reader; features declared (``"int64"``, ``"float32:28,28"``,
+  ``"int64:-1"``, ``"bytes"``, ``"bytes:uint8:28,28,1"``) or inferred from the first
+  records.
+
 Values a library would invent are refused, never converted: an HDF5 virtual dataset
 whose source file or dataset is missing (HDF5 reads its fill value), an object array
 in an ``.npz`` (memseq never unpickles).
@@ -63,7 +70,7 @@ from __future__ import annotations
 
 from memseq.convert._base import Source
 from memseq.convert._dask_inputs import convert_with_dask, dask_arrays, is_dask_input
-from memseq.convert._detect import source_for_path, source_kind
+from memseq.convert._detect import migration_kind, source_for_path, source_kind
 from memseq.convert._engine import convert
 from memseq.convert._hdf5 import HDF5Source
 from memseq.convert._images import IMAGE_EXTENSIONS, ImageFolderSource, write_classes
@@ -72,6 +79,7 @@ from memseq.convert._npy import NpySource
 from memseq.convert._npz import NpzSource
 from memseq.convert._ragged import NpyRowsSource, TokenStreamSource
 from memseq.convert._raw import RawSource
+from memseq.convert._tfrecord import TFRecordSource
 from memseq.storage.checksum import crc32_combine
 
 __all__ = [
@@ -84,12 +92,14 @@ __all__ = [
     "MemseqSource",
     "NpyRowsSource",
     "TokenStreamSource",
+    "TFRecordSource",
     "convert",
     "convert_with_dask",
     "dask_arrays",
     "is_dask_input",
     "source_for_path",
     "source_kind",
+    "migration_kind",
     "write_classes",
     "crc32_combine",
     "IMAGE_EXTENSIONS",

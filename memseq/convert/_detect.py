@@ -12,10 +12,38 @@ from memseq.convert._memseq import MemseqSource
 from memseq.convert._npy import NpySource
 from memseq.convert._npz import ZIP_MAGIC, NpzSource
 from memseq.convert._ragged import NpyRowsSource
+from memseq.convert._tfrecord import TFRECORD_EXTENSIONS, TFRecordSource
 from memseq.errors import FormatError
 from memseq.storage import format as fmt
 
-__all__ = ["source_kind", "source_for_path"]
+__all__ = ["source_kind", "source_for_path", "migration_kind"]
+
+# Inputs of other libraries' formats, by file name ending (also for directories and
+# glob patterns of them): kind -> endings.
+_MIGRATION_EXTENSIONS = {"tfrecord": TFRECORD_EXTENSIONS}
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def migration_kind(path: str | os.PathLike | None) -> str | None:
+    """The kind of another library's input at ``path`` (a file, a directory or a glob pattern), or None.
+
+    ``"tfrecord"`` for ``.tfrecord``/``.tfrecords``/``.tfr`` files.
+    """
+    if path is None:
+        return None
+    path = os.fspath(path)
+    names = [path]
+    if os.path.isdir(path):
+        try:
+            names = [e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith(".")]
+        except OSError:
+            return None
+    elif not os.path.isfile(path) and not any(c in path for c in _GLOB_CHARS):
+        return None
+    for kind, extensions in _MIGRATION_EXTENSIONS.items():
+        if names and any(n.lower().endswith(extensions) for n in names):
+            return kind
+    return None
 
 
 def _sniff(path: str) -> str:
@@ -84,6 +112,9 @@ def source_for_path(path: str | os.PathLike, *, image_size: Sequence[int] | int 
         FormatError: If its kind cannot be read as a whole (raw files need --raw).
     """
     path = os.fspath(path)
+    kind = None if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)) else migration_kind(path)
+    if kind == "tfrecord":
+        return TFRecordSource(path)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)):
             return MemseqSource(path)

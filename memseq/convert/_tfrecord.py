@@ -1,0 +1,374 @@
+"""TFRecord files of ``tf.train.Example`` records as fields, read with TensorFlow's own reader.
+
+The records of each file are located once, when the source is made, by reading only
+their 12-byte frame headers (length and its checksum), so any range of rows can be
+read later, in any worker process. Records are read with TensorFlow's random-access
+record reader (which checks every record's CRC-32C) and parsed with
+``tf.io.parse_example``. TensorFlow is imported only when a TFRecord source is used.
+
+Feature specs (the ``features`` argument, ``--feature NAME=SPEC`` on the command line):
+
+- ``int64`` / ``float32``: one value per record (a scalar field);
+- ``int64:3`` / ``float32:28,28``: that many values per record, reshaped (a fixed field);
+- ``int64:-1`` / ``float32:-1,3``: any number of values (a variable-length field; with
+  trailing dimensions the count must be a multiple of their product);
+- ``bytes``: one byte string per record, as a variable-length ``uint8`` field;
+- ``bytes:DTYPE:SHAPE``: one byte string per record holding the raw values of an array
+  (``tf.io.decode_raw``, little-endian unless the dtype says otherwise), e.g.
+  ``bytes:uint8:28,28,1``; a ``-1`` first dimension makes it variable-length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from memseq.convert._base import Source, field_spec_at
+from memseq.convert._inputs import RowIndex, input_files, input_name
+from memseq.errors import CorruptFileError, FormatError, SchemaError
+from memseq.storage import format as fmt
+
+__all__ = ["TFRecordSource", "TFRECORD_EXTENSIONS", "parse_feature_spec", "feature_field_name"]
+
+#: File name endings taken as TFRecord files (from a directory, or by ``memseq convert SRC``).
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
+# How many records the features are inferred from when no spec is given.
+_INFER_RECORDS = 100
+# A length field above this is no TFRecord frame (the file is something else or corrupt).
+_MAX_RECORD_BYTES = 2**40
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """How one ``tf.train.Example`` feature becomes a field.
+
+    Attributes:
+        kind: ``"int64"``, ``"float32"`` or ``"bytes"`` (the Example's list type).
+        dtype: The field's dtype (``int64``, ``float32``, ``uint8`` for plain bytes,
+            or the declared dtype of raw bytes).
+        shape: The field's row shape; ``None`` first for a variable-length field.
+        raw: Whether bytes hold an array's raw values (``decode_raw``).
+    """
+
+    kind: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    raw: bool = False
+
+    @property
+    def ragged(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+    def spec_text(self) -> str:
+        dims = ",".join("-1" if d is None else str(d) for d in self.shape)
+        if self.kind == "bytes":
+            return f"bytes:{self.dtype}:{dims}" if self.raw else "bytes"
+        return f"{self.kind}:{dims}" if dims else self.kind
+
+
+def _parse_dims(text: str, where: str) -> tuple[int | None, ...]:
+    parts = [p.strip() for p in text.strip().strip("()[]").replace("x", ",").split(",") if p.strip()]
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        raise SchemaError(f"{where}: a shape is comma-separated integers (-1 first for any length). Received: {text!r}") from None
+    if any(d < 0 for d in dims[1:]) or (dims and dims[0] < -1):
+        raise SchemaError(f"{where}: only the first dimension may be -1 (any length). Received: {text!r}")
+    return tuple(None if i == 0 and d == -1 else d for i, d in enumerate(dims))
+
+
+def parse_feature_spec(text: str, where: str = "feature spec") -> Feature:
+    """Parses a feature spec: ``int64``, ``float32:28,28``, ``int64:-1``, ``bytes``, ``bytes:uint8:28,28,1``.
+
+    Raises:
+        SchemaError: If the text is not a spec (see the module docstring).
+    """
+    kind, _, rest = text.strip().partition(":")
+    kind = {"int": "int64", "float": "float32"}.get(kind, kind)
+    if kind in ("int64", "float32"):
+        return Feature(kind, kind, _parse_dims(rest, where) if rest.strip() else ())
+    if kind == "bytes":
+        if not rest:
+            return Feature("bytes", "uint8", (None,))
+        dtype, sep, dims = rest.partition(":")
+        if not sep:
+            raise SchemaError(f"{where}: raw bytes take bytes:DTYPE:SHAPE, e.g. bytes:uint8:28,28,1. Received: {text!r}")
+        dt = fmt.check_dtype(dtype, field=where)
+        return Feature("bytes", dt.str if dt.byteorder in "<>" else dt.name, _parse_dims(dims, where), raw=True)
+    raise SchemaError(
+        f"{where}: a feature spec starts with int64, float32 or bytes (e.g. int64, float32:28,28, int64:-1, bytes, "
+        f"bytes:uint8:28,28,1). Received: {text!r}"
+    )
+
+
+def feature_field_name(feature: str) -> str:
+    """The field name of a feature: ``image/encoded`` -> ``image.encoded``."""
+    return feature.strip("/").replace("/", ".")
+
+
+def _scan_records(path: str) -> np.ndarray:
+    """The byte offsets of every record of a TFRecord file, read from the frame headers only.
+
+    Raises:
+        FormatError: For a compressed file or one that is not a TFRecord file.
+        CorruptFileError: If the file ends inside a record (truncated).
+    """
+    size = os.path.getsize(path)
+    offsets = []
+    with open(path, "rb") as f:
+        if f.read(2) == _GZIP_MAGIC:
+            raise FormatError(f"{path}: a compressed (GZIP) TFRecord file; decompress it first (gunzip), memseq reads "
+                              "uncompressed TFRecord files by offset.")
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            head = f.read(12)
+            if len(head) < 12:
+                raise CorruptFileError(f"{path}: truncated: the file ends inside the frame header of record "
+                                       f"{len(offsets)} (at byte {pos} of {size}).")
+            (length,) = struct.unpack("<Q", head[:8])
+            if length > _MAX_RECORD_BYTES:
+                raise FormatError(f"{path}: not a TFRecord file (record {len(offsets)} at byte {pos} claims "
+                                  f"{length} bytes).")
+            end = pos + 12 + length + 4
+            if end > size:
+                raise CorruptFileError(f"{path}: truncated: record {len(offsets)} (at byte {pos}) needs {end - pos} "
+                                       f"bytes but the file ends after {size - pos}.")
+            offsets.append(pos)
+            pos = end
+    return np.asarray(offsets, dtype=np.int64)
+
+
+def _import_tf() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from memseq.convert._base import optional_module
+
+    return optional_module("tensorflow", "TFRecord sources need TensorFlow: pip install tensorflow.")
+
+
+def _random_reader(tf: Any, path: str) -> Any:
+    from tensorflow.python.lib.io import (
+        tf_record,  # the reader behind tf.data, with offsets
+    )
+
+    return tf_record.tf_record_random_reader(path)
+
+
+def _infer(examples: list[Any], path: str) -> dict[str, Feature]:
+    """Feature specs from the first records' ``tf.train.Example`` protos."""
+    seen: dict[str, dict[str, Any]] = {}
+    for ex in examples:
+        for name, feat in ex.features.feature.items():
+            kind = feat.WhichOneof("kind")
+            info = seen.setdefault(name, {"kinds": set(), "lengths": [], "present": 0})
+            info["present"] += 1
+            if kind is not None:
+                info["kinds"].add(kind)
+                info["lengths"].append(len(getattr(feat, kind).value))
+    if not seen:
+        raise FormatError(f"{path}: the first records hold no features; give the features (--feature NAME=SPEC).")
+    out = {}
+    for name, info in sorted(seen.items()):
+        kinds = info["kinds"]
+        where = f"{path}: feature {name!r}"
+        if len(kinds) != 1:
+            raise SchemaError(
+                f"{where}: {'has no values in the first records' if not kinds else 'mixes ' + ', '.join(sorted(kinds))}; "
+                "its type cannot be inferred: give it (--feature NAME=SPEC, e.g. int64:-1) or leave it out by "
+                "listing the others."
+            )
+        kind = kinds.pop()
+        lengths = set(info["lengths"])
+        every = info["present"] == len(examples)
+        if kind == "bytes_list":
+            if lengths != {1} or not every:
+                raise SchemaError(
+                    f"{where}: holds {sorted(lengths)} byte strings per record (or is missing in some); memseq stores "
+                    "one byte string per row: give the features to convert (--feature NAME=SPEC) without it."
+                )
+            out[name] = Feature("bytes", "uint8", (None,))
+            continue
+        dtype = "int64" if kind == "int64_list" else "float32"
+        if every and len(lengths) == 1:
+            length = lengths.pop()
+            out[name] = Feature(dtype, dtype, () if length == 1 else (length,))
+        else:
+            out[name] = Feature(dtype, dtype, (None,))
+    return out
+
+
+class TFRecordSource(Source):
+    """TFRecord files of ``tf.train.Example`` records as fields, one row per record.
+
+    Without ``features``, the features are inferred from the first 100 records:
+    int64 and float lists of one length in all of them become fixed fields (one
+    value: a scalar), lists of varying length (or missing in some records)
+    variable-length fields, and one byte string per record a variable-length
+    ``uint8`` field. A later record that disagrees with the inferred spec is refused
+    with a named error (give the spec then). Declared raw bytes (``bytes:DTYPE:SHAPE``)
+    are decoded as ``tf.io.decode_raw`` would. A feature missing from a record is an
+    error for a fixed field and an empty row for a variable-length one (as
+    ``tf.io.parse_example`` reads it). Values are never cast: int64 lists stay
+    ``int64``, float lists ``float32``.
+
+    Args:
+        paths: A TFRecord file, a directory (its ``.tfrecord``/``.tfrecords``/``.tfr``
+            files), a glob pattern or a list of these; rows follow the files in
+            natural order (``-2`` before ``-10``), then the records.
+        features: Feature name -> spec (``"int64"``, ``"float32:28,28"``, ``"int64:-1"``,
+            ``"bytes"``, ``"bytes:uint8:28,28,1"``; see the module docstring), or None
+            to infer every feature. Field names are the feature names with ``/`` as ``.``.
+
+    Raises:
+        DatasetNotFoundError: If a file does not exist.
+        FormatError: For a compressed or non-TFRecord file, or records that are not Examples.
+        CorruptFileError: For a truncated file (the frame headers are all read here).
+        SchemaError: For a bad spec, or a feature whose type cannot be inferred.
+        MemseqError: If TensorFlow is not installed.
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike],
+                 features: Mapping[str, str | Feature] | None = None):
+        self.files = input_files(paths, TFRECORD_EXTENSIONS, "TFRecord files")
+        self.path = input_name(paths, self.files)
+        self.offsets = [_scan_records(p) for p in self.files]
+        self.index = RowIndex([len(o) for o in self.offsets])
+        self._open_readers: dict[int, Any] | None = None
+        self._open_tf = None
+        tf = _import_tf()
+        if features is None:
+            self.features = self._infer(tf)
+        else:
+            self.features = {
+                name: spec if isinstance(spec, Feature) else parse_feature_spec(spec, f"feature {name!r}")
+                for name, spec in features.items()
+            }
+            if not self.features:
+                raise SchemaError(f"{self.path}: no features given.")
+        self.names = {feature_field_name(n): n for n in self.features}
+        if len(self.names) != len(self.features):
+            raise SchemaError(f"{self.path}: two features map to one field name: {list(self.features)}")
+        self.fields = {
+            field: field_spec_at(field, self.features[name].dtype, self.features[name].shape, f"{self.path}: feature {name!r}")
+            for field, name in self.names.items()
+        }
+        self.num_rows = self.index.num_rows
+        self.description = self.path
+        self.close()  # the readers of the inference are not pickled; workers open their own
+
+    def _infer(self, tf: Any) -> dict[str, Feature]:
+        examples = []
+        first = next((i for i, o in enumerate(self.offsets) if len(o)), None)
+        if first is None:
+            raise FormatError(f"{self.path}: the TFRecord files hold no records; nothing to infer features from.")
+        path = self.files[first]
+        records = self._records(first, 0, min(_INFER_RECORDS, len(self.offsets[first])), tf)
+        for i, record in enumerate(records):
+            try:
+                examples.append(tf.train.Example.FromString(record))
+            except Exception as e:  # protobuf's DecodeError
+                raise FormatError(f"{path}: record {i} is not a tf.train.Example ({e}).") from e
+        return _infer(examples, path)
+
+    def _records(self, file: int, a: int, b: int, tf: Any) -> list[bytes]:
+        if self._open_readers is None:
+            self._open_readers = {}
+        reader = self._open_readers.get(file)
+        path = self.files[file]
+        if reader is None:
+            try:
+                reader = self._open_readers[file] = _random_reader(tf, path)
+            except Exception as e:
+                raise CorruptFileError(f"{path}: TensorFlow cannot open it ({e}).") from e
+        out = []
+        for i in range(a, b):
+            try:
+                record, _ = reader.read(int(self.offsets[file][i]))
+            except Exception as e:  # DataLossError (checksum), IndexError (truncated since)
+                raise CorruptFileError(f"{path}: record {i} cannot be read ({type(e).__name__}: {e}).") from e
+            out.append(record)
+        return out
+
+    def _parse_specs(self, tf: Any) -> dict[str, Any]:
+        specs = {}
+        for name, feat in self.features.items():
+            if feat.kind == "bytes":
+                specs[name] = tf.io.FixedLenFeature([], tf.string)
+            elif feat.ragged:
+                specs[name] = tf.io.RaggedFeature(getattr(tf, feat.kind), row_splits_dtype=tf.int64)
+            else:
+                specs[name] = tf.io.FixedLenFeature(list(feat.shape), getattr(tf, feat.kind))
+        return specs
+
+    def read(self, start: int, stop: int) -> dict[str, Any]:
+        tf = self._open_tf or _import_tf()
+        self._open_tf = tf
+        parts: dict[str, list[Any]] = {field: [] for field in self.names}
+        for file, a, b in self.index.pieces(start, stop):
+            records = self._records(file, a, b, tf)
+            parsed = self._parse(records, file, a, tf)
+            for field, name in self.names.items():
+                parts[field].append(self._rows(name, parsed[name], file, a))
+        out: dict[str, Any] = {}
+        for field, pieces in parts.items():
+            if self.fields[field].ragged:
+                out[field] = [row for piece in pieces for row in piece]
+            else:
+                out[field] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return out
+
+    def _parse(self, records: list[bytes], file: int, a: int, tf: Any) -> dict[str, Any]:
+        specs = self._parse_specs(tf)
+        try:
+            return tf.io.parse_example(records, specs)
+        except (tf.errors.InvalidArgumentError, ValueError) as e:
+            # Find the first record that does not parse, to name it.
+            for i, record in enumerate(records):
+                try:
+                    tf.io.parse_example([record], specs)
+                except (tf.errors.InvalidArgumentError, ValueError) as e1:
+                    raise SchemaError(
+                        f"{self.files[file]}: record {a + i} does not match the features "
+                        f"{ {n: f.spec_text() for n, f in self.features.items()} }: "
+                        f"{str(getattr(e1, 'message', e1)).splitlines()[0]} (declare the feature, e.g. "
+                        "--feature NAME=int64:-1 for a variable length)."
+                    ) from e1
+            raise SchemaError(f"{self.files[file]}: records {a}:{a + len(records)} do not parse ({e}).") from e
+
+    def _rows(self, name: str, value: Any, file: int, a: int) -> Any:
+        feat = self.features[name]
+        where = f"{self.files[file]}: feature {name!r}"
+        if feat.kind != "bytes":
+            if not feat.ragged:
+                return value.numpy()
+            values, splits = value.values.numpy(), value.row_splits.numpy()
+            trailing = feat.shape[1:]
+            per = int(np.prod(trailing, dtype=np.int64))
+            lengths = np.diff(splits)
+            if per != 1 and np.any(lengths % per):
+                i = int(np.flatnonzero(lengths % per)[0])
+                raise SchemaError(f"{where}: record {a + i} holds {lengths[i]} values, not a multiple of {per} "
+                                  f"(rows of shape (-1, {', '.join(map(str, trailing))})).")
+            values = values.reshape(-1, *trailing)
+            return np.split(values, splits[1:-1] // per)
+        dtype = np.dtype(feat.dtype)
+        per = int(np.prod(feat.shape[1:] if feat.ragged else feat.shape, dtype=np.int64)) * dtype.itemsize
+        rows = []
+        for i, raw in enumerate(value.numpy()):
+            if (len(raw) % per if feat.ragged else len(raw) != per) if per else len(raw):
+                raise SchemaError(f"{where}: record {a + i} holds {len(raw)} bytes; {feat.spec_text()} needs "
+                                  f"{'a multiple of ' if feat.ragged else ''}{per}.")
+            values = np.frombuffer(raw, dtype)
+            rows.append(values.reshape(-1, *feat.shape[1:]) if feat.ragged else values.reshape(feat.shape))
+        if feat.ragged:
+            return rows
+        return np.stack(rows) if rows else np.empty((0, *feat.shape), dtype)
+
+    def close(self) -> None:
+        self._open_readers = None
