@@ -177,10 +177,9 @@ def block_shuffle_for(row_nbytes: int) -> BlockShuffle:
     """The measured defaults of ``shuffle="block"`` for rows of ``row_nbytes`` bytes.
 
     Blocks of about 4 MiB, 64 of them per window (256 MiB of page cache; each batch
-    mixes rows from 64 places of the file). Measured cold on this project's 2-core VM
-    with readahead: 4, 8 and 16 MiB blocks (64, 32 and 16 per window) read at 1.23,
-    1.37 and 1.22 GB/s, so the smallest block, which mixes best, was kept. See
-    README, "Data larger than RAM".
+    mixes rows from 64 places of the file): larger blocks read no faster cold, and
+    the smallest block mixes best (figures: ``docs/performance.md``, "Readahead and
+    buffers: measurements behind the design").
     """
     block_rows = max(1, _BLOCK_BYTES // max(1, int(row_nbytes)))
     return BlockShuffle(block_rows=block_rows, window_blocks=_WINDOW_BLOCKS)
@@ -188,17 +187,6 @@ def block_shuffle_for(row_nbytes: int) -> BlockShuffle:
 
 _BLOCK_BYTES = 4 * 2**20
 _WINDOW_BLOCKS = 64
-
-
-def _runs(rows: np.ndarray) -> np.ndarray:
-    """Ascending ``rows`` as ``(n, 2)`` [start, stop) ranges of adjacent rows."""
-    if rows.size == 0:
-        return np.empty((0, 2), np.int64)
-    rows = np.sort(rows)
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = rows[np.concatenate([[0], breaks])]
-    stops = rows[np.concatenate([breaks - 1, [rows.size - 1]])] + 1
-    return np.stack([starts, stops], axis=1).astype(np.int64)
 
 
 def _index_dtype(num_rows: int) -> type:
@@ -358,7 +346,6 @@ class BatchPlan:
             )
         self._lock = threading.Lock()
         self._permutations: dict[int, np.ndarray] = {}
-        self._first_touches: tuple[int, np.ndarray, np.ndarray] | None = None
         self._recent = 0
         _forksafe.register(self)
 
@@ -414,68 +401,6 @@ class BatchPlan:
             rows = np.sort(rows)
         return rows.astype(np.int64, copy=False)
 
-    def probe_row(self, index: int, epoch: int) -> int:
-        """One row of batch ``index`` of ``epoch`` (its first position): a cheap probe of whether it is cached."""
-        position = int(self.permutation(epoch)[index * self.batch_size])
-        return position if self.indices is None else int(self.indices[position])
-
-    def readahead_ranges(self, index: int, epoch: int, share: tuple[int, int] | None = None) -> np.ndarray:
-        """Row ranges to read ahead for batch ``index`` of ``epoch``: an ``(n, 2)`` array of [start, stop).
-
-        With :attr:`reads_whole_blocks`, the rows of the blocks that batch ``index``
-        is the first of the epoch to touch (so each block is asked for once per epoch;
-        over all rows or a contiguous ``indices``, one large range per block);
-        otherwise the batch's rows. Adjacent rows are merged into one range. With
-        ``share=(replica, num_replicas)``: that replica's rows of the batch
-        (:meth:`replica_rows`), whatever the order.
-        """
-        if share is not None:
-            return _runs(self.replica_rows(self.batch_rows(index, epoch), *share))
-        if not self.reads_whole_blocks:
-            return _runs(self.batch_rows(index, epoch))
-        first, _ = self._first_touches_of(epoch)
-        starts = np.flatnonzero(first == index) * self.order.block_rows
-        stops = np.minimum(starts + self.order.block_rows, self.num_rows)
-        if self.indices is None or len(starts) == 0:
-            return np.stack([starts, stops], axis=1).astype(np.int64)
-        # Blocks are of positions in ``indices``: their rows, which for a contiguous
-        # subset (a train split) are again one range per block.
-        return _runs(np.concatenate([self.indices[a:b] for a, b in zip(starts.tolist(), stops.tolist())]))
-
-    @property
-    def reads_whole_blocks(self) -> bool:
-        """Whether readahead asks for whole blocks, once each (a :class:`BlockShuffle`), not batches."""
-        return isinstance(self.order, BlockShuffle)
-
-    def reads_new_blocks(self, index: int, epoch: int) -> bool:
-        """Whether batch ``index`` of ``epoch`` has anything to read ahead.
-
-        Always true, except with :attr:`reads_whole_blocks`, where only the batches
-        that first touch a block (a few per window) do.
-        """
-        if self.reads_whole_blocks:
-            _, touching = self._first_touches_of(epoch)
-            return bool(touching[index])
-        return True
-
-    def _first_touches_of(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(first, touching)`` for ``epoch`` (BlockShuffle only), cached for one epoch.
-
-        ``first[b]``: the first batch that reads a row of block ``b``; ``touching[i]``:
-        whether batch ``i`` is the first to read some block.
-        """
-        cached = self._first_touches
-        if cached is None or cached[0] != epoch:
-            perm = self.permutation(epoch)
-            num_blocks = -(-self.num_rows // self.order.block_rows)
-            first = np.full(num_blocks, np.iinfo(np.int64).max, np.int64)
-            batch_of_position = np.arange(len(perm), dtype=np.int64) // self.batch_size
-            np.minimum.at(first, perm.astype(np.int64) // self.order.block_rows, batch_of_position)
-            batches = np.zeros(self.num_batches, bool)
-            batches[first[first < self.num_batches]] = True
-            cached = self._first_touches = (epoch, first, batches)  # a tuple swap is atomic across threads
-        return cached[1], cached[2]
-
     @staticmethod
     def replica_rows(rows: np.ndarray, replica: int, num_replicas: int) -> np.ndarray:
         """Replica ``replica``'s share of a global batch's ``rows``: ``rows[replica::num_replicas]``.
@@ -499,7 +424,6 @@ class BatchPlan:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_permutations"] = {}
-        state["_first_touches"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

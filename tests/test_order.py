@@ -120,29 +120,3 @@ def test_plan_with_block_shuffle_honours_indices_and_replica_shares():
     assert np.array_equal(np.sort(rows), indices)
     shares = [plan.replica_rows(plan.batch_rows(5, 2), r, 4) for r in range(4)]
     assert np.array_equal(np.sort(np.concatenate(shares)), plan.batch_rows(5, 2))
-
-
-def test_block_readahead_asks_for_each_block_once_per_epoch():
-    plan = BatchPlan(1000, 64, shuffle=BlockShuffle(block_rows=50, window_blocks=4), seed=0)
-    ranges = np.concatenate([plan.readahead_ranges(i, 3) for i in range(plan.num_batches)])
-    covered = np.zeros(1000, int)
-    for start, stop in ranges:
-        covered[start:stop] += 1
-    assert (covered == 1).all()
-
-
-def test_full_shuffle_readahead_is_the_batch_rows_as_runs():
-    plan = BatchPlan(1000, 64, shuffle=True, seed=0)
-    ranges = plan.readahead_ranges(3, 1)
-    rows = np.concatenate([np.arange(a, b) for a, b in ranges])
-    assert np.array_equal(rows, plan.batch_rows(3, 1))
-
-
-def test_only_batches_that_start_a_block_read_new_blocks():
-    plan = BatchPlan(1000, 16, shuffle=BlockShuffle(block_rows=50, window_blocks=3), seed=4)
-    for epoch in (0, 1):
-        starting = [i for i in range(plan.num_batches) if plan.reads_new_blocks(i, epoch)]
-        with_ranges = [i for i in range(plan.num_batches) if len(plan.readahead_ranges(i, epoch))]
-        assert starting == with_ranges and starting[0] == 0
-    full = BatchPlan(1000, 16, shuffle=True, seed=4)
-    assert all(full.reads_new_blocks(i, 0) for i in range(full.num_batches))

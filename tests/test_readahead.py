@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
@@ -10,18 +11,21 @@ import pytest
 
 import memseq
 from memseq.adapters.keras.fit import SequenceAdapter
+from memseq.order import BatchPlan
 from memseq.read.columns import Column
+from memseq.readahead.ranges import (
+    batch_ranges,
+    block_touches,
+    probe_row,
+    reads_new_blocks,
+    reads_whole_blocks,
+)
 
 ROW = (8, 8, 3)
 N = 2000
 
 
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("readahead") / "ds"
-    rng = np.random.default_rng(0)
-    memseq.save(path, {"image": rng.integers(0, 256, (N, *ROW), dtype=np.uint8), "label": np.arange(N)}, shard_rows=700)
-    return str(path)
+pytestmark = pytest.mark.dataset(N, ROW, shard_rows=700)  # the data_path fixture (conftest); label = row number
 
 
 class Flipped(memseq.MemmapSequence):
@@ -271,3 +275,77 @@ def test_shares_read_ahead_their_own_rows_and_never_change(data_path, monkeypatc
         expected = [on.plan.replica_rows(on.batch_rows(j, 1), 1, 2) for j in ahead]
         expected = np.sort(np.concatenate(expected)) if expected else np.empty(0, int)
         np.testing.assert_array_equal(np.unique(rows), np.unique(expected))  # replica 1's rows only
+
+
+# --------------------------------------------------------------------------- which ranges (memseq.readahead.ranges)
+
+
+def test_block_readahead_asks_for_each_block_once_per_epoch():
+    plan = BatchPlan(1000, 64, shuffle=memseq.BlockShuffle(block_rows=50, window_blocks=4), seed=0)
+    ranges = np.concatenate([batch_ranges(plan, i, 3) for i in range(plan.num_batches)])
+    covered = np.zeros(1000, int)
+    for start, stop in ranges:
+        covered[start:stop] += 1
+    assert (covered == 1).all()
+
+
+def test_full_shuffle_readahead_is_the_batch_rows_as_runs():
+    plan = BatchPlan(1000, 64, shuffle=True, seed=0)
+    ranges = batch_ranges(plan, 3, 1)
+    rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+    assert np.array_equal(rows, plan.batch_rows(3, 1))
+    assert not reads_whole_blocks(plan)
+
+
+def test_only_batches_that_start_a_block_read_new_blocks():
+    plan = BatchPlan(1000, 16, shuffle=memseq.BlockShuffle(block_rows=50, window_blocks=3), seed=4)
+    assert reads_whole_blocks(plan)
+    for epoch in (0, 1):
+        starting = [i for i in range(plan.num_batches) if reads_new_blocks(plan, i, epoch)]
+        with_ranges = [i for i in range(plan.num_batches) if len(batch_ranges(plan, i, epoch))]
+        assert starting == with_ranges and starting[0] == 0
+    full = BatchPlan(1000, 16, shuffle=True, seed=4)
+    assert all(reads_new_blocks(full, i, 0) for i in range(full.num_batches))
+
+
+def test_kept_block_touches_give_the_same_ranges_and_another_epochs_are_not_used():
+    plan = BatchPlan(1000, 16, shuffle=memseq.BlockShuffle(block_rows=50, window_blocks=3), seed=4)
+    epoch0 = block_touches(plan, 0)
+    for i in range(plan.num_batches):
+        np.testing.assert_array_equal(batch_ranges(plan, i, 0, touches=epoch0), batch_ranges(plan, i, 0))
+        # Touches of epoch 0 handed in for epoch 1 are recomputed, not trusted.
+        np.testing.assert_array_equal(batch_ranges(plan, i, 1, touches=epoch0), batch_ranges(plan, i, 1))
+        assert reads_new_blocks(plan, i, 1, epoch0) == reads_new_blocks(plan, i, 1)
+    # (and the epochs differ, so a stale one would have shown)
+    assert any(not np.array_equal(batch_ranges(plan, i, 1), batch_ranges(plan, i, 0)) for i in range(plan.num_batches))
+
+
+@pytest.mark.parametrize("shuffle", [True, memseq.BlockShuffle(block_rows=50, window_blocks=3), False])
+def test_a_share_reads_ahead_its_replicas_rows_whatever_the_order(shuffle):
+    plan = BatchPlan(1000, 16, shuffle=shuffle, seed=4, indices=np.arange(0, 1000, 2))
+    for i in (0, 7, plan.num_batches - 1):
+        rows = np.concatenate([np.arange(a, b) for a, b in batch_ranges(plan, i, 2, share=(1, 4))])
+        np.testing.assert_array_equal(rows, np.sort(plan.replica_rows(plan.batch_rows(i, 2), 1, 4)))
+
+
+def test_probe_row_is_a_row_of_its_batch():
+    plan = BatchPlan(1000, 16, shuffle=True, seed=4, indices=np.arange(500, 1000))
+    for i in range(plan.num_batches):
+        assert probe_row(plan, i, 3) in set(plan.batch_rows(i, 3).tolist())
+
+
+def test_batch_readahead_pickles_without_its_epochs_block_touches(data_path, monkeypatch):
+    monkeypatch.setattr(Column, "is_cached", lambda self, row: False)
+    asked = []
+    monkeypatch.setattr(Column, "prefetch", lambda self, ranges, now=False: asked.append(np.asarray(ranges)) or 0)
+    seq = memseq.MemmapSequence(data_path, x="image", batch_size=16, seed=2, readahead=True,
+                                shuffle=memseq.BlockShuffle(block_rows=100, window_blocks=2))
+    readahead = seq._readahead
+    readahead.ask(0, 0)
+    assert readahead._touches is not None and readahead._touches.epoch == 0
+    copy = pickle.loads(pickle.dumps(readahead))
+    assert copy._touches is None and copy.lookahead == readahead.lookahead
+    first = [r.copy() for r in asked]
+    asked.clear()
+    copy.ask(0, 0)  # recomputed in the copy: the same blocks
+    np.testing.assert_array_equal(np.concatenate(asked), np.concatenate(first))

@@ -4,8 +4,9 @@ Every batch needs fresh arrays of a few MiB. Allocating them fresh is expensive:
 once TensorFlow has tuned malloc (it sets ``M_TRIM_THRESHOLD`` process-wide when a
 ``from_generator`` dataset is created, which also freezes glibc's mmap threshold at
 128 KiB), every such array is a new ``mmap`` whose pages fault in one by one and are
-handed back on free: 768 faults per 3 MiB batch, several ms on a VM (measured here:
-``model.fit`` through Keras' PyDataset path 33k -> 42k samples/s with recycling).
+handed back on free. Recycling buffers takes those faults out of every batch (the
+figures: ``docs/performance.md``, "Readahead and buffers: measurements behind the
+design").
 
 A :class:`BufferPool` hands out arrays whose data is 64-byte aligned (so TensorFlow
 uses them as tensor memory without copying) and gives a buffer out again only when

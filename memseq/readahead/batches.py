@@ -3,9 +3,10 @@
 The order of every epoch is a pure function of ``(seed, epoch)``, so whoever builds
 batch ``i`` (the main thread, a worker thread or process, a tf.data call) asks for
 batch ``i + k``, ``k`` batches being the byte bound; batch 0 asks for ``0..k``. No
-coordination between workers is needed and no batch changes. The reading itself is
-:mod:`memseq.readahead.pagein`'s (background threads); this module decides what to ask for,
-and keeps that cheap when the data are already in RAM.
+coordination between workers is needed and no batch changes. Which rows a batch
+needs is :mod:`memseq.readahead.ranges`'s, the reading itself
+:mod:`memseq.readahead.pagein`'s (background threads); this module decides which
+batches to ask for, and when, and keeps that cheap when the data are already in RAM.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from memseq.order import BatchPlan, Sequential
+from memseq.readahead import ranges as _ranges
 from memseq.util.checks import check_int
 
 __all__ = ["BatchReadahead", "DEFAULT_READAHEAD_BYTES", "Prefetchable"]
@@ -58,6 +60,7 @@ class BatchReadahead:
         # Batches read ahead: enough to cover the byte bound, at least one.
         self.lookahead = max(1, bound_bytes // max(1, row_nbytes * plan.batch_size))
         self._cached_probes = 0
+        self._touches: _ranges.BlockTouches | None = None  # one epoch's, for block orders
 
     @classmethod
     def for_plan(cls, readahead: Any, plan: BatchPlan, columns: Iterable[Any], row_nbytes: int) -> "BatchReadahead | None":
@@ -91,14 +94,15 @@ class BatchReadahead:
         orders included: each input pipeline reads what it serves.
         """
         first = 0 if index == 0 else index + self.lookahead
-        whole_blocks = share is None and self.plan.reads_whole_blocks
+        whole_blocks = share is None and _ranges.reads_whole_blocks(self.plan)
+        touches = self._touches_of(epoch) if whole_blocks else None
         for ahead in range(first, min(index + self.lookahead, self.plan.num_batches - 1) + 1):
             if whole_blocks:
-                if not self.plan.reads_new_blocks(ahead, epoch):
+                if not _ranges.reads_new_blocks(self.plan, ahead, epoch, touches):
                     continue
             elif self._looks_cached(ahead, epoch):
                 continue
-            ranges = self.plan.readahead_ranges(ahead, epoch, share)
+            ranges = _ranges.batch_ranges(self.plan, ahead, epoch, share, touches)
             for column in self.columns:
                 # Batch 0's own rows are read next by this thread: asked of the kernel now.
                 column.prefetch(ranges, now=ahead == index)
@@ -106,8 +110,8 @@ class BatchReadahead:
     def _looks_cached(self, ahead: int, epoch: int) -> bool:
         """Whether batch ``ahead``'s data look cached, so nothing need be asked.
 
-        One ``mincore`` probe of one of its rows per column (~3 us; computing the
-        ranges costs ~100 us). Data in RAM should cost nothing measurable, so after
+        One ``mincore`` probe of one of its rows per column, far cheaper than
+        computing the ranges. Data in RAM should cost nothing measurable, so after
         8 cached probes in a row only every 8th batch is probed (the others count as
         cached) until a probe misses. Whole-block asks (block orders outside
         tf.distribute) are never probed: only a few batches per window ask for
@@ -117,9 +121,22 @@ class BatchReadahead:
         """
         if self._cached_probes >= _PROBE_EVERY and ahead % _PROBE_EVERY:
             return True
-        probe = self.plan.probe_row(ahead, epoch)
+        probe = _ranges.probe_row(self.plan, ahead, epoch)
         if all(column.is_cached(probe) for column in self.columns):
             self._cached_probes += 1  # racy across worker threads: a heuristic, never a result
             return True
         self._cached_probes = 0
         return False
+
+    def _touches_of(self, epoch: int) -> _ranges.BlockTouches:
+        """:func:`~memseq.readahead.ranges.block_touches` of ``epoch``, kept for one epoch."""
+        touches = self._touches
+        if touches is None or touches.epoch != epoch:
+            touches = self._touches = _ranges.block_touches(self.plan, epoch)  # one atomic swap across threads
+        return touches
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Derived per epoch: a worker recomputes it rather than receive it pickled.
+        state = self.__dict__.copy()
+        state["_touches"] = None
+        return state

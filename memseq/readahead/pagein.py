@@ -1,64 +1,30 @@
 """Reading mapped file ranges into the page cache ahead of use, from background threads.
 
-How, and why this way (measured cold on this project's 2-core VM, virtio disk,
-``read_ahead_kb`` 8192, ``max_segments`` 254; 4 MiB blocks of a 2.46 GB file;
-``benchmarks/bench_cold.py`` and README "Data larger than RAM"):
+:func:`read_ahead` hands page runs to a per-process pool of daemon threads, so that
+several reads are in flight while the reader only copies. How each run is read
+depends on its length:
 
-- A page fault, and so ``madvise(MADV_POPULATE_READ)`` (Linux 5.14), reads
-  ``read_ahead_kb`` around the faulting page: 8 MiB here for one 12 KiB row. For
-  scattered rows (a full shuffle) that is what makes a cold epoch of a file that
-  fits in RAM fast: large reads, each later used. Populating runs from a few
-  background threads keeps several of them in flight and leaves the reader only
-  copies.
-- For a whole block the read-around is waste: populating a 4 MiB block read the
-  4 MiB before it and the 8 MiB after (the fault's read-around, then the async
-  readahead it marks), which on a dataset larger than RAM are evicted before their
-  turn (1.42x the epoch's bytes read from disk) and on any dataset delay the block
-  needed now. ``MADV_WILLNEED`` reads exactly the range, asynchronously; asked from
-  the reading thread for coming blocks it stalled that thread at window
-  boundaries, so a pool thread asks it.
-- ``MADV_HUGEPAGE`` on the mapping makes a fault read 4 MiB in 2 MiB folios (~275
-  read requests per GB, 1.1x a sequential read's, against 480-880: order-0 pages
-  cap a request at ``max_segments``, 254 pages here), and a probe copying whole
-  blocks ran at 1.03x the sequential read with it. It is not used: through
-  ``MemmapSequence`` (rows gathered from a window) the reader's own user CPU was
-  2.4-5.4x higher on such folios (no page faults), and block shuffle read at
-  0.79-1.45 GB/s against 1.48-1.94 without it, slower in each of 7 same-session
-  comparisons, whether the advice was on the reader's mapping or on a separate
-  one used only to read ahead (cause not proven; this VM's balloon reports free
-  2 MiB blocks to its host). On a dataset larger than RAM it also read 8% more.
-- What limits a cold block-shuffled epoch here is the reading thread's CPU, not the
-  disk (``benchmarks/bench_block_reads.py``): the blocks alone, read in random order,
-  came at 1.04x the sequential read, but ``seq[i]`` used 1.55 s of CPU in the reading
-  thread cold against 0.43 s for the same epoch from RAM (same page faults), and the
-  pool sat idle 33-40% of the epoch whether it read 256 or 768 MiB ahead. Sampled
-  with ``perf -e cpu-clock`` (this VM has no hardware counters), 72% of that thread's
-  cold time was the row copies themselves (libc ``memmove`` reading freshly read
-  pages), under 3% the kernel's fault paths. Two ways to take work off that thread
-  were tried and not kept (same-session comparisons, 3 rounds): reading blocks with
-  ``sendfile`` to ``/dev/null`` (nothing mapped; a quarter of the pool's CPU) gave
-  0.58x the sequential read against 0.57x; also touching every page from the pool
-  gave 0.70x on the main thread but 0.60x against 0.77x through ``fit(seq)``'s 4
-  worker threads, on 2 cores. Nor did leaving the mapping alone: 4 threads
-  ``pread`` each block into a reused private buffer (or ``O_DIRECT``, past the page
-  cache) and the reader gathering from it gave 0.57-0.81x (0.68-0.92x) against
-  0.50-0.90x in three runs of another session, holding 640 MiB more anonymous memory
-  per process; worker processes would each read and hold their own copy.
+- Runs of at least 1 MiB (a block of a block shuffle) are read exactly: skipped if
+  ``mincore`` finds them cached, else ``MADV_WILLNEED`` (which reads just the range),
+  then ``MADV_POPULATE_READ``, which waits for those reads and fills in what the
+  kernel's per-call cap left out. A fault (or populating) would also read
+  ``read_ahead_kb`` around the block, which on data larger than RAM is evicted before
+  its turn.
+- Smaller runs (scattered rows of a full shuffle) are populated, with the fault's
+  read-around (``MADV_WILLNEED`` where ``MADV_POPULATE_READ`` is unknown): for rows
+  from anywhere in a file that fits in RAM, those large reads are each used later.
+- Rows the caller reads next (``now``) are also asked with ``MADV_WILLNEED`` from the
+  caller's thread, so its page faults wait for exact reads.
 
-So :func:`read_ahead` hands page runs to a per-process pool of daemon threads.
-Runs of at least 1 MiB (blocks) are read exactly: skipped if ``mincore`` finds them
-cached, else ``MADV_WILLNEED``, then populated, which waits for those reads and
-fills in what the kernel's per-call cap left out. Smaller runs (scattered rows)
-are populated, with the fault's read-around (falling back to ``MADV_WILLNEED``
-where ``MADV_POPULATE_READ`` is unknown). Rows the caller reads next are also
-asked with ``MADV_WILLNEED`` from the caller's thread (``now``). Everything here is a
-hint: it never changes a byte that is read, and a failure (a truncated file, an
-unmapped range) only means less is read ahead.
+Everything here is a hint: it never changes a byte that is read, and a failure (a
+truncated file, an unmapped range) only means less is read ahead. The measurements
+behind these choices, and the alternatives measured and not kept (huge pages,
+``sendfile``, private ``pread`` buffers), are in ``docs/performance.md``, "Readahead
+and buffers: measurements behind the design".
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import queue
@@ -68,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from memseq.util import forksafe as _forksafe
+from memseq.util import libc as _libc
 
 __all__ = ["page_runs", "read_ahead", "resident"]
 
-_MADV_POPULATE_READ = 22  # Linux 5.14; not in the mmap module
 _PAGE = mmap.PAGESIZE
 # Threads populating ranges: each waits for one read, so this is the disk queue depth
 # readahead adds. Four kept the measured disk busy; more only add contention.
@@ -84,26 +50,21 @@ _TASK_RUNS = 32
 # row's run is far below it, a block of a block shuffle (4 MiB by default) above.
 _EXACT_BYTES = 2**20
 
-_madvise = _mincore = None
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _madvise, _mincore = _libc.madvise, _libc.mincore
-    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-except (OSError, AttributeError):
-    _madvise = _mincore = None
+# Module attributes, so that a test can stand in for the kernel (a per-call cap).
+_madvise = _libc.madvise
+_HAVE_MADVISE = _libc.available("madvise")
+_HAVE_MINCORE = _libc.available("mincore")
 
 
 def resident(address: int) -> bool:
     """Whether the page holding ``address`` (inside a mapping) is in the page cache."""
-    # One byte, not _first_missing's array: this is the per-batch probe (2 us against 5).
-    if _mincore is None:
+    # One page, no array: this is the per-batch probe of whether to read ahead at all.
+    if not _HAVE_MINCORE:
         return False
-    page = address - address % _PAGE
-    vec = ctypes.c_ubyte(0)
-    if _mincore(page, _PAGE, ctypes.byref(vec)) != 0:
+    try:
+        return _libc.mincore_page(address - address % _PAGE)
+    except OSError:
         return False
-    return bool(vec.value & 1)
 
 
 def _first_missing(start: int, stop: int) -> int | None:
@@ -111,13 +72,13 @@ def _first_missing(start: int, stop: int) -> int | None:
 
     None when every page is cached; ``start`` when ``mincore`` cannot tell.
     """
-    if _mincore is None:
+    if not _HAVE_MINCORE:
         return start
-    pages = (stop - start) // _PAGE
-    vec = (ctypes.c_ubyte * pages)()
-    if _mincore(start, stop - start, vec) != 0:
+    try:
+        vec = _libc.mincore(start, stop - start)
+    except OSError:
         return start
-    missing = np.flatnonzero((np.frombuffer(vec, np.uint8) & 1) == 0)
+    missing = np.flatnonzero((vec & 1) == 0)
     return start + int(missing[0]) * _PAGE if len(missing) else None
 
 
@@ -148,12 +109,15 @@ def read_ahead(owner: Any, starts: np.ndarray, stops: np.ndarray, now: bool = Fa
     Returns:
         The bytes asked for (whole pages).
     """
-    if _madvise is None:
+    if not _HAVE_MADVISE:
         return 0
     runs = page_runs(starts, stops)
     if now:
         for a, b in runs:
-            _madvise(a, b - a, mmap.MADV_WILLNEED)
+            try:
+                _madvise(a, b - a, mmap.MADV_WILLNEED)
+            except OSError:
+                pass  # a hint: the threads meet the same error and drop the run
         # Queued as well: the threads then wait for these reads before they take
         # anything queued after them, so the next window's blocks do not share the
         # disk with the rows needed now.
@@ -223,12 +187,17 @@ def _populate(start: int, stop: int) -> bool:
     """Faults ``[start, stop)`` in (``MADV_WILLNEED`` on kernels before 5.14); False if the range is gone."""
     global _populate_works
     if _populate_works:
-        if _madvise(start, stop - start, _MADV_POPULATE_READ) == 0:
+        try:
+            _madvise(start, stop - start, _libc.MADV_POPULATE_READ)
             return True
-        if ctypes.get_errno() != errno.EINVAL:
-            return False  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                return False  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
         _populate_works = False  # a kernel before 5.14: fall back to advice
-    _madvise(start, stop - start, mmap.MADV_WILLNEED)
+    try:
+        _madvise(start, stop - start, mmap.MADV_WILLNEED)
+    except OSError:
+        pass  # a hint; the caller's own reads will fault
     return True
 
 
@@ -244,6 +213,8 @@ def _read_block(start: int, stop: int) -> bool:
     """
     if _first_missing(start, stop) is None:
         return True
-    if _madvise(start, stop - start, mmap.MADV_WILLNEED) != 0:
+    try:
+        _madvise(start, stop - start, mmap.MADV_WILLNEED)
+    except OSError:
         return False  # EFAULT (the file shrank), ENOMEM (unmapped): a hint, dropped
     return _populate(start, stop)
