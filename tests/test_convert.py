@@ -14,7 +14,7 @@ import memseq
 from memseq import convert as cv
 from memseq.cli import main
 from memseq.cli.options import parse_shape
-from memseq.convert import _engine
+from memseq.write import parallel as _engine
 
 
 def _leftovers(directory) -> list[str]:

@@ -18,7 +18,9 @@ __all__ = ["Source", "check_file", "missing_file", "field_spec_at", "optional_mo
 class Source:
     """Base class of conversion sources: a table of rows read on demand.
 
-    Subclasses set ``fields`` (name -> :class:`memseq.storage.format.FieldSpec`),
+    Every source is a :class:`memseq.write.parallel.RowSource`, the protocol the
+    parallel writer reads rows from; this class adds the shared pickling rule and
+    helpers. Subclasses set ``fields`` (name -> :class:`memseq.storage.format.FieldSpec`),
     ``num_rows`` and ``description`` in their constructor, after validating the
     input, and implement :meth:`read`. A source is pickled to worker processes: it
     must hold paths and small metadata only, and reopen files lazily.

@@ -225,7 +225,7 @@ def convert_with_dask(
 
     import dask
 
-    from memseq.write.dask import save_dask
+    from memseq.write.dask import write_dask
 
     arrays = dask_arrays(src, field_options)
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -241,7 +241,7 @@ def convert_with_dask(
             options["num_workers"] = jobs
     try:
         with dask.config.set(**options):
-            save_dask(dst, arrays, shard_rows=shard_rows, overwrite=overwrite, progress=show and client is None)
+            write_dask(dst, arrays, shard_rows=shard_rows, overwrite=overwrite, progress=show and client is None)
     finally:
         if client is not None:
             client.close()

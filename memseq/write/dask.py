@@ -1,9 +1,10 @@
 """Writing Dask arrays as a memseq dataset: every chunk in parallel, one atomic commit.
 
 ``memseq.save(path, {"x": dask_array, ...})`` comes here when any value is a Dask
-array. The write follows the conversion engine (:mod:`memseq.convert._engine`):
+array. The write uses the parallel pre-sized writer (:mod:`memseq.write.parallel`),
+as :func:`memseq.convert.convert` does:
 
-1. **plan** with the engine's planner: a temporary directory beside ``path`` with
+1. **plan** with :func:`~memseq.write.parallel.plan_dataset`: a temporary directory beside ``path`` with
    every ``.npy`` file pre-sized and its final header written, and the shard
    layout of :func:`memseq.storage.format.shard_layout`, so the bytes are exactly those
    :func:`memseq.save` writes for the computed arrays;
@@ -13,7 +14,7 @@ array. The write follows the conversion engine (:mod:`memseq.convert._engine`):
    its final offset in the pre-sized files, and returns the CRC-32 of each piece
    it wrote. Blocks are the arrays' own row chunks (inner axes are merged into one
    chunk so that a block is contiguous on disk), so no chunk is computed twice;
-3. **finish** with the engine: combine the pieces' CRC-32s in file order
+3. **finish** with :func:`~memseq.write.parallel.finish_dataset`: combine the pieces' CRC-32s in file order
    (``crc32_combine``, no second read), fsync, write the manifest last, rename.
 
 Fields that are not Dask arrays (an ndarray of labels beside Dask images) are
@@ -38,31 +39,31 @@ import dask
 import dask.array as da
 import numpy as np
 
-from memseq.convert._base import Source
-from memseq.convert._engine import UNIT_BYTES, finish_dataset, plan_dataset
 from memseq.errors import SchemaError
 from memseq.storage import commit as _commit
 from memseq.storage import files as _fs
 from memseq.storage import format as fmt
 from memseq.storage.checksum import crc32
 from memseq.util.checks import equal_row_counts
+from memseq.write.parallel import UNIT_BYTES, Plan, Unit, finish_dataset, plan_dataset
 from memseq.write.writer import checked_rows
 
-__all__ = ["save_dask"]
+__all__ = ["write_dask"]
 
 # Non-Dask fields are copied and written in pieces of about this many bytes.
 _PIECE_BYTES = 16 * 2**20
 _OPEN_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
 
-#: (shard, first row, end row): the engine's work unit; here, the rows between
-#: two consecutive boundaries (shard starts and every Dask field's chunk starts).
-_Unit = tuple[int, int, int]
-#: (unit, file path, byte offset in the file, first row, end row inside the block).
-_Piece = tuple[_Unit, str, int, int, int]
+#: (unit, file path, byte offset in the file, first row, end row inside the block). A
+#: unit here is the rows between two consecutive boundaries (shard starts and every
+#: Dask field's chunk starts).
+_Piece = tuple[Unit, str, int, int, int]
 
 
-class _ArraySource(Source):
-    """One array as a conversion source: the engine's planner needs fields and rows only."""
+class _ArraySource:
+    """One array as a :class:`~memseq.write.parallel.RowSource`: the planner needs its fields and rows."""
+
+    max_unit_rows = None
 
     def __init__(self, name: str, array: Any, spec: fmt.FieldSpec):
         self.fields = {name: spec}
@@ -74,6 +75,9 @@ class _ArraySource(Source):
         name = next(iter(self.fields))
         return {name: np.asarray(self.array[start:stop])}
 
+    def close(self) -> None:
+        """Nothing to release: the array is the caller's."""
+
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
@@ -83,7 +87,7 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 def _write_block(
     block: Any, spec: fmt.FieldSpec, rows: tuple[int, int], pieces: list[_Piece], dst: str
-) -> tuple[str, list[tuple[_Unit, int, int]]]:
+) -> tuple[str, list[tuple[Unit, int, int]]]:
     """Runs in a Dask worker: checks one computed block of field ``spec`` and writes it in place.
 
     The block must be exactly what its chunk declared (the rows ``rows``, the row
@@ -149,7 +153,7 @@ def _boundaries(num_rows: int, shards: list[tuple[int, int]], arrays: Mapping[st
     return sorted(p for p in points if 0 <= p <= num_rows)
 
 
-def _units(bounds: list[int], shards: list[tuple[int, int]], row_nbytes: int) -> list[_Unit]:
+def _units(bounds: list[int], shards: list[tuple[int, int]], row_nbytes: int) -> list[Unit]:
     """Units between consecutive boundaries; a block of only non-Dask rows is cut to ~UNIT_BYTES."""
     units = []
     shard = 0
@@ -162,32 +166,12 @@ def _units(bounds: list[int], shards: list[tuple[int, int]], row_nbytes: int) ->
     return units
 
 
-def save_dask(
-    path: str | os.PathLike,
-    data: Mapping[str, Any],
-    *,
-    overwrite: bool = False,
-    shard_rows: int | None = None,
-    progress: bool = False,
-) -> None:
-    """:func:`memseq.save` for mappings with Dask arrays: parallel, checksummed by the workers, atomic.
+def write_dask(path: str | os.PathLike, data: Mapping[str, Any], *, overwrite: bool, shard_rows: int | None,
+               progress: bool) -> None:
+    """The Dask path of :func:`memseq.save` (arguments, errors and guarantees: see there).
 
-    Args:
-        path: The dataset directory to create.
-        data: Field name -> Dask array, ndarray or array-like, with equal row counts.
-        overwrite: Replace an existing memseq dataset at ``path``.
-        shard_rows: Start a new shard every this many rows.
-        progress: Show Dask's progress bar (local schedulers; a distributed
-            cluster has its dashboard).
-
-    Raises:
-        DatasetExistsError: If ``path`` exists and ``overwrite`` is False.
-        SchemaError: For invalid names or dtypes, unequal lengths, unknown chunk sizes, or a
-            computed block that is not what its chunk declared (other rows, another row
-            shape, a dtype that does not cast safely); the message names the field and the
-            block's rows.
-        WriteError: If the filesystem fails (disk full, file size limit, read-only), naming ``path``.
-        Exception: Whatever a task raised. Nothing is committed, whatever the error.
+    ``progress`` shows Dask's progress bar (local schedulers; a distributed cluster
+    has its dashboard). Whatever a task raises propagates; nothing is committed then.
     """
     path = os.path.abspath(_fs.check_path(path, "dataset path"))
     shard_rows = fmt.check_shard_rows(shard_rows)
@@ -202,7 +186,7 @@ def save_dask(
     try:
         plan = plan_dataset(tmp, sources, fields, owner, shard_rows, path)
         units = _units(_boundaries(num_rows, plan.shards, arrays), plan.shards, plan.row_nbytes)
-        results: dict[_Unit, dict[str, tuple[int, int]]] = {unit: {} for unit in units}
+        results: dict[Unit, dict[str, tuple[int, int]]] = {unit: {} for unit in units}
         tasks = []
         for name, array in arrays.items():
             if isinstance(array, da.Array):
@@ -226,7 +210,7 @@ def save_dask(
         raise
 
 
-def _block_tasks(plan: Any, name: str, array: da.Array, units: list[_Unit]) -> list[Any]:
+def _block_tasks(plan: Plan, name: str, array: da.Array, units: list[Unit]) -> list[Any]:
     """One delayed task per row block of ``array``: compute, write its pieces, return their CRC-32s."""
     spec = plan.fields[name]
     starts = np.cumsum((0, *array.chunks[0]))
@@ -250,7 +234,7 @@ def _block_tasks(plan: Any, name: str, array: da.Array, units: list[_Unit]) -> l
     return tasks
 
 
-def _write_here(plan: Any, name: str, array: Any, units: list[_Unit], results: dict[_Unit, dict[str, tuple[int, int]]]) -> None:
+def _write_here(plan: Plan, name: str, array: Any, units: list[Unit], results: dict[Unit, dict[str, tuple[int, int]]]) -> None:
     """Writes a non-Dask field in this process, unit by unit, in pieces (checked as Dask blocks are)."""
     spec = plan.fields[name]
     step = max(1, _PIECE_BYTES // max(spec.row_nbytes, 1))

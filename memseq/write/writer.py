@@ -42,7 +42,7 @@ from memseq.storage.checksum import crc32
 from memseq.util.checks import check_int, equal_row_counts
 from memseq.write import ragged as _ragged_write
 
-__all__ = ["Writer", "save", "check_block", "checked_rows"]
+__all__ = ["Writer", "check_block", "checked_rows"]
 
 # Appends are written in pieces of about this many bytes per field, so that
 # converting a huge input (say a 2 GB memmap handed to save()) never needs a
@@ -425,60 +425,3 @@ class Writer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<memseq.Writer {self.path!r} rows={self.num_rows} {state}>"
-
-
-def save(
-    path: str | os.PathLike,
-    data: Mapping[str, Any],
-    *,
-    overwrite: bool = False,
-    shard_rows: int | None = None,
-    progress: bool = False,
-) -> None:
-    """Writes a mapping of equally long arrays as a memseq dataset, atomically.
-
-    Inputs are streamed in pieces, so saving a memmap larger than RAM works.
-
-    Args:
-        path: The dataset directory to create.
-        data: Mapping of field name -> array (ndarray, ``np.memmap``, memseq column)
-            with equal first dimensions; the rest of each shape is the row shape.
-            A list (or tuple) of ndarrays, or a ragged column, is a variable-length
-            field: its dtype is the rows' common dtype, its shape ``(None, *trailing)``
-            (use :class:`Writer` for a variable-length field without rows).
-        overwrite: Replace an existing memseq dataset; it stays readable until the
-            new one is committed.
-        shard_rows: Start a new shard every this many rows.
-        progress: Show a tqdm progress bar.
-
-    Raises:
-        DatasetExistsError: If ``path`` exists and ``overwrite`` is False.
-        SchemaError: For invalid names, dtypes, or unequal lengths.
-
-    Example:
-        >>> memseq.save("data/train", {"image": images, "label": labels})
-    """
-    if not isinstance(data, Mapping) or not data:
-        raise SchemaError(f"save() takes a non-empty mapping of field name -> array. Received: {type(data).__name__}")
-    ragged = {name: arr for name, arr in data.items() if _ragged_write.is_ragged_input(arr)}
-    arrays = {
-        name: arr if name in ragged or (hasattr(arr, "dtype") and hasattr(arr, "shape")) else np.asarray(arr)
-        for name, arr in data.items()
-    }
-    for name, arr in arrays.items():
-        if name not in ragged and len(arr.shape) < 1:
-            raise SchemaError(f"Field {name!r}: needs at least one dimension (rows). Received shape: {tuple(arr.shape)}")
-    n = equal_row_counts({name: len(arr) if name in ragged else arr.shape[0] for name, arr in arrays.items()})
-    fields = {
-        name: _ragged_write.infer_ragged_field(name, arr) if name in ragged else (arr.dtype, tuple(arr.shape[1:]))
-        for name, arr in arrays.items()
-    }
-    # A ragged row counts as 256 values here: only the size of the appends depends on it.
-    row_bytes = sum(np.dtype(d).itemsize * int(np.prod([256 if x is None else x for x in s], dtype=np.int64))
-                    for d, s in fields.values())
-    step = max(1, _WRITE_CHUNK_BYTES * 4 // max(row_bytes, 1))
-    with Writer(path, fields, overwrite=overwrite, shard_rows=shard_rows, progress=progress, total_rows=n) as w:
-        if n == 0:
-            return
-        for start in range(0, n, step):
-            w.append({name: arr[start : start + step] for name, arr in arrays.items()})
