@@ -345,6 +345,12 @@ From other libraries' formats (SRC; see docs/guide/migrate.md):
                             int64:3, float32:28,28, int64:-1 (any length), bytes
                             (variable-length uint8), bytes:uint8:28,28,1 (raw
                             values, as tf.io.decode_raw); '/' in names becomes '.'
+  SRC = FILE.parquet, FILE.arrow (IPC file or stream), a directory or a quoted
+        glob of them, or a Hugging Face save_to_disk folder
+                            every column, or those of --columns a,b (FIELD=COLUMN
+                            renames): numbers, booleans, fixed-size lists (trailing
+                            dims), lists and binary (variable-length); strings,
+                            dictionaries, dates, structs and nulls are refused
 
 Image folders: SRC/<class>/<image files>. Fields 'image' (HxWxC; C=3, or 1 with
 --gray) and 'label' (int64: the class's index in alphabetical order). Pixel values
@@ -367,6 +373,8 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
     p.add_argument("--feature", action="append", default=[], metavar="NAME=SPEC",
                    help="a TFRecord feature to convert, e.g. label=int64, image=bytes:uint8:28,28,1 (repeatable; "
                    "default: all, inferred)")
+    p.add_argument("--columns", action="append", default=[], metavar="COL[,COL...]",
+                   help="the Parquet/Arrow/Hugging Face columns to convert (FIELD=COLUMN renames; default: all)")
     p.add_argument("--dtype", help="dtype of headerless raw --field files, e.g. float32")
     p.add_argument("--shape", help="shape of headerless raw --field files, e.g. --shape=-1,64,64,3")
     p.add_argument("--image-size", metavar="HxW", help="resize images to HxW (default: the first image's size, others must match)")

@@ -172,7 +172,7 @@ def parse_tokens_option(text: str) -> cv.TokenStreamSource:
 
 def migration_options(args: Any) -> list[str]:
     """The options given that choose what to take from another library's format (``--feature``)."""
-    return [flag for flag, attr in (("--feature", "feature"),) if getattr(args, attr, None)]
+    return [flag for flag, attr in (("--feature", "feature"), ("--columns", "columns")) if getattr(args, attr, None)]
 
 
 def _parse_features(texts: Sequence[str]) -> dict[str, str]:
@@ -186,12 +186,25 @@ def _parse_features(texts: Sequence[str]) -> dict[str, str]:
 
 
 def migration_source(src: str, args: Any) -> cv.Source:
-    """The source of ``memseq convert SRC`` with ``--feature`` options.
+    """The source of ``memseq convert SRC`` with ``--feature`` (TFRecord) or ``--columns`` (Parquet/Arrow) options.
+
+    ``--columns a,b`` takes those columns; ``--columns field=column,...`` renames them.
 
     Raises:
         SchemaError: If the options do not apply to SRC's kind.
     """
     kind = cv.migration_kind(src)
-    if kind != "tfrecord":
-        raise SchemaError(f"--feature applies to TFRecord files (.tfrecord, .tfrecords, .tfr); {src} is not one.")
-    return cv.TFRecordSource(src, _parse_features(args.feature))
+    given = migration_options(args)
+    if kind == "tfrecord" and given == ["--feature"]:
+        return cv.TFRecordSource(src, _parse_features(args.feature))
+    if kind == "arrow" and given == ["--columns"]:
+        columns = {}
+        for part in (p.strip() for text in args.columns for p in text.split(",")):
+            if part:
+                field, sep, column = part.partition("=")
+                columns[field] = column if sep else field
+        return cv.ArrowSource(src, columns)
+    raise SchemaError(
+        "--feature applies to TFRecord files (.tfrecord, .tfrecords, .tfr) and --columns to Parquet, Arrow IPC "
+        f"and Hugging Face save_to_disk data; {src} is {'neither' if kind is None else 'of kind ' + repr(kind)}."
+    )

@@ -32,6 +32,10 @@ Migrating from other libraries' formats (see ``docs/guide/migrate.md``):
   TensorFlow's own reader; features declared (``"int64"``, ``"float32:28,28"``,
   ``"int64:-1"``, ``"bytes"``, ``"bytes:uint8:28,28,1"``) or inferred from the first
   records.
+- :class:`ArrowSource`: Parquet files, Arrow IPC files and Hugging Face
+  ``save_to_disk`` folders, read with pyarrow: numbers, booleans, fixed-size lists
+  (trailing dimensions), lists and binary (variable-length); a column memseq cannot
+  hold (strings, dictionaries, dates, structs, nulls) is refused with the reason.
 
 Values a library would invent are refused, never converted: an HDF5 virtual dataset
 whose source file or dataset is missing (HDF5 reads its fill value), an object array
@@ -68,6 +72,7 @@ is the command's business: :mod:`memseq.cli.options`.
 
 from __future__ import annotations
 
+from memseq.convert._arrow import ArrowSource
 from memseq.convert._base import Source
 from memseq.convert._dask_inputs import convert_with_dask, dask_arrays, is_dask_input
 from memseq.convert._detect import migration_kind, source_for_path, source_kind
@@ -93,6 +98,7 @@ __all__ = [
     "NpyRowsSource",
     "TokenStreamSource",
     "TFRecordSource",
+    "ArrowSource",
     "convert",
     "convert_with_dask",
     "dask_arrays",

@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from memseq.convert._arrow import (
+    ARROW_EXTENSIONS,
+    PARQUET_EXTENSIONS,
+    ArrowSource,
+    is_hf_folder,
+)
 from memseq.convert._base import Source, missing_file
 from memseq.convert._hdf5 import HDF5_EXTENSIONS, HDF5_MAGIC, HDF5Source
 from memseq.convert._images import ImageFolderSource
@@ -20,18 +26,22 @@ __all__ = ["source_kind", "source_for_path", "migration_kind"]
 
 # Inputs of other libraries' formats, by file name ending (also for directories and
 # glob patterns of them): kind -> endings.
-_MIGRATION_EXTENSIONS = {"tfrecord": TFRECORD_EXTENSIONS}
+_MIGRATION_EXTENSIONS = {"tfrecord": TFRECORD_EXTENSIONS, "arrow": PARQUET_EXTENSIONS + ARROW_EXTENSIONS}
 _GLOB_CHARS = ("*", "?", "[")
 
 
 def migration_kind(path: str | os.PathLike | None) -> str | None:
     """The kind of another library's input at ``path`` (a file, a directory or a glob pattern), or None.
 
-    ``"tfrecord"`` for ``.tfrecord``/``.tfrecords``/``.tfr`` files.
+    ``"tfrecord"`` for ``.tfrecord``/``.tfrecords``/``.tfr`` files; ``"arrow"`` for Parquet
+    (``.parquet``, ``.pq``) and Arrow IPC (``.arrow``, ``.feather``, ``.ipc``, ``.arrows``)
+    files and Hugging Face ``save_to_disk`` folders.
     """
     if path is None:
         return None
     path = os.fspath(path)
+    if is_hf_folder(path):
+        return "arrow"
     names = [path]
     if os.path.isdir(path):
         try:
@@ -115,6 +125,8 @@ def source_for_path(path: str | os.PathLike, *, image_size: Sequence[int] | int 
     kind = None if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)) else migration_kind(path)
     if kind == "tfrecord":
         return TFRecordSource(path)
+    if kind == "arrow":
+        return ArrowSource(path)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)):
             return MemseqSource(path)
