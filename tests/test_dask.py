@@ -108,6 +108,16 @@ def test_unknown_chunk_sizes_are_refused(tmp_path):
         memseq.save(tmp_path / "ds", {"x": da.zeros(10, chunks=5), "y": np.zeros(11)})
 
 
+@pytest.mark.parametrize("lengths", [(3, 2), (3, 3)], ids=["unequal", "equal"])
+def test_variable_length_lists_beside_dask_arrays_are_refused(tmp_path, lengths):
+    # Equal lengths once became a fixed-size (2, 3) field here, but a variable-length
+    # one through the numpy path; unequal ones raised numpy's ValueError.
+    rows = [np.arange(n, dtype=np.uint16) for n in lengths]
+    with pytest.raises(memseq.SchemaError, match=r"Field 't': a variable-length field .* cannot be saved beside Dask arrays"):
+        memseq.save(tmp_path / "ds", {"x": da.zeros((2, 3), chunks=1), "t": rows})
+    assert os.listdir(tmp_path) == []
+
+
 def test_from_array_of_a_column_pickles_by_reference(tmp_path):
     data = np.random.default_rng(1).random((20000, 16)).astype(np.float32)  # 1.3 MB
     memseq.save(tmp_path / "ds", {"x": data}, shard_rows=7000)

@@ -46,6 +46,7 @@ from memseq.storage import format as fmt
 from memseq.storage.checksum import crc32
 from memseq.util.checks import equal_row_counts
 from memseq.write.parallel import UNIT_BYTES, Plan, Unit, finish_dataset, plan_dataset
+from memseq.write.ragged import is_ragged_input
 from memseq.write.writer import checked_rows
 
 __all__ = ["write_dask"]
@@ -127,6 +128,13 @@ def _write_block(
 
 
 def _check_array(name: str, array: Any) -> Any:
+    if is_ragged_input(array):
+        # Pre-sized files need fixed-size rows; np.asarray would turn equal-length
+        # rows into a fixed-size field, unlike the numpy path of save().
+        raise SchemaError(
+            f"Field {name!r}: a variable-length field (a list of arrays or a ragged column) cannot be saved beside "
+            f"Dask arrays; write it with memseq.Writer, or compute the Dask arrays first. Received: {type(array).__name__}"
+        )
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         array = np.asarray(array)
     if len(array.shape) < 1:
