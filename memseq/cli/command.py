@@ -351,6 +351,11 @@ From other libraries' formats (SRC; see docs/guide/migrate.md):
                             renames): numbers, booleans, fixed-size lists (trailing
                             dims), lists and binary (variable-length); strings,
                             dictionaries, dates, structs and nulls are refused
+  SRC = SHARD.tar, a directory or a quoted glob of WebDataset shards
+                            one row per sample; one field per member extension
+                            (or those of --members cls,png; FIELD=EXT renames):
+                            .npy arrays, .cls/.txt integers (int64), images at
+                            their exact mode (uint8 HxWxC; 16-bit gray: uint16)
 
 Image folders: SRC/<class>/<image files>. Fields 'image' (HxWxC; C=3, or 1 with
 --gray) and 'label' (int64: the class's index in alphabetical order). Pixel values
@@ -375,6 +380,8 @@ the result is byte-identical to --jobs 1 (the layout depends only on the rows an
                    "default: all, inferred)")
     p.add_argument("--columns", action="append", default=[], metavar="COL[,COL...]",
                    help="the Parquet/Arrow/Hugging Face columns to convert (FIELD=COLUMN renames; default: all)")
+    p.add_argument("--members", action="append", default=[], metavar="EXT[,EXT...]",
+                   help="the WebDataset member extensions to convert (FIELD=EXT renames; default: all of the first sample)")
     p.add_argument("--dtype", help="dtype of headerless raw --field files, e.g. float32")
     p.add_argument("--shape", help="shape of headerless raw --field files, e.g. --shape=-1,64,64,3")
     p.add_argument("--image-size", metavar="HxW", help="resize images to HxW (default: the first image's size, others must match)")

@@ -172,7 +172,18 @@ def parse_tokens_option(text: str) -> cv.TokenStreamSource:
 
 def migration_options(args: Any) -> list[str]:
     """The options given that choose what to take from another library's format (``--feature``)."""
-    return [flag for flag, attr in (("--feature", "feature"), ("--columns", "columns")) if getattr(args, attr, None)]
+    flags = (("--feature", "feature"), ("--columns", "columns"), ("--members", "members"))
+    return [flag for flag, attr in flags if getattr(args, attr, None)]
+
+
+def _parse_renames(texts: Sequence[str]) -> dict[str, str]:
+    """``a,b`` or ``field=name,...`` (repeatable) -> field name -> column or extension."""
+    out = {}
+    for part in (p.strip() for text in texts for p in text.split(",")):
+        if part:
+            field, sep, name = part.partition("=")
+            out[field] = name if sep else field
+    return out
 
 
 def _parse_features(texts: Sequence[str]) -> dict[str, str]:
@@ -186,9 +197,11 @@ def _parse_features(texts: Sequence[str]) -> dict[str, str]:
 
 
 def migration_source(src: str, args: Any) -> cv.Source:
-    """The source of ``memseq convert SRC`` with ``--feature`` (TFRecord) or ``--columns`` (Parquet/Arrow) options.
+    """The source of ``memseq convert SRC`` with ``--feature`` (TFRecord), ``--columns`` (Parquet/Arrow) or
+    ``--members`` (WebDataset) options.
 
-    ``--columns a,b`` takes those columns; ``--columns field=column,...`` renames them.
+    ``--columns a,b`` takes those columns, ``--members cls,png`` those member extensions;
+    ``FIELD=NAME`` renames.
 
     Raises:
         SchemaError: If the options do not apply to SRC's kind.
@@ -198,13 +211,11 @@ def migration_source(src: str, args: Any) -> cv.Source:
     if kind == "tfrecord" and given == ["--feature"]:
         return cv.TFRecordSource(src, _parse_features(args.feature))
     if kind == "arrow" and given == ["--columns"]:
-        columns = {}
-        for part in (p.strip() for text in args.columns for p in text.split(",")):
-            if part:
-                field, sep, column = part.partition("=")
-                columns[field] = column if sep else field
-        return cv.ArrowSource(src, columns)
+        return cv.ArrowSource(src, _parse_renames(args.columns))
+    if kind == "webdataset" and given == ["--members"]:
+        return cv.WebDatasetSource(src, _parse_renames(args.members))
     raise SchemaError(
-        "--feature applies to TFRecord files (.tfrecord, .tfrecords, .tfr) and --columns to Parquet, Arrow IPC "
-        f"and Hugging Face save_to_disk data; {src} is {'neither' if kind is None else 'of kind ' + repr(kind)}."
+        f"{' and '.join(given)}: --feature applies to TFRecord files (.tfrecord, .tfrecords, .tfr), --columns to "
+        "Parquet, Arrow IPC and Hugging Face save_to_disk data, --members to WebDataset .tar shards; "
+        f"{src} is {'none of these' if kind is None else 'of kind ' + repr(kind)}."
     )

@@ -36,6 +36,9 @@ Migrating from other libraries' formats (see ``docs/guide/migrate.md``):
   ``save_to_disk`` folders, read with pyarrow: numbers, booleans, fixed-size lists
   (trailing dimensions), lists and binary (variable-length); a column memseq cannot
   hold (strings, dictionaries, dates, structs, nulls) is refused with the reason.
+- :class:`WebDatasetSource`: WebDataset tar shards, one row per sample, members mapped
+  to fields by extension (``.npy`` arrays, ``.cls``/``.txt`` integers, images through
+  Pillow at their exact mode); a sample missing a member is refused.
 
 Values a library would invent are refused, never converted: an HDF5 virtual dataset
 whose source file or dataset is missing (HDF5 reads its fill value), an object array
@@ -64,7 +67,8 @@ removes the temporary directory: nothing appears at the destination.
 Modules
 -------
 One private module per source kind (``_npy``, ``_raw``, ``_npz``, ``_hdf5``,
-``_memseq``, ``_images``) on the base class in ``_base``; ``_detect`` finds the kind
+``_memseq``, ``_images``, ``_tfrecord``, ``_arrow``, ``_webdataset``) on the base class
+in ``_base``; ``_inputs`` lists inputs given as many files; ``_detect`` finds the kind
 of a path; ``_engine`` plans, runs and finishes a conversion. The names below are
 the public ones. Parsing the command line's option strings (``--field``, ``--raw``)
 is the command's business: :mod:`memseq.cli.options`.
@@ -85,6 +89,7 @@ from memseq.convert._npz import NpzSource
 from memseq.convert._ragged import NpyRowsSource, TokenStreamSource
 from memseq.convert._raw import RawSource
 from memseq.convert._tfrecord import TFRecordSource
+from memseq.convert._webdataset import WebDatasetSource
 from memseq.storage.checksum import crc32_combine
 
 __all__ = [
@@ -99,6 +104,7 @@ __all__ = [
     "TokenStreamSource",
     "TFRecordSource",
     "ArrowSource",
+    "WebDatasetSource",
     "convert",
     "convert_with_dask",
     "dask_arrays",

@@ -19,6 +19,7 @@ from memseq.convert._npy import NpySource
 from memseq.convert._npz import ZIP_MAGIC, NpzSource
 from memseq.convert._ragged import NpyRowsSource
 from memseq.convert._tfrecord import TFRECORD_EXTENSIONS, TFRecordSource
+from memseq.convert._webdataset import WEBDATASET_EXTENSIONS, WebDatasetSource
 from memseq.errors import FormatError
 from memseq.storage import format as fmt
 
@@ -26,7 +27,8 @@ __all__ = ["source_kind", "source_for_path", "migration_kind"]
 
 # Inputs of other libraries' formats, by file name ending (also for directories and
 # glob patterns of them): kind -> endings.
-_MIGRATION_EXTENSIONS = {"tfrecord": TFRECORD_EXTENSIONS, "arrow": PARQUET_EXTENSIONS + ARROW_EXTENSIONS}
+_MIGRATION_EXTENSIONS = {"tfrecord": TFRECORD_EXTENSIONS, "arrow": PARQUET_EXTENSIONS + ARROW_EXTENSIONS,
+                         "webdataset": WEBDATASET_EXTENSIONS}
 _GLOB_CHARS = ("*", "?", "[")
 
 
@@ -35,7 +37,7 @@ def migration_kind(path: str | os.PathLike | None) -> str | None:
 
     ``"tfrecord"`` for ``.tfrecord``/``.tfrecords``/``.tfr`` files; ``"arrow"`` for Parquet
     (``.parquet``, ``.pq``) and Arrow IPC (``.arrow``, ``.feather``, ``.ipc``, ``.arrows``)
-    files and Hugging Face ``save_to_disk`` folders.
+    files and Hugging Face ``save_to_disk`` folders; ``"webdataset"`` for ``.tar`` shards.
     """
     if path is None:
         return None
@@ -127,6 +129,8 @@ def source_for_path(path: str | os.PathLike, *, image_size: Sequence[int] | int 
         return TFRecordSource(path)
     if kind == "arrow":
         return ArrowSource(path)
+    if kind == "webdataset":
+        return WebDatasetSource(path)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, fmt.MANIFEST_NAME)):
             return MemseqSource(path)
