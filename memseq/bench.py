@@ -11,7 +11,6 @@ Imports TensorFlow and Keras only in the benchmark's worker processes.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import gc
 import mmap
@@ -25,6 +24,7 @@ import numpy as np
 import memseq
 from memseq.errors import SchemaError
 from memseq.storage import files as _fs
+from memseq.util import libc as _libc
 
 __all__ = ["METHOD_LABELS", "cached_fraction", "data_files", "drop_page_cache", "run_bench"]
 
@@ -76,12 +76,8 @@ def cached_fraction(paths: Sequence[str]) -> float:
         DatasetNotFoundError, DatasetPermissionError, FileAccessError: If a file
             cannot be opened.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        mincore = libc.mincore
-    except (OSError, AttributeError):
+    if not _libc.available("mincore"):
         return float("nan")
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     page = mmap.PAGESIZE
     cached = total = 0
     for path in paths:
@@ -92,15 +88,17 @@ def cached_fraction(paths: Sequence[str]) -> float:
                 continue
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as m:
                 pages = (size + page - 1) // page
-                vec = np.zeros(pages, np.uint8)
                 # ctypes cannot take the address of a read-only mmap; numpy can. Mapping
                 # a file does not read it: mincore reports, it does not fault pages in.
                 view = np.frombuffer(m, np.uint8)
-                status = mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), ctypes.c_void_p(vec.ctypes.data))
+                try:
+                    vec = _libc.mincore(view.ctypes.data, size)
+                except OSError:
+                    vec = None
                 del view
         finally:
             os.close(fd)
-        if status != 0:
+        if vec is None:
             return float("nan")
         cached += int(np.count_nonzero(vec & 1)) * page
         total += pages * page

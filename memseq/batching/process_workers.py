@@ -10,8 +10,6 @@ watches every worker's pidfd.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -32,6 +30,7 @@ from memseq.batching.buffers import BufferPool
 from memseq.batching.producer_common import BuildFn, epoch_bound, queue_bound, surface
 from memseq.errors import WorkerError
 from memseq.util import forksafe as _forksafe
+from memseq.util import libc as _libc
 
 __all__ = ["ProcessProducer"]
 
@@ -40,7 +39,6 @@ __all__ = ["ProcessProducer"]
 _STOP_SECONDS = 2.0
 # Without pidfds (not Linux, or a kernel before 5.3), how often busy workers are polled.
 _POLL_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1
 
 # The trainer's ends of every worker pipe, so that a worker forked later closes its
 # inherited copies (held weakly: a closed producer's connections drop out).
@@ -63,9 +61,8 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl: the pipe's EOF still ends the worker
+        _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # no prctl: the pipe's EOF still ends the worker
         pass
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from memseq.errors import CorruptFileError, DatasetClosedError, DatasetReplacedError
 from memseq.read import sigbus as _sigbus
 from memseq.storage import files as _fs
+from memseq.util import libc as _libc
 
 __all__ = ["MappedFile", "map_read_only", "prod"]
 
@@ -162,19 +163,9 @@ class MappedFile:
 
 # Python's mmap.mmap keeps a duplicate of the descriptor for the mapping's lifetime (until
 # Python 3.13's trackfd=False): one descriptor per data file, so a dataset of 2,000 shards
-# could not open under ``ulimit -n 1024``. A mapping needs no descriptor: map with libc.
-_libc_mmap = _libc_munmap = None
-if sys.version_info < (3, 13) and _sigbus.libc is not None:
-    try:
-        _libc = _sigbus.libc
-        _libc_mmap, _libc_munmap = _libc.mmap, _libc.munmap
-        _libc_mmap.restype = ctypes.c_void_p
-        _libc_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
-        _libc_munmap.restype = ctypes.c_int
-        _libc_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    except (OSError, AttributeError):
-        _libc_mmap = _libc_munmap = None
-_MAP_FAILED = ctypes.c_void_p(-1).value
+# could not open under ``ulimit -n 1024``. A mapping needs no descriptor: map with libc
+# (on Linux, where memseq.read.sigbus guards the mappings).
+_LIBC_MAPS = sys.version_info < (3, 13) and sys.platform.startswith("linux") and _libc.available("mmap", "munmap")
 
 
 class _Unmapper:
@@ -187,8 +178,10 @@ class _Unmapper:
 
     def __del__(self):
         _sigbus.forget(self.region)  # first: the address range may be reused once unmapped
-        if _libc_munmap is not None:
-            _libc_munmap(self.address, self.length)
+        try:
+            _libc.munmap(self.address, self.length)
+        except OSError:
+            pass  # nothing to do from a finalizer: the range stays mapped
 
 
 def map_read_only(fd: int, length: int) -> tuple[Any, _sigbus.Region]:
@@ -198,7 +191,7 @@ def map_read_only(fd: int, length: int) -> tuple[Any, _sigbus.Region]:
     :class:`~memseq.read.sigbus.Region` (torn by a fault inside it). The mapping lives
     as long as the object (and any array made from it) does.
     """
-    if sys.version_info >= (3, 13) or _libc_mmap is None:
+    if not _LIBC_MAPS:
         if sys.version_info >= (3, 13):
             mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ, trackfd=False)
         else:
@@ -208,10 +201,7 @@ def map_read_only(fd: int, length: int) -> tuple[Any, _sigbus.Region]:
         del view  # an export of mm: close() refuses while one lives
         weakref.finalize(mm, _sigbus.forget, region)  # if the mapping goes without close()
         return mm, region
-    address = _libc_mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    if address is None or address == _MAP_FAILED:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
+    address = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
     region = _sigbus.register(address, length)
     buffer = (ctypes.c_char * length).from_address(address)
     buffer._unmapper = _Unmapper(address, length, region)  # freed with the buffer, after the last view

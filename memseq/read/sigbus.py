@@ -33,22 +33,15 @@ sigaction`` and ``siginfo_t`` is written out here); elsewhere :data:`ACTIVE` is 
 from __future__ import annotations
 
 import bisect
-import ctypes
 import mmap
 import os
 import platform
 import signal
 import sys
 
-__all__ = ["ACTIVE", "Region", "libc", "register", "forget"]
+from memseq.util import libc as _libc
 
-# The one ctypes binding of libc for mapping files and guarding the mappings.
-libc = None
-if sys.platform.startswith("linux"):
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        libc = None
+__all__ = ["ACTIVE", "Region", "register", "forget"]
 
 _SIGBUS = int(signal.SIGBUS)
 _SA_SIGINFO = 0x4
@@ -56,42 +49,20 @@ _SA_RESTART = 0x10000000
 # No SA_ONSTACK: the handler runs Python, which needs the thread's stack, not a small
 # alternate one (faulthandler's is a few pages).
 _SIG_DFL, _SIG_IGN = 0, 1
-_SI_ADDR_OFFSET = 16  # siginfo_t: three ints and padding, then the union (si_addr) on 64-bit
 _MAP_FIXED = 0x10
 _MAP_NORESERVE = 0x4000
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
+_Sigaction = _libc.Sigaction
 
-class _Sigaction(ctypes.Structure):
-    # glibc's (and musl's) struct sigaction on x86-64 and aarch64.
-    _fields_ = [
-        ("handler", ctypes.c_void_p),
-        ("mask", ctypes.c_ulong * (128 // ctypes.sizeof(ctypes.c_ulong))),
-        ("flags", ctypes.c_int),
-        ("restorer", ctypes.c_void_p),
-    ]
-
-
-_HANDLER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-
+# The layouts of struct sigaction and siginfo_t in memseq.util.libc are those of 64-bit
+# Linux on x86 and ARM.
 ACTIVE = (
-    libc is not None
+    sys.platform.startswith("linux")
+    and _libc.available("sigaction", "mmap", "raise")
     and platform.machine() in ("x86_64", "aarch64")
-    and ctypes.sizeof(ctypes.c_void_p) == 8
+    and sys.maxsize > 2**32
     and os.environ.get("MEMSEQ_SIGBUS_GUARD", "1") != "0"
 )
-if ACTIVE:
-    try:
-        _sigaction = libc.sigaction
-        _sigaction.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigaction), ctypes.POINTER(_Sigaction)]
-        _sigaction.restype = ctypes.c_int
-        _mmap = libc.mmap
-        _mmap.restype = ctypes.c_void_p
-        _mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
-        _raise = getattr(libc, "raise")  # a Python keyword
-        _raise.argtypes = [ctypes.c_int]
-    except AttributeError:
-        ACTIVE = False
 
 
 class Region:
@@ -139,7 +110,9 @@ def _install() -> None:
     """Makes the guard the process's SIGBUS action, keeping the one it replaces."""
     global _previous
     current = _Sigaction()
-    if _sigaction(_SIGBUS, None, ctypes.byref(current)) != 0:
+    try:
+        _libc.sigaction(_SIGBUS, None, current)
+    except OSError:
         return
     if current.handler == _handler_address:
         return
@@ -147,7 +120,11 @@ def _install() -> None:
     action.handler = _handler_address
     action.flags = _SA_SIGINFO | _SA_RESTART
     previous = _Sigaction()
-    if _sigaction(_SIGBUS, ctypes.byref(action), ctypes.byref(previous)) == 0 and previous.handler != _handler_address:
+    try:
+        _libc.sigaction(_SIGBUS, action, previous)
+    except OSError:
+        return
+    if previous.handler != _handler_address:
         _previous = previous  # (another thread may have installed the guard meanwhile: never chain to itself)
 
 
@@ -165,19 +142,22 @@ _failures = 0  # handler runs in a row that raised (a KeyboardInterrupt can land
 def _on_sigbus(signo: int, info: int, context: int) -> None:
     global _failures
     try:
-        code = ctypes.c_int.from_address(info + 8).value
+        code = _libc.siginfo_code(info)
         if code > 0:  # a fault, not a signal someone sent
-            region = _region_of(ctypes.c_void_p.from_address(info + _SI_ADDR_OFFSET).value or 0)
+            region = _region_of(_libc.siginfo_address(info))
             if region is not None:
                 region.torn = True  # before the zeros appear: a reader that sees them sees this
-                got = _mmap(
-                    region.start,
-                    region.stop - region.start,
-                    mmap.PROT_READ,
-                    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE,
-                    -1,
-                    0,
-                )
+                try:
+                    got = _libc.mmap(
+                        region.start,
+                        region.stop - region.start,
+                        mmap.PROT_READ,
+                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE,
+                        -1,
+                        0,
+                    )
+                except OSError:
+                    got = None  # not replaced: the fault goes on as if memseq were not here
                 if got == region.start:
                     _failures = 0
                     return  # the copy resumes, reading zeros
@@ -196,7 +176,7 @@ def _pass_on(signo: int, info: int, context: int, fault: bool) -> None:
     if previous not in (_SIG_DFL, _SIG_IGN):
         # Called directly, not restored as the action: a handler that chains to its own
         # predecessor by raising (faulthandler) could chain back here and loop.
-        _HANDLER_TYPE(previous)(signo, info, context)
+        _libc.SIGACTION_HANDLER(previous)(signo, info, context)
     if fault:
         # Returning re-executes the faulting instruction: it must meet the default
         # action (the process ends with SIGBUS), never this handler again.
@@ -206,14 +186,20 @@ def _pass_on(signo: int, info: int, context: int, fault: bool) -> None:
 
 
 def _die_on_return() -> None:
-    _sigaction(_SIGBUS, ctypes.byref(_Sigaction()), None)  # SIG_DFL
+    try:
+        _libc.sigaction(_SIGBUS, _Sigaction(), None)  # SIG_DFL
+    except OSError:
+        pass  # nothing better to do inside the handler
 
 
 def _die() -> None:
     """The default action for this SIGBUS: sent again, it ends the process once this handler returns."""
     _die_on_return()
-    _raise(_SIGBUS)
+    try:
+        _libc.raise_signal(_SIGBUS)
+    except OSError:
+        pass  # nothing better to do inside the handler
 
 
-_handler = _HANDLER_TYPE(_on_sigbus) if ACTIVE else None
-_handler_address = ctypes.cast(_handler, ctypes.c_void_p).value if ACTIVE else None
+_handler = _libc.SIGACTION_HANDLER(_on_sigbus) if ACTIVE else None
+_handler_address = _libc.handler_address(_handler) if ACTIVE else None

@@ -21,7 +21,6 @@ for every writer, so the sweep still finds a dead writer's directory.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -33,6 +32,7 @@ import uuid
 from memseq.errors import DatasetExistsError
 from memseq.storage import format as fmt
 from memseq.util import forksafe as _forksafe
+from memseq.util import libc as _libc
 
 __all__ = [
     "TMP_MARKER",
@@ -65,9 +65,6 @@ _locks: dict[str, int] = {}
 _locks_guard = threading.Lock()
 _forksafe.renew_locks(globals(), "_locks_guard")  # another thread may hold it at a fork
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
 
 def fsync_dir(path: str) -> None:
     """fsyncs a directory, so that the renames and creations inside it are durable."""
@@ -89,18 +86,15 @@ def _fsync(path: str, flags: int) -> None:
 
 def exchange(a: str, b: str) -> bool:
     """Atomically swaps two paths (Linux renameat2). Returns False where unsupported."""
+    if not _libc.available("renameat2"):
+        return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), a, None, b)
+        _libc.renameat2(a, b, _libc.RENAME_EXCHANGE)
+    except OSError as error:
+        if error.errno in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            return False
+        raise
+    return True
 
 
 def check_target(path: str, overwrite: bool) -> None:
