@@ -83,7 +83,7 @@ def _fill_by_blocks(path: str, size: int, threads: int = 4) -> None:
 
 def _first_touch(path: str, by_blocks: bool) -> dict:
     """CPU seconds of two no-fault passes over pages just read (see the module docstring)."""
-    import ctypes
+    from memseq.util import libc
 
     size = os.path.getsize(path) // BLOCK * BLOCK
     if by_blocks:
@@ -94,9 +94,10 @@ def _first_touch(path: str, by_blocks: bool) -> dict:
     mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     os.close(fd)
     data = np.frombuffer(mapping, np.uint8)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise(data.ctypes.data, size, 22)  # MADV_POPULATE_READ: map every page, so the passes take no faults
+    try:
+        libc.madvise(data.ctypes.data, size, libc.MADV_POPULATE_READ)  # map every page, so the passes take no faults
+    except OSError:
+        pass  # a kernel before 5.14: the passes then fault, and the check below says so
     passes = []
     for _ in range(2):
         faults = resource.getrusage(resource.RUSAGE_SELF)
@@ -123,6 +124,8 @@ def _private_buffers_epoch(seq: memseq.MemmapSequence, path: str, direct: bool) 
 
     Returns (bytes of the batches, peak RssAnon).
     """
+    from memseq.readahead import ranges as readahead_ranges
+
     plan, block_rows = seq.plan, seq.plan.order.block_rows
     array = np.load(path, mmap_mode="r")
     offset, row_bytes, num_rows = array.offset, array.strides[0], len(array)
@@ -158,8 +161,10 @@ def _private_buffers_epoch(seq: memseq.MemmapSequence, path: str, direct: bool) 
                 break
             done += got
 
+    touches = readahead_ranges.block_touches(plan, 0)
+
     def ask(index: int, pool) -> None:
-        for start, _ in plan.readahead_ranges(index, 0).tolist():
+        for start, _ in readahead_ranges.batch_ranges(plan, index, 0, touches=touches).tolist():
             block = start // block_rows
             slot = slot_of[block] = free.pop()
             pending[block] = pool.submit(read, block, slot)
@@ -168,7 +173,7 @@ def _private_buffers_epoch(seq: memseq.MemmapSequence, path: str, direct: bool) 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for i, rows in enumerate(batch_rows):
             for ahead in range(0 if i == 0 else i + lookahead, min(i + lookahead, len(seq) - 1) + 1):
-                if plan.reads_new_blocks(ahead, 0):
+                if readahead_ranges.reads_new_blocks(plan, ahead, 0, touches):
                     ask(ahead, pool)
             for block in batch_blocks[i]:
                 if block in pending:

@@ -215,18 +215,20 @@ def drop_own_mappings(paths: list[str]) -> None:
     Pages a live mapping maps cannot be evicted; this unmaps their pages (not the
     mappings: the sequence keeps working and faults them in again, from disk).
     """
-    import ctypes
     import mmap as mmap_module
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    from memseq.util import libc
+
     real = {os.path.realpath(p) for p in paths}
     with open("/proc/self/maps") as f:
         for line in f:
             parts = line.split(maxsplit=5)
             if len(parts) == 6 and os.path.realpath(parts[5].strip()) in real:
                 lo, hi = (int(v, 16) for v in parts[0].split("-"))
-                libc.madvise(lo, hi - lo, mmap_module.MADV_DONTNEED)
+                try:
+                    libc.madvise(lo, hi - lo, mmap_module.MADV_DONTNEED)
+                except OSError:
+                    pass  # a range whose pages cannot be dropped stays as it is
 
 
 def train_quality(directory: str) -> dict[str, float]:

@@ -72,11 +72,10 @@ def use_process_vm_readv() -> None:
 
     from memseq.errors import CorruptFileError
     from memseq.read import columns
-    from memseq.read import sigbus as _sigbus
+    from memseq.util import libc
 
-    call = _sigbus.libc.process_vm_readv
-    call.restype = ctypes.c_ssize_t
-    call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    call = libc.bind("process_vm_readv", ctypes.c_ssize_t,
+                     [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong])
     pid = os.getpid()
 
     def copy(part, name, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> None:
