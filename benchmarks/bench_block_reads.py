@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import mmap
 import os
 import resource
@@ -51,7 +50,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
-import bench_cold  # noqa: E402
 
 import memseq  # noqa: E402
 from memseq import bench  # noqa: E402
@@ -207,13 +205,13 @@ def run_case(name: str, directory: str) -> dict:
     if name.startswith("numpy sequential"):
         array = np.load(image, mmap_mode="r")
         start, cpu, usage, anon = _clock()
-        nbytes = sum(np.array(array[i : i + bench_cold.BATCH]).nbytes for i in range(0, len(array), bench_cold.BATCH))
+        nbytes = sum(np.array(array[i : i + _common.BATCH]).nbytes for i in range(0, len(array), _common.BATCH))
     elif name == "blocks, no reader":
         nbytes = os.path.getsize(image) // BLOCK * BLOCK
         start, cpu, usage, anon = _clock()
         _fill_by_blocks(image, nbytes)
     else:
-        seq = memseq.MemmapSequence(directory, x="image", batch_size=bench_cold.BATCH, seed=0, shuffle="block",
+        seq = memseq.MemmapSequence(directory, x="image", batch_size=_common.BATCH, seed=0, shuffle="block",
                                     readahead=True)
         start, cpu, usage, anon = _clock()
         if name.startswith("private buffers"):
@@ -230,15 +228,15 @@ def run_case(name: str, directory: str) -> dict:
 
 def measure(name: str, directory: str, paths: list[str], device: str) -> dict:
     if name.endswith(", hot"):
-        _common.warm(directory)
+        _common.warm(paths)
         cached = bench.cached_fraction(paths)
         assert cached > 0.99, f"{name}: only {cached:.1%} cached"
     else:
-        cached = bench_cold.evict(paths)
+        cached = _common.evict(paths)
         assert cached < 0.01, f"{name}: {cached:.1%} cached at start"
-    requests0, _ = bench_cold.read_counts(device)
-    out = _common.run_json([sys.executable, __file__, "--case", name, "--dir", directory], name)
-    out["requests"] = bench_cold.read_counts(device)[0] - requests0
+    requests0, _ = _common.read_counts(device)
+    out = _common.run_case([sys.executable, __file__, "--case", name, "--dir", directory], name)
+    out["requests"] = _common.read_counts(device)[0] - requests0
     return out
 
 
@@ -250,16 +248,13 @@ def main(argv=None) -> int:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(args.case, args.dir)))
+        _common.print_result(run_case(args.case, args.dir))
         return 0
 
     _common.build_images(args.dir, args.rows, random_labels=True)
-    paths = bench.data_files(memseq.open(args.dir))
-    device = bench_cold.device_of(paths[0])
-    runs: dict[str, list[dict]] = {name: [] for name in CASES}
-    for _ in range(args.repeats):
-        for name in CASES:
-            runs[name].append(measure(name, args.dir, paths, device))
+    paths = _common.data_files(args.dir)
+    device = _common.device_of(paths[0])
+    runs = _common.rounds(CASES, args.repeats, lambda name: measure(name, args.dir, paths, device))
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])

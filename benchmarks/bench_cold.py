@@ -35,13 +35,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common  # noqa: E402 - the same dataset as bench_fit
-import bench_fit  # noqa: E402
+import _common  # noqa: E402
 
 import memseq  # noqa: E402
 from memseq import bench  # noqa: E402
 
-BATCH = 256
+BATCH = _common.BATCH
 IOPS, VOLUME_BYTES_PER_S = 3000, 125e6
 
 CASES = {
@@ -57,40 +56,6 @@ CASES = {
     "to_tf_dataset(), full + readahead": ("tfdata", {"shuffle": True, "readahead": True}),
     "to_tf_dataset(), block + readahead": ("tfdata", {"shuffle": "block", "readahead": True}),
 }
-
-
-# --------------------------------------------------------------------------- the page cache and the disk
-
-
-def device_of(path: str) -> str:
-    st = os.stat(path)
-    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
-    with open("/proc/diskstats") as f:
-        for line in f:
-            parts = line.split()
-            if int(parts[0]) == major and int(parts[1]) == minor:
-                return parts[2]
-    raise SystemExit(f"no /proc/diskstats line for device {major}:{minor} of {path}")
-
-
-def read_counts(device: str) -> tuple[int, int]:
-    """(completed read requests, sectors read) of ``device``."""
-    with open("/proc/diskstats") as f:
-        for line in f:
-            parts = line.split()
-            if parts[2] == device:
-                return int(parts[3]), int(parts[5])
-    raise SystemExit(f"device {device} vanished from /proc/diskstats")
-
-
-def evict(paths: list[str]) -> float:
-    """Empties the page cache of ``paths`` (see the module docstring); returns the fraction still cached."""
-    bench.drop_page_cache(paths)
-    size = sum(os.path.getsize(p) for p in paths)
-    filler = np.ones(int(size * 1.1), np.uint8)  # touched: the VM must hand the memory back
-    del filler
-    bench.drop_page_cache(paths)
-    return bench.cached_fraction(paths)
 
 
 # --------------------------------------------------------------------------- one case, in a fresh process
@@ -133,11 +98,11 @@ def run_case(kind: str, options: dict, path: str) -> dict:
 
 
 def measure(kind: str, options: dict, args: argparse.Namespace, paths: list[str], device: str) -> dict:
-    cached = evict(paths)
-    requests0, sectors0 = read_counts(device)
+    cached = _common.evict(paths)
+    requests0, sectors0 = _common.read_counts(device)
     command = [sys.executable, __file__, "--case", json.dumps([kind, options]), "--dir", args.dir]
-    out = _common.run_json(command, f"case {kind} {options}")
-    requests1, sectors1 = read_counts(device)
+    out = _common.run_case(command, f"case {kind} {options}")
+    requests1, sectors1 = _common.read_counts(device)
     out.update(cached_at_start=cached, requests=requests1 - requests0, disk_bytes=(sectors1 - sectors0) * 512)
     return out
 
@@ -198,13 +163,13 @@ def fit_case(path: str, cold: bool, batches: int, readahead: bool = True, shuffl
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1 and cold:
                 drop_own_mappings(paths)
-                evict(paths)
+                _common.evict(paths)
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
 
-    model = bench_fit.make_model("tiny")
+    model = _common.tiny_model()
     model.fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[Epochs()])
     return {"seconds": times[1], "bytes": batches * BATCH * 12288}
 
@@ -252,7 +217,7 @@ for name, shuffle in (("full", True), ("block", memseq.BlockShuffle(block_rows=6
     out[name] = float(model.evaluate(val, verbose=0, return_dict=True).get("accuracy", float("nan")))
 print(json.dumps(out))
 """
-    return _common.run_json([sys.executable, "-c", script], "training comparison")
+    return _common.run_case([sys.executable, "-c", script], "training comparison")
 
 
 # --------------------------------------------------------------------------- report
@@ -268,14 +233,16 @@ def per_gb(r: dict) -> tuple[float, float, float]:
 def read_report(args: argparse.Namespace, paths: list[str], device: str, image_path: str, row_bytes: int,
                 data_offset: int) -> None:
     """The read cases, the random-read ceiling, the targets and the shuffle quality, printed."""
+
+    def one(name: str) -> tuple[float, float, float]:
+        kind, options = CASES[name]
+        r = measure(kind, dict(options), args, paths, device)
+        assert r["cached_at_start"] < 0.01, f"{name}: {r['cached_at_start']:.1%} cached at start"
+        return per_gb(r)
+
     # Rounds: every case once per round, so a slow spell of this shared disk hits all
     # cases alike; each figure is the median over the rounds.
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in CASES}
-    for _ in range(args.repeats):
-        for name, (kind, options) in CASES.items():
-            r = measure(kind, dict(options), args, paths, device)
-            assert r["cached_at_start"] < 0.01, f"{name}: {r['cached_at_start']:.1%} cached at start"
-            runs[name].append(per_gb(r))
+    runs = _common.rounds(list(CASES), args.repeats, one)
     results = {name: tuple(statistics.median(column) for column in zip(*rs)) for name, rs in runs.items()}
     base_gbs, base_rpg, _ = results["numpy sequential memmap[i:i+B]"]
     print(f"\n  median of {args.repeats} rounds; 0.0% of the files cached at the start of every case (mincore)")
@@ -287,7 +254,7 @@ def read_report(args: argparse.Namespace, paths: list[str], device: str, image_p
     print("\nrandom-read ceiling for these rows (os.pread, random order, cold):")
     ceiling = {}
     for threads in (1, 8, 64):
-        evict(paths)
+        _common.evict(paths)
         ceiling[threads] = random_read_ceiling(image_path, threads, args.rows, row_bytes, data_offset)
         print(f"  {threads:>2} threads: {ceiling[threads]:.2f} GB/s ({ceiling[threads] / base_gbs:.2f}x sequential)")
     best = max(ceiling.values())
@@ -329,12 +296,12 @@ def fit_report(args: argparse.Namespace) -> None:
     print(f"\nfit(seq), tiny model, workers=4 threads, {args.fit_batches} batches (the epoch after a hot one), "
           f"medians of {args.repeats} rounds, every case in a fresh process:")
     for shuffle in ("full", "block"):
-        rates: dict[str, list[float]] = {m: [] for m in modes}
-        for _ in range(args.repeats):
-            for mode in modes:
-                command = [sys.executable, __file__, "--fit", mode, "--fit-shuffle", shuffle, "--dir", args.dir,
-                           "--fit-batches", str(args.fit_batches)]
-                rates[mode].append(args.fit_batches * BATCH / _common.run_json(command, f"fit {mode}")["seconds"])
+        def one(mode: str, shuffle: str = shuffle) -> float:
+            command = [sys.executable, __file__, "--fit", mode, "--fit-shuffle", shuffle, "--dir", args.dir,
+                       "--fit-batches", str(args.fit_batches)]
+            return args.fit_batches * BATCH / _common.run_case(command, f"fit {mode}")["seconds"]
+
+        rates = _common.rounds(modes, args.repeats, one)
         rate = {m: statistics.median(r) for m, r in rates.items()}
         print(f"  {shuffle:>5} shuffle: hot {rate['hot']:,.0f} samples/s, cold + readahead {rate['cold']:,.0f} "
               f"({rate['cold'] / rate['hot']:.2f}x hot; target >= 0.9x), cold without readahead "
@@ -357,11 +324,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.case:
         kind, options = json.loads(args.case)
-        print(json.dumps(run_case(kind, options, args.dir)))
+        _common.print_result(run_case(kind, options, args.dir))
         return 0
     if args.fit:
         shuffle = True if args.fit_shuffle == "full" else "block"
-        print(json.dumps(fit_case(args.dir, args.fit != "hot", args.fit_batches, args.fit != "cold-no-readahead", shuffle)))
+        _common.print_result(fit_case(args.dir, args.fit != "hot", args.fit_batches, args.fit != "cold-no-readahead", shuffle))
         return 0
 
     _common.build_images(args.dir, args.rows, random_labels=True)
@@ -374,7 +341,7 @@ def main(argv=None) -> int:
         _, _, data_offset = read_npy_header(f, image_path)
     row_bytes = ds.fields["image"].row_nbytes
     ds.close()
-    device = device_of(image_path)
+    device = _common.device_of(image_path)
     print(f"dataset {args.dir}: {args.rows} rows of 12 KiB; device {device}; page cache emptied before every case "
           "(fadvise DONTNEED, 1.1x anonymous memory touched, mincore-checked); one epoch per case, fresh process")
 

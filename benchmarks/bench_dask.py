@@ -23,16 +23,18 @@ Targets: ``memseq.save`` >= 1.5x the sequential path, and no slower than ``to_np
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
 
 ROW = 1024
 CHUNK_ROWS = 16384  # 64 MiB of float32 rows
@@ -104,23 +106,18 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.size_gb, args.dir)))
+        _common.print_result(run_case(args.case, args.size_gb, args.dir))
         return
     directory = tempfile.mkdtemp(prefix="memseq-bench-dask-", dir=args.dir)
-    runs: dict[str, list[float]] = {case: [] for case in CASES}
+
+    def one(case: str) -> float | None:
+        command = [sys.executable, __file__, "--dir", directory, "--size-gb", str(args.size_gb), "--case", case]
+        return _common.run_case(command, CASES[case], check=False)
+
     try:
         # Rounds: every case once per round, so a slow spell of this shared machine
         # hits all cases alike; medians over the rounds.
-        for _ in range(args.repeats):
-            for case in CASES:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--dir", directory, "--size-gb", str(args.size_gb), "--case", case],
-                    capture_output=True, text=True, check=False,
-                )
-                if out.returncode != 0:
-                    print(f"{CASES[case]}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs = _common.rounds(list(CASES), args.repeats, one)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     times = {case: statistics.median(r) for case, r in runs.items() if r}

@@ -31,7 +31,6 @@ an epoch is timed from ``on_epoch_begin`` to ``on_epoch_end``, the first epoch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -65,19 +64,6 @@ JAX_CASES = {
 }
 
 
-def make_model(kind: str):
-    """The demo's CNN (``"cnn"``) or the tiny model, compiled."""
-    if kind != "cnn":
-        return _common.tiny_model()
-    import keras
-
-    from memseq import demo
-
-    model = demo.build_model(keras)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
 def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -> dict[str, list[float]]:
     """Runs one case in this (fresh) process; returns its epoch times and first-step latencies, in seconds."""
     import keras
@@ -99,7 +85,7 @@ def run_case(case: str, model_kind: str, path: str, batches: int, epochs: int) -
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
 
-    model = make_model(model_kind)
+    model = _common.make_model(model_kind)
     fit = {"epochs": epochs, "verbose": 0, "callbacks": [Timer()]}
 
     def sequence(**kwargs):
@@ -150,7 +136,7 @@ def run(case: str, model_kind: str, args: argparse.Namespace, backend: str) -> d
     (tracing, compilation) excluded."""
     command = [sys.executable, __file__, "--case", case, "--model", model_kind, "--dir", args.dir,
                "--batches", str(args.batches), "--epochs", str(args.epochs)]
-    result = _common.run_json(command, f"case {case} ({model_kind}, {backend})", dict(os.environ, KERAS_BACKEND=backend))
+    result = _common.run_case(command, f"case {case} ({model_kind}, {backend})", dict(os.environ, KERAS_BACKEND=backend))
     return {key: values[1:] for key, values in result.items()}
 
 
@@ -184,11 +170,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(args.case, args.model, args.dir, args.batches, args.epochs)))
+        _common.print_result(run_case(args.case, args.model, args.dir, args.batches, args.epochs))
         return 0
 
     _common.build_images(args.dir, args.rows, random_labels=True)
-    _common.warm(args.dir)
+    _common.warm(_common.data_files(args.dir))
     print(f"dataset {args.dir}: {args.rows} rows of {ROW_SHAPE} uint8; {args.batches} batches of {BATCH} per epoch, "
           f"{args.epochs} epochs per case (first excluded); every case in a fresh process")
     for model_kind in filter(None, args.models.split(",")):

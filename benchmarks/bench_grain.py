@@ -23,10 +23,8 @@ Each case runs in a fresh process (``--case``); each figure is the median of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,8 +38,7 @@ import memseq  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
-ROW_SHAPE = (64, 64, 3)
-BATCH = 256
+ROW_SHAPE, BATCH = _common.ROW_SHAPE, _common.BATCH
 CASES = {
     "seq": "seq[i]",
     "grain_memmap": "grain records / memmap",
@@ -49,14 +46,6 @@ CASES = {
     "to_grain": "seq.to_grain() main thread",
     "to_grain_loader": "seq.to_grain() DataLoader 2 proc",
 }
-
-
-def build(path: str, size_gb: float) -> memseq.Dataset:
-    return _common.build_images(path, int(size_gb * 1e9) // int(np.prod(ROW_SHAPE)))
-
-
-def warm(ds: memseq.Dataset) -> None:
-    _common.warm(ds.path)
 
 
 class MemmapRecords:
@@ -90,7 +79,7 @@ def _time_batches(next_batch, batches: int, repeats: int, warmup: int = 3) -> li
 
 def run_case(case: str, path: str, repeats: int) -> list[float]:
     ds = memseq.open(path)
-    warm(ds)
+    _common.warm(_common.data_files(path))
     seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0)
     n = len(seq)
     if case == "seq":
@@ -130,19 +119,15 @@ def main() -> None:
     args = parser.parse_args()
     path = os.path.join(args.dir, "data")
     if args.case:
-        print(json.dumps(run_case(args.case, path, args.repeats)))
+        _common.print_result(run_case(args.case, path, args.repeats))
         return
-    build(path, args.size_gb)
+    _common.build_images(path, int(args.size_gb * 1e9) // int(np.prod(ROW_SHAPE)))
     results = {}
-    for case in CASES:
-        out = subprocess.run(
-            [sys.executable, __file__, "--dir", args.dir, "--repeats", str(args.repeats), "--case", case],
-            capture_output=True, text=True, check=False,
-        )
-        if out.returncode != 0:
-            print(f"{CASES[case]}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results[case] = statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))
+    for case, label in CASES.items():
+        out = _common.run_case([sys.executable, __file__, "--dir", args.dir, "--repeats", str(args.repeats), "--case", case],
+                               label, check=False)
+        if out is not None:
+            results[case] = statistics.median(out)
     print(f"bench_grain: {args.size_gb} GB of 12 KiB rows, hot cache, batch {BATCH}, median of {args.repeats}")
     base, records = results.get("seq"), results.get("grain_memmap")
     for case, rate in results.items():

@@ -36,7 +36,11 @@ import time
 
 import numpy as np
 
-import memseq
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+import memseq  # noqa: E402
 
 MEAN_LENGTH = 512
 SIGMA = 1.0  # log-normal shape: a long tail (p99 ~ 5x the mean)
@@ -73,14 +77,6 @@ def build(path: str, size_gb: float) -> memseq.Dataset:
             w.append({"tokens": rows, "label": np.arange(a, a + len(chunk))})
     print(f"  written in {time.perf_counter() - t:.1f} s", flush=True)
     return memseq.open(path)
-
-
-def warm(paths: list[str]) -> None:
-    buf = bytearray(64 * 2**20)
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while f.readinto(buf):
-                pass
 
 
 def batches_of(num_rows: int, batch: int, count: int, seed: int) -> list[np.ndarray]:
@@ -178,7 +174,7 @@ def main() -> None:
         lengths = ds["tokens"].lengths
         print(f"{len(ds)} rows, {ds['tokens'].num_values * 2 / 2**30:.2f} GiB; lengths mean {lengths.mean():.0f}, "
               f"median {np.median(lengths):.0f}, p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}", flush=True)
-        warm([os.path.join(path, name) for name in os.listdir(path) if name.endswith(".npy")])
+        _common.warm(_common.data_files(path))
         batches = batches_of(len(ds), args.batch, args.batches, seed=2)
         g = gathers(ds, path, batches, args.repeats)
         mb = np.mean([lengths[b].sum() * 2 for b in batches]) / 2**20

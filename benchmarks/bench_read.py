@@ -36,9 +36,13 @@ import time
 
 import numpy as np
 
-import memseq
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-ROW_SHAPE = (64, 64, 3)
+import _common  # noqa: E402
+
+import memseq  # noqa: E402
+
+ROW_SHAPE = _common.ROW_SHAPE
 ROW_BYTES = int(np.prod(ROW_SHAPE))
 BLOCK = 20  # batches per turn of one method
 
@@ -52,47 +56,16 @@ def rss_anon_kib() -> int:
     return -1
 
 
-def build(path: str, rows: int) -> memseq.Dataset:
-    try:
-        ds = memseq.open(path)
-        if len(ds) == rows and ds.fields["image"].shape == ROW_SHAPE and ds.num_shards == 1:
-            print(f"reusing {path} ({rows} rows)", flush=True)
-            return ds
-    except (memseq.MemseqError, KeyError):
-        pass
-    print(f"writing {rows} rows ({rows * ROW_BYTES / 1e9:.2f} GB) to {path} ...", flush=True)
-    rng = np.random.default_rng(0)
-    chunk = 4096
-    block = rng.integers(0, 256, (chunk, *ROW_SHAPE), dtype=np.uint8)
-    start_time = time.perf_counter()
-    with memseq.Writer(path, {"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}, overwrite=True) as w:
-        for start in range(0, rows, chunk):
-            n = min(chunk, rows - start)
-            w.append({"image": block[:n], "label": np.arange(start, start + n)})
-    print(f"  written in {time.perf_counter() - start_time:.1f} s", flush=True)
-    return memseq.open(path)
-
-
-def warm(paths: list[str], ds: memseq.Dataset, arrays: list[np.ndarray]) -> None:
-    """Reads every file once (page cache), then touches every page of each mapping.
+def touch_mappings(ds: memseq.Dataset, arrays: list[np.ndarray]) -> None:
+    """Touches every page of each mapping (the files are in the page cache already).
 
     Touching the mappings takes the one-off minor page faults (page-table set-up) out of
     the measurement for memseq and numpy alike.
     """
-    buf = bytearray(64 << 20)
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while f.readinto(buf):
-                pass
-    for name in ds:
-        col = ds[name]
+    for col in [ds[name] for name in ds] + arrays:
         step = max(1, (64 << 20) // max(col.nbytes // max(len(col), 1), 1))
         for start in range(0, len(col), step):
-            col[start : start + step]
-    for arr in arrays:
-        step = max(1, (64 << 20) // max(arr.nbytes // max(len(arr), 1), 1))
-        for start in range(0, len(arr), step):
-            np.array(arr[start : start + step])
+            np.array(col[start : start + step])
 
 
 def timed(fn, batches: np.ndarray) -> tuple[float, int]:
@@ -105,7 +78,7 @@ def timed(fn, batches: np.ndarray) -> tuple[float, int]:
     return elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "memseq-bench-read"),
                         help="dataset directory (built once, then reused)")
@@ -115,83 +88,79 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=200, help="batches per repeat")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    rows = args.rows if args.rows is not None else int(args.size_gb * 1e9) // ROW_BYTES
-    ds = build(args.dir, rows)
-    image_path = os.path.join(ds.path, ds.manifest.shards[0].files["image"].path)
-    label_path = os.path.join(ds.path, ds.manifest.shards[0].files["label"].path)
-    np_image = np.load(image_path, mmap_mode="r")
-    np_label = np.load(label_path, mmap_mode="r")
-    image_col = ds["image"]
 
-    print("warming the page cache and the mappings ...", flush=True)
-    t = time.perf_counter()
-    warm([image_path, label_path], ds, [np_image, np_label])
-    print(f"  {time.perf_counter() - t:.1f} s", flush=True)
+class Methods:
+    """The ways to read a batch of rows, each a function of the batch's (unsorted) indices."""
 
-    batch, nb = args.batch, args.batches
-    batch_bytes = batch * (ROW_BYTES + 8)
-    # memcpy source: larger than any CPU cache, so every copy streams from DRAM.
-    ram = np.random.default_rng(1).integers(0, 256, (max(512 << 20, 4 * batch_bytes),), dtype=np.uint8)
-    slots = len(ram) // batch_bytes
-    dst = np.empty(batch_bytes, np.uint8)
-    reuse = np.empty((batch, *ROW_SHAPE), np.uint8)
-    reuse_label = np.empty(batch, np.int64)
+    def __init__(self, ds: memseq.Dataset, np_image: np.ndarray, np_label: np.ndarray, batch: int):
+        self.ds, self.np_image, self.np_label = ds, np_image, np_label
+        self.image_col = ds["image"]
+        self.batch_bytes = batch * (ROW_BYTES + 8)
+        # memcpy source: larger than any CPU cache, so every copy streams from DRAM.
+        self.ram = np.random.default_rng(1).integers(0, 256, (max(512 << 20, 4 * self.batch_bytes),), dtype=np.uint8)
+        self.slots = len(self.ram) // self.batch_bytes
+        self.dst = np.empty(self.batch_bytes, np.uint8)
+        self.reuse = np.empty((batch, *ROW_SHAPE), np.uint8)
+        self.reuse_label = np.empty(batch, np.int64)
+        self.mapped_file = type(self.image_col.parts()[0])
+        self.real_check = self.mapped_file.check_size
+        self.counter = iter(range(1 << 62))
+        # The same in-RAM bytes seen as rows: what a gather of 12 KiB rows costs without files.
+        self.ram_rows = self.ram[: len(self.ram) // ROW_BYTES * ROW_BYTES].reshape(-1, *ROW_SHAPE)
 
-    def memseq_sorted(idx):
-        ds.take(np.sort(idx))
+    def table(self) -> dict:
+        return {
+            "memseq Dataset.take(sorted idx)": self.memseq_sorted,
+            "memseq Dataset.take(unsorted idx)": self.memseq_unsorted,
+            "memseq Column.take(sorted, out=reused)": self.memseq_reused_out,
+            "  same, truncation check off (diagnostic)": self.memseq_reused_out_unchecked,
+            "numpy memmap[idx] (unsorted)": self.numpy_fancy,
+            "numpy np.take(clip, out=reused)": self.numpy_take_clip_reused,
+            "np.copyto from RAM (memory bandwidth)": self.memcpy,
+            "numpy np.take from RAM rows (no files)": self.ram_gather,
+        }
 
-    def memseq_unsorted(idx):
-        ds.take(idx)
+    def memseq_sorted(self, idx):
+        self.ds.take(np.sort(idx))
 
-    def memseq_reused_out(idx):
+    def memseq_unsorted(self, idx):
+        self.ds.take(idx)
+
+    def memseq_reused_out(self, idx):
         s = np.sort(idx)
-        image_col.take(s, out=reuse)
-        ds["label"].take(s, out=reuse_label)
+        self.image_col.take(s, out=self.reuse)
+        self.ds["label"].take(s, out=self.reuse_label)
 
-    mapped_file = type(image_col._parts()[0])
-    real_check = mapped_file.check_size
-
-    def memseq_reused_out_unchecked(idx):
+    def memseq_reused_out_unchecked(self, idx):
         # Diagnostic only: the same gather with the truncation check switched off, to
         # show its whole cost (the fstat call and its side effects on caches).
-        mapped_file.check_size = lambda self: None
+        self.mapped_file.check_size = lambda self, *args: None
         try:
-            memseq_reused_out(idx)
+            self.memseq_reused_out(idx)
         finally:
-            mapped_file.check_size = real_check
+            self.mapped_file.check_size = self.real_check
 
-    def numpy_fancy(idx):
-        np_image[idx]
-        np_label[idx]
+    def numpy_fancy(self, idx):
+        self.np_image[idx]
+        self.np_label[idx]
 
-    def numpy_take_clip_reused(idx):
-        np.take(np_image, idx, axis=0, out=reuse, mode="clip")
-        np.take(np_label, idx, axis=0, out=reuse_label, mode="clip")
+    def numpy_take_clip_reused(self, idx):
+        np.take(self.np_image, idx, axis=0, out=self.reuse, mode="clip")
+        np.take(self.np_label, idx, axis=0, out=self.reuse_label, mode="clip")
 
-    counter = iter(range(1 << 62))
+    def memcpy(self, _idx):
+        k = next(self.counter) % self.slots
+        np.copyto(self.dst, self.ram[k * self.batch_bytes : (k + 1) * self.batch_bytes])
 
-    def memcpy(_idx):
-        k = next(counter) % slots
-        np.copyto(dst, ram[k * batch_bytes : (k + 1) * batch_bytes])
+    def ram_gather(self, idx):
+        np.take(self.ram_rows, idx % len(self.ram_rows), axis=0, out=self.reuse, mode="clip")
 
-    # The same in-RAM bytes seen as rows: what a gather of 12 KiB rows costs without files.
-    ram_rows = ram[: len(ram) // ROW_BYTES * ROW_BYTES].reshape(-1, *ROW_SHAPE)
 
-    def ram_gather(idx):
-        np.take(ram_rows, idx % len(ram_rows), axis=0, out=reuse, mode="clip")
-
-    methods = {
-        "memseq Dataset.take(sorted idx)": memseq_sorted,
-        "memseq Dataset.take(unsorted idx)": memseq_unsorted,
-        "memseq Column.take(sorted, out=reused)": memseq_reused_out,
-        "  same, truncation check off (diagnostic)": memseq_reused_out_unchecked,
-        "numpy memmap[idx] (unsorted)": numpy_fancy,
-        "numpy np.take(clip, out=reused)": numpy_take_clip_reused,
-        "np.copyto from RAM (memory bandwidth)": memcpy,
-        "numpy np.take from RAM rows (no files)": ram_gather,
-    }
+def measure(methods: dict, rows: int, args: argparse.Namespace) -> tuple[dict, dict, tuple[int, int, int]]:
+    """Seconds and minor faults per method and repeat, and RssAnon (KiB) before, peak during and after."""
+    batch, nb = args.batch, args.batches
     rng = np.random.default_rng(args.seed)
     times: dict[str, list[float]] = {name: [] for name in methods}
     faults: dict[str, list[int]] = {name: [] for name in methods}
@@ -217,29 +186,32 @@ def main(argv: list[str] | None = None) -> int:
         for name in methods:
             times[name].append(elapsed[name])
             faults[name].append(minflt[name])
-    rss_after = rss_anon_kib()
+    return times, faults, (rss_before, rss_peak, rss_anon_kib())
 
-    # The truncation check: one fstat per file of a column, on every read.
-    calls = 20000
+
+def check_cost_us(column, repeats: int, calls: int = 20000) -> float:
+    """The truncation check: median us of one ``check_sizes()`` (one fstat per file of a column)."""
     checks = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(calls):
-            image_col.check_sizes()
+            column.check_sizes()
         checks.append((time.perf_counter() - t) / calls)
-    check_us = statistics.median(checks) * 1e6
+    return statistics.median(checks) * 1e6
 
+
+def report(ds, rows, args, methods: Methods, times, faults, rss, check_us) -> None:
+    batch, nb, batch_bytes = args.batch, args.batches, methods.batch_bytes
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     gbps = {name: nb * batch_bytes / t / 1e9 for name, t in medians.items()}
     per_batch_us = {name: t / nb * 1e6 for name, t in medians.items()}
-
     print()
     print(f"dataset: {rows} rows x ({ROW_BYTES} B image + 8 B label) = {rows * (ROW_BYTES + 8) / 1e9:.2f} GB at {ds.path}")
     print(f"batch {batch} shuffled rows ({batch_bytes / 2**20:.2f} MiB), {nb} batches x {args.repeats} repeats, hot page cache")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, memseq {memseq.__version__}, {os.cpu_count()} CPUs")
     print()
     print(f"{'method':40s} {'GB/s':>6s} {'us/batch':>8s} {'batches/s':>9s} {'faults/batch':>12s}  (min..max GB/s)")
-    for name in methods:
+    for name in times:
         rates = [nb * batch_bytes / t / 1e9 for t in times[name]]
         fpb = statistics.median(faults[name]) / nb
         print(f"{name:40s} {gbps[name]:6.2f} {per_batch_us[name]:8.0f} {1e6 / per_batch_us[name]:9.0f} {fpb:12.1f}"
@@ -252,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
           f"[unsorted take: {gbps['memseq Dataset.take(unsorted idx)'] / numpy_rate:.2f}x]")
     print(f"gather/memcpy = {gather / memcpy_rate:.2f}x   (target >= 0.6)   "
           f"[in-RAM numpy gather/memcpy: {gbps['numpy np.take from RAM rows (no files)'] / memcpy_rate:.2f}x]")
-    n_files = sum(len(ds[name]._parts()) for name in ds)
+    n_files = sum(len(ds[name].parts()) for name in ds)
     gather_us = per_batch_us["memseq Dataset.take(sorted idx)"]
     print(f"truncation check: Column.check_sizes() = {check_us:.2f} us per call (1 file); "
           f"{check_us / gather_us * 100:.3f}% of one batch's gather ({gather_us:.0f} us); "
@@ -261,8 +233,30 @@ def main(argv: list[str] | None = None) -> int:
     unchecked = per_batch_us["  same, truncation check off (diagnostic)"]
     print(f"  whole cost of the check, measured as gather time with it on minus off: "
           f"{checked - unchecked:.1f} us per batch ({(checked - unchecked) / checked * 100:.1f}%)")
+    rss_before, rss_peak, rss_after = rss
     print(f"RssAnon: before gather loop {rss_before / 1024:.1f} MiB, peak during {rss_peak / 1024:.1f} MiB, "
-          f"after {rss_after / 1024:.1f} MiB (in-RAM memcpy source: {len(ram) / 2**20:.0f} MiB, allocated before)")
+          f"after {rss_after / 1024:.1f} MiB (in-RAM memcpy source: {len(methods.ram) / 2**20:.0f} MiB, allocated before)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = args.rows if args.rows is not None else int(args.size_gb * 1e9) // ROW_BYTES
+    ds = _common.build_images(args.dir, rows)
+    image_path = os.path.join(ds.path, ds.manifest.shards[0].files["image"].path)
+    label_path = os.path.join(ds.path, ds.manifest.shards[0].files["label"].path)
+    np_image = np.load(image_path, mmap_mode="r")
+    np_label = np.load(label_path, mmap_mode="r")
+
+    print("warming the page cache and the mappings ...", flush=True)
+    t = time.perf_counter()
+    _common.warm([image_path, label_path])
+    touch_mappings(ds, [np_image, np_label])
+    print(f"  {time.perf_counter() - t:.1f} s", flush=True)
+
+    methods = Methods(ds, np_image, np_label, args.batch)
+    times, faults, rss = measure(methods.table(), rows, args)
+    check_us = check_cost_us(methods.image_col, args.repeats)
+    report(ds, rows, args, methods, times, faults, rss, check_us)
     return 0
 
 

@@ -27,7 +27,6 @@ paths differ).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -108,7 +107,7 @@ def use_process_vm_readv() -> None:
         return idx[first] * row, count * row
 
     def gather_sorted(self, idx, out):
-        parts = self._parts()
+        parts = self.parts()
         bounds = np.searchsorted(idx, self._starts)
         for p, part in enumerate(parts):
             a, b = int(bounds[p]), int(bounds[p + 1])
@@ -118,7 +117,7 @@ def use_process_vm_readv() -> None:
 
     def read_range(self, start, stop):
         out = columns.allocate((stop - start, *self.row_shape), self.dtype, self.name)
-        for p, part in enumerate(self._parts()):
+        for p, part in enumerate(self.parts()):
             lo, hi = max(start, int(self._starts[p])), min(stop, int(self._starts[p + 1]))
             if lo < hi:
                 base = int(self._starts[p])
@@ -129,8 +128,8 @@ def use_process_vm_readv() -> None:
                          out[a - start : b - start])
         return out
 
-    columns.Column._gather_sorted = gather_sorted
-    columns.Column._read_range = read_range
+    columns.Column.gather_sorted = gather_sorted
+    columns.Column.read_range = read_range
 
 
 # --------------------------------------------------------------------------- one case, one process
@@ -186,12 +185,12 @@ def main(argv=None) -> int:
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(args.case, args.path, args.dir, args.batches, args.repeats)))
+        _common.print_result(run_case(args.case, args.path, args.dir, args.batches, args.repeats))
         return 0
 
     data = build(args.dir)
     for directory in data.values():
-        _common.warm(directory)
+        _common.warm(_common.data_files(directory))
     rates: dict[tuple[str, str], list[float]] = {(c, p): [] for c in CASES for p in PATHS}
     for r in range(args.rounds):
         for case in CASES:
@@ -199,7 +198,7 @@ def main(argv=None) -> int:
             # round does not always favour the same path.
             for path in PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]:
                 env = dict(os.environ, MEMSEQ_SIGBUS_GUARD="0" if path == "mapping" else "1")
-                out = _common.run_json(
+                out = _common.run_case(
                     [sys.executable, __file__, "--case", case, "--path", path, "--dir", args.dir,
                      "--batches", str(args.batches), "--repeats", str(args.repeats)],
                     f"{case} / {path}", env=env,

@@ -32,16 +32,7 @@ import memseq
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
-ROW_SHAPE = (64, 64, 3)
-BATCH = 256
-
-
-def build(path: str, size_gb: float) -> memseq.Dataset:
-    return _common.build_images(path, int(size_gb * 1e9) // int(np.prod(ROW_SHAPE)))
-
-
-def warm(ds: memseq.Dataset) -> None:
-    _common.warm(ds.path)
+ROW_SHAPE, BATCH = _common.ROW_SHAPE, _common.BATCH
 
 
 def naive_pydataset(ds: memseq.Dataset, rows: np.ndarray | None = None, **kwargs):
@@ -99,10 +90,6 @@ def bench_getitem(ds: memseq.Dataset, batches: int, repeats: int) -> dict[str, f
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
-def tiny_model():
-    return _common.tiny_model()
-
-
 def fit_rate(make_fit, epochs: int) -> float:
     """Samples/s of fit, median over epochs after the first (which compiles)."""
     import keras
@@ -127,28 +114,28 @@ def bench_fit(ds: memseq.Dataset, batches: int, epochs: int) -> dict[str, float]
 
     def memseq_fit(cb, epochs):
         seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0, indices=rows, workers=2)
-        tiny_model().fit(seq, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
+        _common.tiny_model().fit(seq, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
         return len(rows)
 
     def memseq_tfdata_fit(cb, epochs):
         seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0, indices=rows)
-        tiny_model().fit(seq.to_tf_dataset(), epochs=epochs, verbose=0, callbacks=[cb])
+        _common.tiny_model().fit(seq.to_tf_dataset(), epochs=epochs, verbose=0, callbacks=[cb])
         return len(rows)
 
     x_ram = ds["image"][:]
     y_ram = ds["label"][:]
 
     def ram_fit(cb, epochs):
-        tiny_model().fit(x_ram, y_ram, batch_size=BATCH, steps_per_epoch=batches, epochs=epochs, verbose=0, callbacks=[cb])
+        _common.tiny_model().fit(x_ram, y_ram, batch_size=BATCH, steps_per_epoch=batches, epochs=epochs, verbose=0, callbacks=[cb])
         return len(rows)
 
     def ceiling_fit(cb, epochs):
         one = tf.data.Dataset.from_tensors((x_ram[:BATCH], y_ram[:BATCH])).repeat()
-        tiny_model().fit(one, steps_per_epoch=batches, epochs=epochs, verbose=0, callbacks=[cb])
+        _common.tiny_model().fit(one, steps_per_epoch=batches, epochs=epochs, verbose=0, callbacks=[cb])
         return len(rows)
 
     def naive_fit(cb, epochs):
-        tiny_model().fit(naive_pydataset(ds, rows, workers=2), epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
+        _common.tiny_model().fit(naive_pydataset(ds, rows, workers=2), epochs=epochs, shuffle=False, verbose=0, callbacks=[cb])
         return len(rows)
 
     results = {
@@ -175,8 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-fit", action="store_true")
     args = parser.parse_args(argv)
 
-    ds = build(args.dir, args.size_gb)
-    warm(ds)
+    ds = _common.build_images(args.dir, int(args.size_gb * 1e9) // int(np.prod(ROW_SHAPE)))
+    _common.warm(_common.data_files(args.dir))
     print(f"dataset: {ds}")
     g = bench_getitem(ds, args.batches, args.repeats)
     print(f"\nseq[i], batch {BATCH}, shuffled, hot cache (median of {args.repeats}):")

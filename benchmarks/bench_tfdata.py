@@ -30,19 +30,21 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
 DEFAULT_DIR = os.path.join(tempfile.gettempdir(), "memseq-bench-tfdata")
-ROW_SHAPE = (64, 64, 3)
+ROW_SHAPE = _common.ROW_SHAPE
 APPROACHES = ("memseq", "generator", "keras", "numpy")
 TARGETS = {  # (numerator, denominator, minimum ratio)
     "memseq / generator": ("memseq", "generator", 5.0),
@@ -63,41 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", choices=APPROACHES, action="append", help="run only these approaches")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-# -- dataset
-
-
-def ensure_dataset(path: str, rows: int) -> None:
-    import memseq
-
-    if os.path.exists(path):
-        ds = memseq.open(path)
-        fields = {name: (spec.dtype, spec.shape) for name, spec in ds.fields.items()}
-        want = {"image": (np.dtype(np.uint8), ROW_SHAPE), "label": (np.dtype(np.int64), ())}
-        if len(ds) == rows and fields == want and ds.num_shards == 1:
-            return
-        raise SystemExit(f"{path} exists but is not a {rows}-row image/label dataset; pass another --dir.")
-    print(f"building {rows} rows ({rows * np.prod(ROW_SHAPE) / 1e9:.2f} GB) in {path} ...", flush=True)
-    t = time.perf_counter()
-    rng = np.random.default_rng(0)
-    with memseq.Writer(path, fields={"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}) as w:
-        for start in range(0, rows, 8192):
-            n = min(8192, rows - start)
-            w.append({"image": rng.integers(0, 256, (n, *ROW_SHAPE), dtype=np.uint8), "label": rng.integers(0, 10, n)})
-    print(f"built in {time.perf_counter() - t:.1f} s", flush=True)
-
-
-def warm_page_cache(path: str) -> float:
-    """Reads every file once so the benchmark runs on a hot page cache. Returns GB read."""
-    total = 0
-    buf = bytearray(16 << 20)
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb", buffering=0) as f:
-                while n := f.readinto(buf):
-                    total += n
-    return total / 1e9
 
 
 # -- workers (each in its own process)
@@ -130,125 +97,109 @@ def _timed(fn) -> float:
     return samples / (time.perf_counter() - t)
 
 
-def worker(args) -> dict:
-    name = args.worker
-    out: dict = {}
-    if name == "numpy":  # no TensorFlow dataset in this process
-        seq = _sequence(args)
-        _numpy_loop(seq, 99)  # warm-up
-        out["numpy"] = [_timed(lambda e=e: _numpy_loop(seq, e)) for e in range(args.passes)]
-        return out
+def _worker_numpy(args) -> dict:
+    """(d): no TensorFlow dataset in this process."""
+    seq = _sequence(args)
+    _numpy_loop(seq, 99)  # warm-up
+    return {"numpy": [_timed(lambda e=e: _numpy_loop(seq, e)) for e in range(args.passes)]}
 
+
+def _worker_memseq(args) -> dict:
+    ds = _sequence(args).to_tf_dataset()
+    for _ in ds.take(20):  # warm-up: traces the functions, starts the threads
+        pass
+    return {"memseq": [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]}
+
+
+def _worker_generator(args) -> dict:
     import tensorflow as tf
 
-    if name == "memseq":
-        seq = _sequence(args)
-        ds = seq.to_tf_dataset()
-        for _ in ds.take(20):  # warm-up: traces the functions, starts the threads
-            pass
-        out["memseq"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
-    elif name == "generator":
-        image = np.load(os.path.join(args.dir, "image.npy"), mmap_mode="r")
-        label = np.load(os.path.join(args.dir, "label.npy"), mmap_mode="r")
-        bs, n = args.batch_size, len(image)
+    image = np.load(os.path.join(args.dir, "image.npy"), mmap_mode="r")
+    label = np.load(os.path.join(args.dir, "label.npy"), mmap_mode="r")
+    bs, n = args.batch_size, len(image)
 
-        def gen():
-            perm = np.random.permutation(n)
-            for i in range(-(-n // bs)):
-                idx = np.sort(perm[i * bs : (i + 1) * bs])
-                yield image[idx], label[idx]
+    def gen():
+        perm = np.random.permutation(n)
+        for i in range(-(-n // bs)):
+            idx = np.sort(perm[i * bs : (i + 1) * bs])
+            yield image[idx], label[idx]
 
-        ds = tf.data.Dataset.from_generator(
-            gen,
-            output_signature=(
-                tf.TensorSpec((None, *ROW_SHAPE), tf.uint8),
-                tf.TensorSpec((None,), tf.int64),
-            ),
-        ).prefetch(tf.data.AUTOTUNE)
-        for _ in ds.take(20):
-            pass
-        out["generator"] = [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]
-        # The same numpy loop as (d), now in a process that made a from_generator dataset.
-        seq = _sequence(args)
-        out["numpy_after_generator"] = [_timed(lambda e=e: _numpy_loop(seq, e)) for e in range(args.passes)]
-    elif name == "keras":
-        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
-        seq = _sequence(args, workers=2)
-        adapter = PyDatasetAdapter(seq, shuffle=False)
-        ds = adapter.get_tf_dataset()
-
-        def epoch() -> int:
-            adapter.on_epoch_begin()
-            try:
-                return _iterate(ds)
-            finally:
-                adapter.on_epoch_end()
-
-        epoch()  # warm-up epoch
-        out["keras"] = [_timed(epoch) for _ in range(args.passes)]
-    elif name == "fit":
-        import keras
-
-        seq = _sequence(args)
-        x0, y0 = seq.get_batch(0, 0)
-
-        def make_model():
-            keras.utils.set_random_seed(0)
-            model = keras.Sequential(
-                [
-                    keras.Input(ROW_SHAPE),
-                    keras.layers.Rescaling(1 / 255),
-                    keras.layers.GlobalAveragePooling2D(),
-                    keras.layers.Dense(10),
-                ]
-            )
-            model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-            return model
-
-        inputs = {
-            "fit_memseq": seq.to_tf_dataset(),
-            # The model-only ceiling: one batch, already in memory, repeated.
-            "fit_ceiling": tf.data.Dataset.from_tensors((x0, y0)).repeat(len(seq)),
-        }
-        models = {key: make_model() for key in inputs}
-        for key, ds in inputs.items():  # warm-up: trace and build
-            models[key].fit(ds.take(10), epochs=1, verbose=0, shuffle=False)
-        for key in inputs:
-            out[key] = []
-        samples = seq.num_rows
-        for _ in range(args.fit_epochs):
-            for key, ds in inputs.items():
-                t = time.perf_counter()
-                models[key].fit(ds, epochs=1, verbose=0, shuffle=False)
-                out[key].append(samples / (time.perf_counter() - t))
-    else:
-        raise SystemExit(f"unknown worker {name!r}")
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(
+            tf.TensorSpec((None, *ROW_SHAPE), tf.uint8),
+            tf.TensorSpec((None,), tf.int64),
+        ),
+    ).prefetch(tf.data.AUTOTUNE)
+    for _ in ds.take(20):
+        pass
+    out = {"generator": [_timed(lambda: _iterate(ds)) for _ in range(args.passes)]}
+    # The same numpy loop as (d), now in a process that made a from_generator dataset.
+    seq = _sequence(args)
+    out["numpy_after_generator"] = [_timed(lambda e=e: _numpy_loop(seq, e)) for e in range(args.passes)]
     return out
 
 
+def _worker_keras(args) -> dict:
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    adapter = PyDatasetAdapter(_sequence(args, workers=2), shuffle=False)
+    ds = adapter.get_tf_dataset()
+
+    def epoch() -> int:
+        adapter.on_epoch_begin()
+        try:
+            return _iterate(ds)
+        finally:
+            adapter.on_epoch_end()
+
+    epoch()  # warm-up epoch
+    return {"keras": [_timed(epoch) for _ in range(args.passes)]}
+
+
+def _worker_fit(args) -> dict:
+    import keras
+    import tensorflow as tf
+
+    seq = _sequence(args)
+    x0, y0 = seq.get_batch(0, 0)
+
+    def make_model():
+        keras.utils.set_random_seed(0)
+        return _common.tiny_model()
+
+    inputs = {
+        "fit_memseq": seq.to_tf_dataset(),
+        # The model-only ceiling: one batch, already in memory, repeated.
+        "fit_ceiling": tf.data.Dataset.from_tensors((x0, y0)).repeat(len(seq)),
+    }
+    models = {key: make_model() for key in inputs}
+    for key, ds in inputs.items():  # warm-up: trace and build
+        models[key].fit(ds.take(10), epochs=1, verbose=0, shuffle=False)
+    out: dict = {key: [] for key in inputs}
+    for _ in range(args.fit_epochs):
+        for key, ds in inputs.items():
+            t = time.perf_counter()
+            models[key].fit(ds, epochs=1, verbose=0, shuffle=False)
+            out[key].append(seq.num_rows / (time.perf_counter() - t))
+    return out
+
+
+WORKERS = {"numpy": _worker_numpy, "memseq": _worker_memseq, "generator": _worker_generator,
+           "keras": _worker_keras, "fit": _worker_fit}
+
+
+def worker(args) -> dict:
+    if args.worker not in WORKERS:
+        raise SystemExit(f"unknown worker {args.worker!r}")
+    return WORKERS[args.worker](args)
+
+
 def run_worker(args, name: str) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        name,
-        "--dir",
-        args.dir,
-        "--rows",
-        str(args.rows),
-        "--batch-size",
-        str(args.batch_size),
-        "--passes",
-        str(args.passes),
-        "--fit-epochs",
-        str(args.fit_epochs),
-    ]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--dir", args.dir, "--rows", str(args.rows),
+           "--batch-size", str(args.batch_size), "--passes", str(args.passes), "--fit-epochs", str(args.fit_epochs)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {name} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.run_case(cmd, f"worker {name}", env, timeout=1800)
 
 
 # -- report
@@ -257,19 +208,19 @@ def run_worker(args, name: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args)))
+        _common.print_result(worker(args))
         return 0
 
-    ensure_dataset(args.dir, args.rows)
-    gb = warm_page_cache(args.dir)
+    _common.build_images(args.dir, args.rows, random_labels=True)
+    gb = _common.warm(_common.data_files(args.dir)) / 1e9
     approaches = args.only or list(APPROACHES)
     load_before = os.getloadavg()
     results: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    for r in range(args.rounds):
-        # Alternate the order between rounds so no approach always runs first.
-        for name in approaches if r % 2 == 0 else approaches[::-1]:
-            for key, values in run_worker(args, name).items():
+    # Rounds of one subprocess per approach, the order turning each round so no approach always runs first.
+    for runs in _common.rounds(approaches, args.rounds, lambda name: run_worker(args, name)).values():
+        for out in runs:
+            for key, values in out.items():
                 results.setdefault(key, []).extend(values)
     if args.fit_epochs > 0 and not args.only:
         for key, values in run_worker(args, "fit").items():

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_cold  # noqa: E402 - device counters
+import _common  # noqa: E402
 
 import memseq  # noqa: E402
 from memseq import bench, demo  # noqa: E402
@@ -67,20 +67,20 @@ def train(path: str, batch_size: int) -> None:
     ds = memseq.open(path)
     paths = bench.data_files(ds)
     image = next(p for p in paths if p.endswith("image.npy"))
-    device = bench_cold.device_of(image)
-    bench.drop_page_cache(paths)
-    cached = bench.cached_fraction(paths)
+    device = _common.device_of(image)
+    # No refill: touching 1.1x files larger than memory would exhaust it.
+    cached = _common.evict(paths, refill=False)
     seq = demo.augmented_sequence_class()(ds, x="image", y="label", batch_size=batch_size, seed=0,
                                           shuffle="block", workers=2, use_multiprocessing=True)
     model = demo.build_model(keras)
     print(f"training one epoch: {seq!r}; order {seq.plan.order}; readahead {seq.readahead >> 20} MiB; "
           f"cached at start {cached:.1%}", flush=True)
-    requests0, sectors0 = bench_cold.read_counts(device)
+    requests0, sectors0 = _common.read_counts(device)
     with demo.MemorySampler() as sampler:
         start = time.perf_counter()
         model.fit(seq, epochs=1, shuffle=False, verbose=2)
         seconds = time.perf_counter() - start
-    requests1, sectors1 = bench_cold.read_counts(device)
+    requests1, sectors1 = _common.read_counts(device)
     nbytes = (sectors1 - sectors0) * 512
     data_bytes = sum(os.path.getsize(p) for p in paths)
     print(f"one epoch: {seq.num_rows / seconds:,.0f} samples/s ({seconds:.0f} s, {data_bytes / seconds / 1e9:.2f} GB/s of data)")

@@ -1,4 +1,5 @@
-"""Size limits of the package's source: modules of at most 600 lines, functions of at most 80.
+"""Size limits of the source: package modules of at most 600 lines; functions of at most 80, in the
+package, ``benchmarks/`` and ``tests/``.
 
 A function's length counts its lines of code: ``end_lineno - lineno + 1`` (decorators
 excluded) minus the lines of its docstring and of comment-only or blank lines.
@@ -16,11 +17,17 @@ import memseq
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 ROOT = pathlib.Path(memseq.__file__).parent
+REPO = pathlib.Path(__file__).resolve().parents[1]
 _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 
 
 def _modules() -> list[pathlib.Path]:
     return sorted(ROOT.rglob("*.py"))
+
+
+def _scripts() -> list[pathlib.Path]:
+    """The benchmarks' and the tests' Python files."""
+    return sorted(p for folder in ("benchmarks", "tests") for p in (REPO / folder).rglob("*.py"))
 
 
 def _code_lines(source: str) -> set[int]:
@@ -83,3 +90,29 @@ def test_no_function_is_over_80_lines_of_code():
         if n > MAX_FUNCTION_LINES
     }
     assert long == {}
+
+
+def test_no_function_in_benchmarks_or_tests_is_over_80_lines_of_code():
+    scripts = _scripts()
+    assert any(p.parent.name == "benchmarks" for p in scripts), "no benchmarks found"  # the scan looks where they are
+    long = {
+        f"{p.relative_to(REPO)}:{name}": n
+        for p in scripts
+        for name, n in function_lengths(p.read_text())
+        if n > MAX_FUNCTION_LINES
+    }
+    assert long == {}
+
+
+def test_benchmark_scripts_import_only_their_common_module():
+    scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py")}
+    imported = {}
+    for p in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            siblings = {name.split(".")[0] for name in names} & scripts - {"_common"}
+            if siblings:
+                imported[p.name] = sorted(siblings)
+    assert imported == {}
