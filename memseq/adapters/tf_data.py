@@ -44,7 +44,8 @@ at the dataset's second epoch. Legacy ``tf_keras`` keeps one iterator for a whol
 each pass is then the next epoch.
 
 TensorFlow is imported inside the functions of this module only, so
-``import memseq`` stays free of it.
+``import memseq`` stays free of it (the first time without its start-up noise:
+:mod:`memseq.adapters.tf_import`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from memseq.adapters.tf_exit import guarded
+from memseq.adapters.tf_import import import_tensorflow
 from memseq.errors import SchemaError
 from memseq.order import ReplicaShare, replica_share
 from memseq.util import forksafe as _forksafe
@@ -239,7 +241,7 @@ def per_iteration(start: Callable[[], Any], num_elements: int) -> Any:
     Returns:
         A dataset of ``(int64 scalar, int64 element index)`` pairs.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     @tf.autograph.experimental.do_not_convert
     def next_epoch(_: Any) -> Any:
@@ -324,7 +326,7 @@ def to_tf_dataset(
         >>> strategy = tf.distribute.MirroredStrategy()
         >>> dist = memseq.adapters.tf_data.distribute(seq, strategy)
     """
-    import tensorflow as tf
+    tf = import_tensorflow()  # the process's first import of TensorFlow, if it is, without its start-up noise
 
     first_epoch, num_parallel_calls = _check_arguments(seq, deterministic, epoch, num_parallel_calls)
     template, specs = _signature(seq, output_signature)

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from memseq.adapters.keras import fit as _fit
+from memseq.adapters.keras.clock import current_start, resume_at
 
 __all__ = ["BackupAndRestore"]
 
@@ -70,10 +70,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_train_begin(logs)  # restores the weights and the epoch
         position = self._restored_position()
         if position is not None:
-            _fit.resume_at(*position)
+            resume_at(*position)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._start = _fit.current_start()
+        self._start = current_start()
         self._position = (epoch, self._start)
         if self._start:
             warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
