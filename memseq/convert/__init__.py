@@ -69,7 +69,8 @@ Modules
 One private module per source kind (``_npy``, ``_raw``, ``_npz``, ``_hdf5``,
 ``_memseq``, ``_images``, ``_tfrecord``, ``_arrow``, ``_webdataset``) on the base class
 in ``_base``; ``_inputs`` lists inputs given as many files; ``_detect`` finds the kind
-of a path; ``_engine`` plans, runs and finishes a conversion. The names below are
+of a path; ``_engine`` checks and combines the sources and writes them with
+:mod:`memseq.write.parallel` (plan, run, finish). The names below are
 the public ones. Parsing the command line's option strings (``--field``, ``--raw``)
 is the command's business: :mod:`memseq.cli.options`.
 """
