@@ -362,7 +362,7 @@ def test_dataset_data_file_replaced_by_rename_is_refused_in_workers(tmp_path, po
     path = tmp_path / "ds"
     memseq.save(path, {"x": np.ones((N, 4), np.float32)})
     ds = memseq.open(path)
-    data_file = ds["x"]._parts()[0].path
+    data_file = ds["x"].parts()[0].path
     # Same header, same size, other values: the manifest does not change.
     np.save(tmp_path / "new.npy", np.full((N, 4), 2, np.float32))
     os.replace(tmp_path / "new.npy", data_file)
@@ -373,26 +373,26 @@ def test_dataset_data_file_replaced_by_rename_is_refused_in_workers(tmp_path, po
 
 
 def test_identity_from_another_machine_compares_sizes_only(tmp_path):
-    from memseq.read.raw import _reopen_raw
+    from memseq.read.raw import reopen_raw
     from memseq.storage.identity import identity_of
 
     path = tmp_path / "x.mmap"
     _write_raw(path, 1.0)
     real = identity_of(os.stat(path))
     other = ("boot:another-machine", real.dev + 1, real.ino + 1, real.size, real.mtime_ns + 1)
-    column = _reopen_raw(str(path), "<f4", (N, 4), 0, other)
+    column = reopen_raw(str(path), "<f4", (N, 4), 0, other)
     assert_same_array(column[[1]], np.ones((1, 4), np.float32))  # a copy of the data at the same path
-    wrong_size = _reopen_raw(str(path), "<f4", (N, 4), 0, (*other[:3], real.size + 4, other[4]))
+    wrong_size = reopen_raw(str(path), "<f4", (N, 4), 0, (*other[:3], real.size + 4, other[4]))
     with pytest.raises(CorruptFileError, match="1024 bytes but 1028 bytes are expected"):
         wrong_size[[1]]
 
 
 def test_old_pickles_without_identity_still_open(tmp_path):
-    from memseq.read.raw import _reopen_raw
+    from memseq.read.raw import reopen_raw
 
     path = tmp_path / "x.mmap"
     _write_raw(path, 1.0)
-    assert_same_array(_reopen_raw(str(path), "<f4", (N, 4), 0)[[2]], np.ones((1, 4), np.float32))
+    assert_same_array(reopen_raw(str(path), "<f4", (N, 4), 0)[[2]], np.ones((1, 4), np.float32))
 
 
 @pytest.mark.parametrize("when", ["opened", "unpickled-then-repickled"])

@@ -134,7 +134,7 @@ def campaign(kind):
     def torn(columns):
         regions = []
         for col in columns:
-            for part in col._parts():
+            for part in col.parts():
                 regions += [p._region for p in ((part.values, part.offsets) if hasattr(part, "offsets") else (part,))]
         return any(r.torn for r in regions)
 

@@ -106,9 +106,9 @@ class _Counting(memseq.MemmapSequence):
 
 def test_building_and_element_spec_read_no_batch(data_path, monkeypatch):
     reads = []
-    # Every row read from a file goes through Column._gather_sorted.
-    original_gather = memseq.Column._gather_sorted
-    monkeypatch.setattr(memseq.Column, "_gather_sorted", lambda self, *a, **k: reads.append(1) or original_gather(self, *a, **k))
+    # Every row read from a file goes through Column.gather_sorted.
+    original_gather = memseq.Column.gather_sorted
+    monkeypatch.setattr(memseq.Column, "gather_sorted", lambda self, *a, **k: reads.append(1) or original_gather(self, *a, **k))
     seq = _Counting(data_path, x="image", y="label", batch_size=16, seed=1)
     ds = seq.to_tf_dataset()
     spec = ds.element_spec

@@ -12,14 +12,15 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from memseq.errors import BatchIndexError, SchemaError
+from memseq.read.arrays import row_ranges
 from memseq.read.mapping import MappedFile, prod
+from memseq.read.source import ColumnBase, is_row_number
 from memseq.readahead.pagein import read_ahead, resident
-from memseq.util.checks import row_indices
 
 __all__ = ["Column"]
 
@@ -107,7 +108,7 @@ def allocate(shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
     ) from error
 
 
-class Column:
+class Column(ColumnBase):
     """A read-only, file-backed column: one field's rows across all shards.
 
     A column behaves like a read-only numpy array for reading: it has ``len``,
@@ -118,8 +119,17 @@ class Column:
     before anything is allocated. A file truncated before or during a read raises
     :class:`~memseq.CorruptFileError` (see :mod:`memseq.read.mapping`), never SIGBUS.
 
-    Columns come from ``dataset[name]`` and from :func:`open_raw`; do not build
-    them directly.
+    Columns come from ``dataset[name]``, :func:`open_raw` and :func:`memseq.windows`.
+    A new kind of column subclasses it and implements :meth:`parts` (rows in mapped
+    files) or :meth:`gather_sorted` and :meth:`read_range` (computed rows): the
+    column-source protocol of :mod:`memseq.read.source`.
+
+    Args:
+        name: The field name, used in messages.
+        dtype: The dtype of the rows.
+        row_shape: The shape of one row.
+        part_rows: The number of rows of each part (``[n]`` for one file or none),
+            in row order: :meth:`parts` returns one file per entry.
 
     Example:
         >>> images = memseq.open("data/train")["image"]
@@ -129,29 +139,21 @@ class Column:
     """
 
     def __init__(self, name: str, dtype: np.dtype, row_shape: tuple[int, ...], part_rows: Sequence[int]):
-        self.name = name
-        self.dtype = np.dtype(dtype)
-        self.row_shape = tuple(row_shape)
-        self._part_rows = tuple(int(n) for n in part_rows)
-        # starts[i] is the first global row of part i; starts[-1] is the row count.
-        self._starts = np.concatenate([[0], np.cumsum(self._part_rows, dtype=np.int64)]).astype(np.int64)
+        super().__init__(name, dtype, row_shape, part_rows)
         self._starts_list = self._starts.tolist()  # bisect on a list: the per-batch readahead probe
-        self._num_rows = int(self._starts[-1])
         self._row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
-    # -- subclasses provide the mapped files (opened lazily after unpickling)
-    def _parts(self) -> Sequence[MappedFile]:
-        raise NotImplementedError
+    def parts(self) -> Sequence[MappedFile]:
+        """The mapped files holding the rows, one per shard in row order (opened lazily after unpickling).
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """``(rows, *row_shape)``."""
-        return (self._num_rows, *self.row_shape)
+        A file-backed subclass implements this (see :mod:`memseq.read.source`); every
+        read of :class:`Column` is built on it.
 
-    @property
-    def ndim(self) -> int:
-        """Number of dimensions, rows included."""
-        return 1 + len(self.row_shape)
+        Raises:
+            NotImplementedError: In a subclass that computes its rows (:class:`~memseq.TokenWindows`).
+            DatasetClosedError: If the column (or its dataset) was closed.
+        """
+        return super().parts()
 
     @property
     def size(self) -> int:
@@ -163,19 +165,12 @@ class Column:
         """Bytes of data (on disk, excluding headers)."""
         return self.size * self.dtype.itemsize
 
-    def __len__(self) -> int:
-        return self._num_rows
-
     def __repr__(self) -> str:
         return f"<memseq.Column {self.name!r} shape={self.shape} dtype={self.dtype}>"
 
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(self._num_rows):
-            yield self[i]
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):
@@ -188,17 +183,13 @@ class Column:
             if isinstance(first, (int, np.integer)):
                 return rows[rest] if rest else rows
             return rows[(slice(None), *rest)]
-        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-            i = int(key)
-            if not -self._num_rows <= i < self._num_rows:
-                raise BatchIndexError(f"{self.name}: row index {i} is out of range for {self._num_rows} rows.")
-            i %= max(self._num_rows, 1)
-            row = self._read_range(i, i + 1)[0]
-            return row
+        if is_row_number(key):
+            i = self._row_number(key)
+            return self.read_range(i, i + 1)[0]
         if isinstance(key, slice):
             start, stop, step = key.indices(self._num_rows)
             if step == 1:
-                return self._read_range(start, max(start, stop))
+                return self.read_range(start, max(start, stop))
             return self.take(np.arange(start, stop, step, dtype=np.int64))
         if key is None or key is Ellipsis:
             return self[:][key]
@@ -236,9 +227,9 @@ class Column:
         if trusted:
             if out is None:
                 out = np.empty((len(indices), *self.row_shape), self.dtype)
-            self._gather_sorted(indices, out)
+            self.gather_sorted(indices, out)
             return out
-        idx, ascending = row_indices(indices, self._num_rows, what=self.name)
+        idx, ascending = self._row_numbers(indices)
         if out is None:
             out = allocate((len(idx), *self.row_shape), self.dtype, self.name)
         elif out.shape != (len(idx), *self.row_shape) or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -247,25 +238,37 @@ class Column:
                 f"{(len(idx), *self.row_shape)}. Received: {out.dtype} {out.shape}"
             )
         order = None if ascending else np.argsort(idx, kind="stable")
-        self._take_valid(idx if order is None else idx[order], order, out)
+        self.take_sorted(idx if order is None else idx[order], order, out)
         return out
 
-    def _take_valid(self, sorted_idx: np.ndarray, order: np.ndarray | None, out: np.ndarray) -> None:
-        """Fills ``out`` with rows ``sorted_idx[k]`` placed at ``order[k]`` (or at k if order is None)."""
+    def take_sorted(self, sorted_idx: np.ndarray, order: np.ndarray | None, out: np.ndarray) -> None:
+        """Fills ``out`` with rows ``sorted_idx[k]`` placed at ``out[order[k]]`` (at ``out[k]`` if order is None).
+
+        The validated part of :meth:`take`, for callers that validated and sorted the
+        indices once for several columns (:meth:`memseq.Dataset.take`): ``sorted_idx``
+        must be ascending, in range and int64, ``order`` a permutation of
+        ``range(len(sorted_idx))`` and ``out`` a fitting C-contiguous array. Nothing
+        is checked.
+        """
         if order is None:
-            self._gather_sorted(sorted_idx, out)
+            self.gather_sorted(sorted_idx, out)
             return
         # Read in ascending order into a scratch buffer, then permute into ``out``. The
         # scratch is reused: a second fresh batch-sized allocation per call makes glibc
         # return the memory to the kernel after every batch and fault it in again
         # (measured: 1,500 page faults and 10x slower per 3 MiB batch).
         tmp = _scratch(out.shape, out.dtype)
-        self._gather_sorted(sorted_idx, tmp)
+        self.gather_sorted(sorted_idx, tmp)
         out[order] = tmp
 
-    def _gather_sorted(self, idx: np.ndarray, out: np.ndarray) -> None:
-        """Fills ``out`` with rows ``idx`` (ascending, in range): the hot path."""
-        parts = self._parts()
+    def gather_sorted(self, idx: np.ndarray, out: np.ndarray) -> None:
+        """Fills ``out[k]`` with row ``idx[k]``: the hot path, over :meth:`parts`.
+
+        ``idx`` is a 1-D int64 array of ascending rows in range and ``out`` a fitting
+        C-contiguous array; nothing is checked (see :mod:`memseq.read.source`). Each
+        file is size-checked after its copy.
+        """
+        parts = self.parts()
         if len(parts) == 1:
             part = parts[0]
             # mode="clip" skips numpy's per-element bounds checks (indices are
@@ -281,10 +284,15 @@ class Column:
             part.data().take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
             part.check_size(self.name)
 
-    def _read_range(self, start: int, stop: int) -> np.ndarray:
-        """Copies rows [start, stop) into a new array."""
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Copies rows ``[start, stop)`` (in bounds) into a new array, over :meth:`parts`.
+
+        Raises:
+            SchemaError: If the rows would not fit in the memory available.
+            CorruptFileError: If a file was truncated since it was opened.
+        """
         out = allocate((stop - start, *self.row_shape), self.dtype, self.name)
-        parts = self._parts()
+        parts = self.parts()
         for p, part in enumerate(parts):
             lo, hi = max(start, int(self._starts[p])), min(stop, int(self._starts[p + 1]))
             if lo >= hi:
@@ -316,7 +324,7 @@ class Column:
             out = allocate((len(starts), length, *self.row_shape), self.dtype, self.name)
         if len(starts) and (int(starts.min()) < 0 or int(starts.max()) + length > self._num_rows):
             raise BatchIndexError(f"{self.name}: a window of {length} rows leaves the column's {self._num_rows} rows.")
-        parts = self._parts()
+        parts = self.parts()
         part_of = np.searchsorted(self._starts, starts, side="right") - 1
         for p in np.unique(part_of).tolist():
             array = parts[p].data()
@@ -326,7 +334,7 @@ class Column:
                 if a + length <= end:
                     out[k] = array[a - base : a - base + length]
                 else:
-                    out[k] = self._read_range(a, a + length)
+                    out[k] = self.read_range(a, a + length)
             parts[p].check_size(self.name)  # after the copies: see memseq.read.mapping
         return out
 
@@ -350,11 +358,11 @@ class Column:
         Example:
             >>> ds["image"].prefetch([[0, 1024]])   # the first 1,024 rows, read in the background
         """
-        ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
+        ranges = row_ranges(ranges)
         row_nbytes = self._row_nbytes
         if len(ranges) == 0 or row_nbytes == 0:
             return 0
-        parts = self._parts()
+        parts = self.parts()
         # A hint: a range that crosses into the next shard is asked for up to its shard's end.
         part_of = np.searchsorted(self._starts, ranges[:, 0], side="right") - 1
         total = 0
@@ -379,9 +387,4 @@ class Column:
             return True
         starts = self._starts_list
         p = bisect.bisect_right(starts, row) - 1
-        return resident(self._parts()[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)
-
-    def check_sizes(self) -> None:
-        """Raises CorruptFileError if any of this column's files shrank since opening (or tore in a read)."""
-        for part in self._parts():
-            part.check_size(self.name)
+        return resident(self.parts()[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)

@@ -50,11 +50,7 @@ from memseq.errors import (
 from memseq.read.columns import Column
 from memseq.read.mapping import MappedFile
 from memseq.read.ragged import RaggedColumn, RaggedPart, check_offsets
-from memseq.read.raw import (
-    RawColumn,
-    _reopen_raw,  # noqa: F401 - named by pickles made before memseq.read.raw existed
-    open_raw,
-)
+from memseq.read.raw import RawColumn, open_raw
 from memseq.storage import files as _fs
 from memseq.storage import format as fmt
 from memseq.storage import identity as _identity
@@ -82,7 +78,7 @@ class _DatasetColumn(Column):
         super().__init__(name, spec.dtype, spec.shape, [s.num_rows for s in files.manifest.shards])
         self._files = files
 
-    def _parts(self) -> Sequence[MappedFile]:
+    def parts(self) -> Sequence[MappedFile]:
         return self._files.mapped()[self.name]
 
     def __reduce__(self):
@@ -103,7 +99,7 @@ class _DatasetRaggedColumn(RaggedColumn):
         super().__init__(name, spec.dtype, spec.value_shape, [s.num_rows for s in files.manifest.shards])
         self._files = files
 
-    def _parts(self) -> Sequence[RaggedPart]:
+    def parts(self) -> Sequence[RaggedPart]:
         return self._files.mapped()[self.name]
 
     def __reduce__(self):
@@ -447,7 +443,7 @@ class Dataset(Mapping):
                 out[name] = col.take(idx)
                 continue
             out[name] = np.empty((len(idx), *col.row_shape), col.dtype)
-            col._take_valid(sorted_idx, order, out[name])
+            col.take_sorted(sorted_idx, order, out[name])
         return out
 
     def verify(self) -> None:
@@ -514,11 +510,6 @@ def _manifest_fingerprint(directory: str) -> int | None:
 
 def _dataset_of(files: _DatasetFiles) -> Dataset:
     return Dataset(files.path, _lazy=True, _files=files)
-
-
-def _reopen_dataset(path: str, fingerprint: int | None) -> Dataset:
-    # Pickles made before _DatasetFiles existed name this function.
-    return Dataset(path, _fingerprint=fingerprint, _lazy=True)
 
 
 def open(path: str | os.PathLike) -> Dataset:  # noqa: A001 - mirrors io.open / np.load naming

@@ -17,14 +17,14 @@ As for fixed-shape columns, the files' sizes (and the SIGBUS guard, see
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from memseq.errors import BatchIndexError, CorruptFileError, SchemaError
+from memseq.errors import CorruptFileError, SchemaError
 from memseq.read.columns import Column, allocate
 from memseq.read.mapping import MappedFile
-from memseq.util.checks import row_indices
+from memseq.read.source import ColumnBase, is_row_number
 
 __all__ = ["RaggedColumn", "RaggedPart", "check_offsets"]
 
@@ -106,12 +106,16 @@ def check_offsets(part: RaggedPart) -> None:
             )
 
 
-class RaggedColumn:
+class RaggedColumn(ColumnBase):
     """A read-only, file-backed variable-length field: one field's rows across all shards.
 
     ``len(column)`` is the number of rows; ``column[i]`` is an ndarray of shape
     ``(length_i, *value_shape)``; slices, integer arrays and boolean masks return a
     list of such arrays. Every array is a copy of just the rows asked for.
+
+    It shares :class:`~memseq.read.source.ColumnBase` with :class:`~memseq.Column`
+    (``len``, iteration, row indices, size checks) and implements :meth:`parts` as
+    one :class:`RaggedPart` per shard (see :mod:`memseq.read.source`).
 
     Attributes:
         name: The field name.
@@ -128,28 +132,21 @@ class RaggedColumn:
     ragged = True
 
     def __init__(self, name: str, dtype: np.dtype, value_shape: tuple[int, ...], part_rows: Sequence[int]):
-        self.name = name
-        self.dtype = np.dtype(dtype)
         self.value_shape = tuple(value_shape)
-        self.row_shape = (None, *self.value_shape)
-        self._part_rows = tuple(int(n) for n in part_rows)
-        self._starts = np.concatenate([[0], np.cumsum(self._part_rows, dtype=np.int64)]).astype(np.int64)
-        self._num_rows = int(self._starts[-1])
+        super().__init__(name, dtype, (None, *self.value_shape), part_rows)
 
-    def _parts(self) -> Sequence[RaggedPart]:
-        raise NotImplementedError
+    def parts(self) -> Sequence[RaggedPart]:
+        """One :class:`RaggedPart` (values and offsets files) per shard, in row order; implemented by subclasses.
+
+        Raises:
+            DatasetClosedError: If the dataset was closed.
+        """
+        return super().parts()
 
     @property
     def shape(self) -> tuple[Any, ...]:
         """``(rows, None, *value_shape)``: the second dimension varies."""
-        return (self._num_rows, *self.row_shape)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.row_shape)
-
-    def __len__(self) -> int:
-        return self._num_rows
+        return super().shape
 
     def __repr__(self) -> str:
         return f"<memseq.RaggedColumn {self.name!r} rows={self._num_rows} row_shape={self.row_shape} dtype={self.dtype}>"
@@ -159,10 +156,6 @@ class RaggedColumn:
             f"{self.name}: a variable-length column has no single array form. Use column[i] or column[a:b] "
             "(lists of arrays), column.values (all values concatenated), or MemmapSequence for padded batches."
         )
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(self._num_rows):
-            yield self[i]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -174,7 +167,7 @@ class RaggedColumn:
                 outside the values), naming the offsets file and the first bad row.
         """
         pieces = []
-        for part in self._parts():
+        for part in self.parts():
             part.check_ends()
             lengths = np.diff(part.offsets.data())
             part.offsets.check_size(self.name)  # after the read: see memseq.read.mapping
@@ -191,7 +184,7 @@ class RaggedColumn:
     @property
     def num_values(self) -> int:
         """The number of values of all rows together."""
-        return sum(len(part.values.data()) for part in self._parts())
+        return sum(len(part.values.data()) for part in self.parts())
 
     @property
     def values(self) -> Column:
@@ -203,11 +196,8 @@ class RaggedColumn:
         return _ValuesColumn(self)
 
     def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-            i = int(key)
-            if not -self._num_rows <= i < self._num_rows:
-                raise BatchIndexError(f"{self.name}: row index {i} is out of range for {self._num_rows} rows.")
-            values, _ = self.gather(np.array([i % self._num_rows], np.int64))
+        if is_row_number(key):
+            values, _ = self.gather(np.array([self._row_number(key)], np.int64))
             return values
         if isinstance(key, slice):
             return self.take(np.arange(*key.indices(self._num_rows), dtype=np.int64))
@@ -215,7 +205,7 @@ class RaggedColumn:
 
     def take(self, indices: Any) -> list[np.ndarray]:
         """The rows at ``indices`` (integers, negative from the end, or a boolean mask), as a list of copies."""
-        idx, _ = row_indices(indices, self._num_rows, what=self.name)
+        idx, _ = self._row_numbers(indices)
         values, lengths = self.gather(idx)
         return np.split(values, np.cumsum(lengths)[:-1]) if len(idx) else []
 
@@ -225,7 +215,7 @@ class RaggedColumn:
         The values arrays are the mappings: a caller that copies from them calls
         :meth:`check_sizes` after its copies, before handing them out.
         """
-        parts = self._parts()
+        parts = self.parts()
         if len(parts) == 1:
             starts, stops = parts[0].bounds(rows)
             return [parts[0].values.data()], np.zeros(len(rows), np.intp), starts, stops
@@ -251,12 +241,11 @@ class RaggedColumn:
 
     def check_sizes(self) -> None:
         """Raises if a file shrank since opening or tore in a read: call it after copying from :meth:`bounds`' arrays."""
-        for part in self._parts():
-            part.check_size(self.name)
+        super().check_sizes()
 
     def check_offsets(self) -> None:
         """Checks every offset of every shard (see :func:`check_offsets`)."""
-        for part in self._parts():
+        for part in self.parts():
             check_offsets(part)
 
 
@@ -264,9 +253,9 @@ class _ValuesColumn(Column):
     """The values of a :class:`RaggedColumn`, all shards concatenated, as a fixed-shape column."""
 
     def __init__(self, ragged: RaggedColumn):
-        sizes = [len(part.values.data()) for part in ragged._parts()]
+        sizes = [len(part.values.data()) for part in ragged.parts()]
         super().__init__(f"{ragged.name} (values)", ragged.dtype, ragged.value_shape, sizes)
         self.ragged = ragged
 
-    def _parts(self) -> Sequence[MappedFile]:
-        return [part.values for part in self.ragged._parts()]
+    def parts(self) -> Sequence[MappedFile]:
+        return [part.values for part in self.ragged.parts()]

@@ -24,7 +24,7 @@ from memseq.storage.identity import FileIdentity
 from memseq.util import forksafe as _forksafe
 from memseq.util.checks import bounded_repr, check_int
 
-__all__ = ["RawColumn", "open_raw"]
+__all__ = ["RawColumn", "open_raw", "reopen_raw"]
 
 
 class RawColumn(Column):
@@ -70,7 +70,14 @@ class RawColumn(Column):
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
-    def _parts(self) -> Sequence[MappedFile]:
+    def parts(self) -> Sequence[MappedFile]:
+        """The raw file, mapped (again, on first use after unpickling): one part.
+
+        Raises:
+            DatasetClosedError: If the column was closed.
+            DatasetReplacedError, CorruptFileError: If an unpickled copy finds another
+                file, or another size, than the one that was pickled.
+        """
         f = self._file
         if f is None:
             with self._lock:
@@ -111,17 +118,34 @@ class RawColumn(Column):
     def __reduce__(self):
         identity = _identity.refreshed(self.path, self._identity)
         identity = None if identity is None else tuple(identity)
-        return (_reopen_raw, (self.path, self.dtype.str, self.shape, self.offset, identity, self._closed))
+        return (reopen_raw, (self.path, self.dtype.str, self.shape, self.offset, identity, self._closed))
 
     def __repr__(self) -> str:
         return f"<memseq.RawColumn {self.path!r} shape={self.shape} dtype={self.dtype} offset={self.offset}>"
 
 
-def _reopen_raw(
+def reopen_raw(
     path: str, dtype: str, shape: tuple[int, ...], offset: int, identity: tuple | None = None, closed: bool = False
 ) -> RawColumn:
-    # Lazy: the file is mapped (and its identity and size checked) on first read in the
-    # new process. Pickles made before identities existed carry none: nothing to compare.
+    """A :class:`RawColumn` from its pickled reference: what unpickling one calls.
+
+    Maps nothing: the file is mapped on first read, and its identity and size are
+    checked then, so a missing or replaced file is reported by that read, not inside
+    unpickling. Also rebuilds the file-backed ``np.memmap`` fields of a pickled
+    :class:`~memseq.Records` view.
+
+    Args:
+        path: The absolute path of the raw file.
+        dtype: The dtype, as ``np.dtype.str``.
+        shape: The full shape, rows first.
+        offset: Bytes skipped at the start of the file.
+        identity: The :class:`~memseq.storage.identity.FileIdentity` fields of the file
+            that was pickled; None to accept the file the path names (nothing to compare).
+        closed: Whether the pickled column was closed (the copy is then closed too).
+
+    Returns:
+        An unmapped :class:`RawColumn` that refuses another file than ``identity`` names.
+    """
     column = RawColumn.__new__(RawColumn)
     Column.__init__(column, os.path.basename(path), np.dtype(dtype), tuple(shape)[1:], [tuple(shape)[0]])
     column.path, column.offset = path, offset

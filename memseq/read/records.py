@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from memseq.errors import BatchIndexError, SchemaError
-from memseq.read.raw import _reopen_raw
+from memseq.read.arrays import rows_array
+from memseq.read.raw import reopen_raw
 from memseq.storage.identity import FileIdentity, identity_of, refreshed
 from memseq.util.checks import equal_row_counts
 
@@ -94,12 +95,7 @@ class Records:
         for name in names:
             if not isinstance(name, str) or name not in columns:
                 raise SchemaError(f"records(): no field {name!r}; fields are {list(columns)}.")
-            array = columns[name]
-            if not hasattr(array, "shape") or not hasattr(array, "dtype"):
-                array = np.asarray(array)
-            if len(array.shape) < 1:
-                raise SchemaError(f"records(): field {name!r} needs a row dimension. Received shape: {tuple(array.shape)}")
-            selected[name] = array
+            selected[name] = rows_array(columns[name], f"records(): field {name!r}")
         self._columns = selected
         # The files the np.memmaps name now: a worker that unpickles this view maps
         # them again and refuses another file (replaced, truncated, rewritten since).
@@ -162,7 +158,7 @@ class Records:
     def __setstate__(self, state: dict[str, Any]) -> None:
         columns = {}
         for name, (kind, value) in state["_columns"].items():
-            columns[name] = _reopen_raw(*value) if kind == "raw" else value
+            columns[name] = reopen_raw(*value) if kind == "raw" else value
         state.setdefault("_identities", {})
         self.__dict__.update(state, _columns=columns)
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from memseq.errors import MemseqError, SchemaError
+from memseq.read.arrays import row_ranges, rows_array
 from memseq.read.columns import Column
 from memseq.read.raw import open_raw
 from memseq.util.checks import bounded_repr, check_int
@@ -69,6 +70,8 @@ class TokenWindows(Column):
 
     A :class:`~memseq.Column` of shape ``(num_windows, length)``: indexing, ``take``
     and :class:`~memseq.MemmapSequence` work as for any column. Windows are copies.
+    A computed column (see :mod:`memseq.read.source`): it implements
+    :meth:`gather_sorted` and :meth:`read_range` over the tokens, and has no parts.
     Pickles by reference when the tokens are a memseq column or an ``np.memmap``.
     Build one with :func:`windows`.
 
@@ -87,7 +90,8 @@ class TokenWindows(Column):
         name = f"windows({getattr(tokens, 'name', 'array')}, length={length}, stride={stride})"
         super().__init__(name, tokens.dtype, (length,), [num_windows])
 
-    def _gather_sorted(self, idx: np.ndarray, out: np.ndarray) -> None:
+    def gather_sorted(self, idx: np.ndarray, out: np.ndarray) -> None:
+        """Fills ``out[k]`` with window ``idx[k]`` (ascending, in range): one read per window."""
         starts = np.asarray(idx, np.int64) * self.stride
         if isinstance(self.tokens, Column):
             self.tokens.read_windows(starts, self.length, out)
@@ -95,16 +99,17 @@ class TokenWindows(Column):
         for k, a in enumerate(starts.tolist()):
             out[k] = self.tokens[a : a + self.length]
 
-    def _read_range(self, start: int, stop: int) -> np.ndarray:
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Windows ``[start, stop)`` (in bounds) as a new array."""
         out = np.empty((stop - start, self.length), self.dtype)
-        self._gather_sorted(np.arange(start, stop, dtype=np.int64), out)
+        self.gather_sorted(np.arange(start, stop, dtype=np.int64), out)
         return out
 
     def prefetch(self, ranges: Any, now: bool = False) -> int:
         """Reads ahead the tokens of windows ``[start, stop)`` of each range (see :meth:`Column.prefetch`)."""
         if not isinstance(self.tokens, Column):
             return 0
-        ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
+        ranges = row_ranges(ranges)
         tokens = np.stack([ranges[:, 0] * self.stride, (ranges[:, 1] - 1) * self.stride + self.length], axis=1)
         return self.tokens.prefetch(tokens[ranges[:, 1] > ranges[:, 0]], now)
 
@@ -115,6 +120,7 @@ class TokenWindows(Column):
         return self.tokens.is_cached(row * self.stride + self.length - 1)
 
     def check_sizes(self) -> None:
+        """Checks the files of the tokens (see :meth:`Column.check_sizes`)."""
         if isinstance(self.tokens, Column):
             self.tokens.check_sizes()
 
@@ -151,8 +157,7 @@ def windows(tokens: Any, *, length: int, stride: int | None = None) -> TokenWind
         >>> seq = memseq.MemmapSequence({"window": win}, x="window", batch_size=12, seed=0)
     """
     source = _as_source(tokens)
-    if len(source.shape) != 1:
-        raise SchemaError(f"windows() needs a 1-D column of tokens. Received shape: {bounded_repr(tuple(source.shape))}")
+    source = rows_array(source, "windows()", expected="a 1-D column of tokens", ndim=1)
     length = _check_size(length, "length", _INT64_MAX // source.dtype.itemsize)
     stride = length if stride is None else _check_size(stride, "stride", _INT64_MAX)
     return TokenWindows(source, length, stride)
