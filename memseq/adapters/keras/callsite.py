@@ -45,8 +45,8 @@ def _caller() -> tuple[str, int, dict]:
 def _emit(message: Warning | str, category: type[Warning], filename: str, lineno: int, module_globals: dict) -> None:
     module = module_globals.get("__name__", "<string>")
     registry = module_globals.setdefault("__warningregistry__", {})
-    warnings.warn_explicit(message, category, filename, lineno, module=module, registry=registry,
-                           module_globals=module_globals)
+    # No module_globals: its loader may not serve source (``python -c``'s __main__ raises).
+    warnings.warn_explicit(message, category, filename, lineno, module=module, registry=registry)
 
 
 def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
