@@ -18,7 +18,7 @@ import memseq
 from memseq.errors import BatchIndexError, CorruptFileError, SchemaError
 from memseq.read.arrays import row_ranges, rows_array
 from memseq.read.mapping import MappedFile
-from memseq.read.raw import reopen_raw
+from memseq.read.raw import RawColumn, memmap_reference, reopen_raw
 from memseq.read.source import ColumnBase, ColumnSource, RaggedSource
 from memseq.readahead.batches import Prefetchable
 
@@ -251,3 +251,15 @@ def test_row_ranges_shape_and_no_copy():
     assert np.shares_memory(row_ranges(ranges), ranges)
     assert_same_array(row_ranges([0, 4, 8, 9]), ranges)
     assert row_ranges([]).shape == (0, 2)
+
+
+def test_memmap_reference_reads_the_same_bytes_as_the_memmap(tmp_path):
+    data = np.arange(60, dtype=np.float32).reshape(20, 3)
+    (tmp_path / "m.bin").write_bytes(b"\0" * 16 + data.tobytes())
+    mm = np.memmap(tmp_path / "m.bin", dtype=np.float32, mode="r", offset=16, shape=(20, 3))
+    for view in (mm, mm[5:]):  # a view starts further into the file
+        ref = memmap_reference(view)
+        assert ref[1:] == ("<f4", view.shape, 16 + 12 * (20 - len(view)))
+        assert_same_array(RawColumn(*ref)[:], np.asarray(view))
+    assert memmap_reference(np.memmap(tmp_path / "m.bin", dtype=np.float32, mode="c")) is None
+    assert memmap_reference(mm[:, 1]) is None  # not contiguous: pickles as data

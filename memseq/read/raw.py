@@ -8,6 +8,7 @@ which pickles as its arguments and the file's identity, never as data.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import threading
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ from memseq.storage.identity import FileIdentity
 from memseq.util import forksafe as _forksafe
 from memseq.util.checks import bounded_repr, check_int
 
-__all__ = ["RawColumn", "open_raw", "reopen_raw"]
+__all__ = ["RawColumn", "memmap_reference", "open_raw", "reopen_raw"]
 
 
 class RawColumn(Column):
@@ -155,6 +156,23 @@ def reopen_raw(
     column._unpickled = True
     column._identity = None if identity is None else FileIdentity(*identity)
     return _forksafe.register(column)
+
+
+def memmap_reference(array: np.memmap) -> tuple[str, str, tuple[int, ...], int] | None:
+    """``(path, dtype, shape, file offset)`` of a read-only-mappable ``np.memmap``, or None.
+
+    Pickling an ``np.memmap`` copies its data; readers pickle these instead and
+    map the file again on unpickling (``RawColumn(*reference)`` reads the same
+    bytes; :class:`~memseq.Records` does this). Copy-on-write, 0-d or
+    non-contiguous memmaps give None (they pickle as data, as they must).
+    """
+    raw = getattr(array, "_mmap", None)
+    if array.filename is None or array.mode == "c" or not array.flags.c_contiguous or array.ndim == 0 or raw is None:
+        return None
+    mapping_start = np.frombuffer(raw, np.uint8).ctypes.data
+    map_offset = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
+    file_offset = map_offset + (array.ctypes.data - mapping_start)
+    return os.fspath(array.filename), array.dtype.str, tuple(array.shape), int(file_offset)
 
 
 def open_raw(path: str | os.PathLike, dtype: Any, shape: Sequence[int] | int, offset: int = 0) -> Column:

@@ -19,7 +19,6 @@ that maps field names to array-likes.
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,27 +27,11 @@ import numpy as np
 
 from memseq.errors import BatchIndexError, SchemaError
 from memseq.read.arrays import rows_array
-from memseq.read.raw import reopen_raw
+from memseq.read.raw import memmap_reference, reopen_raw
 from memseq.storage.identity import FileIdentity, identity_of, refreshed
 from memseq.util.checks import equal_row_counts
 
 __all__ = ["Records", "records"]
-
-
-def _memmap_reference(array: np.memmap) -> tuple[str, str, tuple[int, ...], int] | None:
-    """``(path, dtype, shape, file offset)`` of a read-only-mappable ``np.memmap``, or None.
-
-    Pickling an ``np.memmap`` copies its data; :class:`Records` pickles these
-    instead and maps the file again on unpickling. Copy-on-write or
-    non-contiguous memmaps give None (they pickle as data, as they must).
-    """
-    raw = getattr(array, "_mmap", None)
-    if array.filename is None or array.mode == "c" or not array.flags.c_contiguous or array.ndim == 0 or raw is None:
-        return None
-    mapping_start = np.frombuffer(raw, np.uint8).ctypes.data
-    map_offset = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
-    file_offset = map_offset + (array.ctypes.data - mapping_start)
-    return os.fspath(array.filename), array.dtype.str, tuple(array.shape), int(file_offset)
 
 
 def _identity_now(array: Any) -> FileIdentity | None:
@@ -146,7 +129,7 @@ class Records:
         state = dict(self.__dict__)
         columns = {}
         for name, array in self._columns.items():
-            ref = _memmap_reference(array) if isinstance(array, np.memmap) else None
+            ref = memmap_reference(array) if isinstance(array, np.memmap) else None
             if ref is None:
                 columns[name] = ("array", array)
                 continue
