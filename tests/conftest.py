@@ -1,4 +1,4 @@
-"""Shared test helpers: running Python in a fresh subprocess, exact array comparison."""
+"""Shared test helpers: the image dataset (``data_path``), running Python in a fresh subprocess, exact array comparison."""
 
 from __future__ import annotations
 
@@ -12,6 +12,58 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "dataset(rows, row_shape, *, classes=None, fields=(), shard_rows=None): the dataset data_path builds for "
+        "the module (see image_fields)",
+    )
+
+
+def image_fields(rows: int, row_shape: tuple[int, ...], *, classes: int | None = None,
+                 fields: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The columns of the shared test dataset, in this order (values fixed by seed 0):
+
+    - ``image``: uint8 ``(rows, *row_shape)``, uniform in [0, 256);
+    - ``meta`` (if in ``fields``): float32 ``(rows, 4)``, standard normal;
+    - ``label``: int64, ``row % classes``, or the row number if ``classes`` is None;
+    - ``weight`` (if in ``fields``): float32, uniform in [0, 1);
+    - ``row`` and ``id`` (if in ``fields``): int64, the row number.
+    """
+    unknown = set(fields) - {"meta", "weight", "row", "id"}
+    if unknown:
+        raise ValueError(f"image_fields: unknown fields {sorted(unknown)}; expected meta, weight, row or id")
+    rng = np.random.default_rng(0)
+    out = {"image": rng.integers(0, 256, (rows, *row_shape), dtype=np.uint8)}
+    if "meta" in fields:
+        out["meta"] = rng.normal(size=(rows, 4)).astype(np.float32)
+    number = np.arange(rows, dtype=np.int64)
+    out["label"] = number if classes is None else number % classes
+    if "weight" in fields:
+        out["weight"] = rng.random(rows).astype(np.float32)
+    out.update({name: number for name in ("row", "id") if name in fields})
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_path(request, tmp_path_factory) -> str:
+    """The path of a saved image dataset, built once per module as its ``dataset`` marker says.
+
+    A module sets ``pytestmark = pytest.mark.dataset(rows, row_shape, classes=..., fields=...,
+    shard_rows=...)``; the columns are :func:`image_fields`'. Tests only read it.
+    """
+    marker = request.node.get_closest_marker("dataset")
+    if marker is None:
+        raise pytest.UsageError(f"{request.node.nodeid}: data_path needs pytestmark = pytest.mark.dataset(rows, row_shape)")
+    import memseq
+
+    kwargs = dict(marker.kwargs)
+    shard_rows = kwargs.pop("shard_rows", None)
+    path = tmp_path_factory.mktemp("data") / "ds"
+    memseq.save(path, image_fields(*marker.args, **kwargs), shard_rows=shard_rows)
+    return str(path)
 
 
 def subprocess_env() -> dict[str, str]:

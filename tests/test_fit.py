@@ -23,19 +23,7 @@ ROW = (4, 4, 3)
 N = 300
 
 
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fit") / "ds"
-    rng = np.random.default_rng(0)
-    memseq.save(
-        path,
-        {
-            "image": rng.integers(0, 256, (N, *ROW), dtype=np.uint8),
-            "label": rng.integers(0, 3, N),
-            "row": np.arange(N, dtype=np.int64),
-        },
-    )
-    return str(path)
+pytestmark = pytest.mark.dataset(N, ROW, classes=3, fields=("row",))  # the data_path fixture (conftest)
 
 
 class Noisy(memseq.MemmapSequence):

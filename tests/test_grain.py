@@ -17,20 +17,7 @@ N = 600
 ROW = (4, 4, 3)
 
 
-@pytest.fixture
-def data_path(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "ds"
-    memseq.save(
-        path,
-        {
-            "image": rng.integers(0, 255, (N, *ROW), dtype=np.uint8),
-            "label": (np.arange(N) % 3).astype(np.int64),
-            "id": np.arange(N, dtype=np.int64),
-        },
-        shard_rows=250,
-    )
-    return path
+pytestmark = pytest.mark.dataset(N, ROW, classes=3, fields=("id",), shard_rows=250)  # the data_path fixture (conftest)
 
 
 def _expected(path, indices):

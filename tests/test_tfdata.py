@@ -19,22 +19,8 @@ import memseq.adapters.tf_data  # after the importorskip
 N = 100
 
 
-@pytest.fixture
-def data_path(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "train"
-    memseq.save(
-        path,
-        {
-            "image": rng.integers(0, 256, (N, 6, 5, 3), dtype=np.uint8),
-            "meta": rng.normal(size=(N, 4)).astype(np.float32),
-            "label": (np.arange(N) % 5).astype(np.int64),
-            "weight": rng.random(N).astype(np.float32),
-            "row": np.arange(N, dtype=np.int64),
-        },
-        shard_rows=40,  # three shards: gathers cross shard boundaries
-    )
-    return path
+# The data_path fixture (conftest); three shards: gathers cross shard boundaries.
+pytestmark = pytest.mark.dataset(N, (6, 5, 3), classes=5, fields=("meta", "weight", "row"), shard_rows=40)
 
 
 def _numpy(structure):
