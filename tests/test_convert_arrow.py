@@ -173,3 +173,24 @@ def test_cli_converts_parquet_with_columns(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "t.parquet"), str(tmp_path / "all"), "--no-progress"]) != 0
     assert "t.parquet: column 'text': a column of strings" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "all")
+
+
+def test_through_dask_is_byte_identical_to_the_engine(tmp_path):
+    pytest.importorskip("dask")
+    import memseq
+
+    table = _table(120).select(["label", "vec", "img", "key"])
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=25)
+    pq.write_table(_table(30, 120).select(["label", "vec", "img", "key"]), tmp_path / "b.parquet")
+    files = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    one = cv.convert(tmp_path / "one", cv.ArrowSource(files), shard_rows=64)
+    two = cv.convert_sources_with_dask(tmp_path / "two", cv.ArrowSource(files), shard_rows=64, scheduler="threads", jobs=2)
+    for name in one.fields:
+        np.testing.assert_array_equal(one[name][:], two[name][:])
+    assert memseq.open(tmp_path / "two").num_shards == 3
+    manifest = [(tmp_path / d / "memseq.json").read_text() for d in ("one", "two")]
+    assert manifest[0] == manifest[1]
+    pq.write_table(_table(5).select(["tokens"]), tmp_path / "c.parquet")
+    with pytest.raises(SchemaError, match="variable length; Dask writes fixed fields only"):
+        cv.convert_sources_with_dask(tmp_path / "three", cv.ArrowSource(tmp_path / "c.parquet"))
+    assert not os.path.exists(tmp_path / "three")

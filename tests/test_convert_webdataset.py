@@ -152,3 +152,17 @@ def test_cli_converts_shards_with_members(tmp_path):
     ds = memseq.open(tmp_path / "out")
     assert list(ds.fields) == ["label", "png"]
     np.testing.assert_array_equal(ds["label"][:], [int(s["cls"]) for s in samples])
+
+
+def test_cli_scheduler_converts_shards_through_dask(tmp_path):
+    pytest.importorskip("dask")
+    import memseq
+    from memseq.cli import main
+
+    samples = _samples(7)
+    _write(tmp_path / "a.tar", samples)
+    assert main(["convert", str(tmp_path / "a.tar"), str(tmp_path / "out"), "--no-progress", "--members", "cls,png,feat.npy",
+                 "--scheduler", "synchronous"]) == 0
+    ds = memseq.open(tmp_path / "out")
+    np.testing.assert_array_equal(ds["png"][:], np.stack([s["png"] for s in samples]))
+    np.testing.assert_array_equal(ds["feat.npy"][:], np.stack([s["feat.npy"] for s in samples]))

@@ -194,11 +194,12 @@ def _convert(args: argparse.Namespace) -> int:
         raise SchemaError("--classes-file applies to an image folder given as SRC.")
 
     t = time.perf_counter()
-    convert = (
-        functools.partial(cv.convert_with_dask, src=src, field_options=args.field, scheduler=args.scheduler)
-        if use_dask
-        else functools.partial(cv.convert, sources=sources)
-    )
+    if use_dask:
+        convert = functools.partial(cv.convert_with_dask, src=src, field_options=args.field, scheduler=args.scheduler)
+    elif args.scheduler and cv.migration_kind(src) is not None:
+        convert = functools.partial(cv.convert_sources_with_dask, sources=sources, scheduler=args.scheduler)
+    else:
+        convert = functools.partial(cv.convert, sources=sources)
     try:
         ds = convert(
             dst,
@@ -356,6 +357,7 @@ From other libraries' formats (SRC; see docs/guide/migrate.md):
                             (or those of --members cls,png; FIELD=EXT renames):
                             .npy arrays, .cls/.txt integers (int64), images at
                             their exact mode (uint8 HxWxC; 16-bit gray: uint16)
+  With --scheduler, these sources (fixed fields only) are read by Dask tasks.
 
 Image folders: SRC/<class>/<image files>. Fields 'image' (HxWxC; C=3, or 1 with
 --gray) and 'label' (int64: the class's index in alphabetical order). Pixel values

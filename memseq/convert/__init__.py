@@ -40,6 +40,10 @@ Migrating from other libraries' formats (see ``docs/guide/migrate.md``):
   to fields by extension (``.npy`` arrays, ``.cls``/``.txt`` integers, images through
   Pillow at their exact mode); a sample missing a member is refused.
 
+These run in worker processes with ``jobs > 1`` when every field is fixed, like every
+source; :func:`convert_sources_with_dask` runs any sources of fixed fields on a Dask
+scheduler instead (a ``dask.distributed`` cluster for inputs of many files).
+
 Values a library would invent are refused, never converted: an HDF5 virtual dataset
 whose source file or dataset is missing (HDF5 reads its fill value), an object array
 in an ``.npz`` (memseq never unpickles).
@@ -68,7 +72,8 @@ Modules
 -------
 One private module per source kind (``_npy``, ``_raw``, ``_npz``, ``_hdf5``,
 ``_memseq``, ``_images``, ``_tfrecord``, ``_arrow``, ``_webdataset``) on the base class
-in ``_base``; ``_inputs`` lists inputs given as many files; ``_detect`` finds the kind
+in ``_base``; ``_inputs`` lists inputs given as many files; ``_sources_dask`` writes
+sources through Dask; ``_detect`` finds the kind
 of a path; ``_engine`` checks and combines the sources and writes them with
 :mod:`memseq.write.parallel` (plan, run, finish). The names below are
 the public ones. Parsing the command line's option strings (``--field``, ``--raw``)
@@ -89,6 +94,7 @@ from memseq.convert._npy import NpySource
 from memseq.convert._npz import NpzSource
 from memseq.convert._ragged import NpyRowsSource, TokenStreamSource
 from memseq.convert._raw import RawSource
+from memseq.convert._sources_dask import convert_sources_with_dask, source_dask_arrays
 from memseq.convert._tfrecord import TFRecordSource
 from memseq.convert._webdataset import WebDatasetSource
 from memseq.storage.checksum import crc32_combine
@@ -108,6 +114,8 @@ __all__ = [
     "WebDatasetSource",
     "convert",
     "convert_with_dask",
+    "convert_sources_with_dask",
+    "source_dask_arrays",
     "dask_arrays",
     "is_dask_input",
     "source_for_path",

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from memseq.convert._base import Source, field_spec_at
+from memseq.convert._base import Source, field_spec_at, optional_module
 from memseq.convert._inputs import RowIndex, input_files, input_name
 from memseq.errors import CorruptFileError, FormatError, SchemaError
 from memseq.storage import format as fmt
@@ -147,15 +147,13 @@ def _scan_records(path: str) -> np.ndarray:
 
 def _import_tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from memseq.convert._base import optional_module
-
     return optional_module("tensorflow", "TFRecord sources need TensorFlow: pip install tensorflow.")
 
 
-def _random_reader(tf: Any, path: str) -> Any:
-    from tensorflow.python.lib.io import (
-        tf_record,  # the reader behind tf.data, with offsets
-    )
+def _random_reader(path: str) -> Any:
+    """TensorFlow's random-access TFRecord reader (``tf_record_random_reader``): the record
+    reader of ``tf.data``, which checks each record's CRC-32C, read at a given offset."""
+    from tensorflow.python.lib.io import tf_record
 
     return tf_record.tf_record_random_reader(path)
 
@@ -283,7 +281,7 @@ class TFRecordSource(Source):
         path = self.files[file]
         if reader is None:
             try:
-                reader = self._open_readers[file] = _random_reader(tf, path)
+                reader = self._open_readers[file] = _random_reader(path)
             except Exception as e:
                 raise CorruptFileError(f"{path}: TensorFlow cannot open it ({e}).") from e
         out = []
