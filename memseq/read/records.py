@@ -28,6 +28,7 @@ import numpy as np
 from memseq.errors import BatchIndexError, SchemaError
 from memseq.read.arrays import rows_array
 from memseq.read.raw import memmap_reference, reopen_raw
+from memseq.read.source import is_row_number
 from memseq.storage.identity import FileIdentity, identity_of, refreshed
 from memseq.util.checks import equal_row_counts
 
@@ -94,7 +95,7 @@ class Records:
         return self._num_rows
 
     def _index(self, index: Any) -> int:
-        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        if not is_row_number(index):
             raise BatchIndexError(f"Record index must be an integer. Received: {index!r}")
         i = int(index)
         if not -self._num_rows <= i < self._num_rows:
