@@ -174,13 +174,13 @@ def test_grain_num_epochs_bounded_by_len(seq):
 
 def test_num_parallel_calls_has_a_documented_maximum(seq):
     to_tf_dataset = _tfdata()
-    import memseq.adapters.tf_data
+    import memseq.tfdata
 
-    assert memseq.adapters.tf_data.MAX_PARALLEL_CALLS == 1024
-    ds = to_tf_dataset(seq, num_parallel_calls=memseq.adapters.tf_data.MAX_PARALLEL_CALLS)
+    assert memseq.tfdata.MAX_PARALLEL_CALLS == 1024
+    ds = to_tf_dataset(seq, num_parallel_calls=memseq.tfdata.MAX_PARALLEL_CALLS)
     first = next(iter(ds))
     assert_same_array(first[0].numpy(), seq.get_batch(0)[0])
-    with pytest.raises(SchemaError, match=r"num_parallel_calls must be an int from 1 to 1024 \(memseq.adapters.tf_data.MAX_PARALLEL_CALLS\)"):
+    with pytest.raises(SchemaError, match=r"num_parallel_calls must be an int from 1 to 1024 \(memseq.tfdata.MAX_PARALLEL_CALLS\)"):
         to_tf_dataset(seq, num_parallel_calls=10**9)
 
 
