@@ -29,7 +29,6 @@ Under ``fit`` (see :mod:`memseq.adapters.keras.fit`):
 from __future__ import annotations
 
 import importlib.util
-import mmap
 import os
 import random
 from collections.abc import Mapping
@@ -42,8 +41,10 @@ from memseq.batching import padding as _padding
 from memseq.batching.buffers import ALIGN, BufferPool
 from memseq.errors import SchemaError
 from memseq.order import BatchPlan
+from memseq.read.arrays import rows_array
 from memseq.read.dataset import Column, Dataset, RawColumn
 from memseq.read.dataset import open as open_dataset
+from memseq.read.raw import memmap_reference
 from memseq.readahead.batches import BatchReadahead
 from memseq.util.checks import check_bool, check_int, equal_row_counts, is_sorted
 
@@ -65,24 +66,6 @@ def _legacy_sequence_bases() -> tuple[type, ...]:
     return (tf_keras.utils.Sequence,)
 
 
-def _memmap_as_column(array: np.memmap) -> Any:
-    """An ``np.memmap`` as a read-only :class:`RawColumn` over the same bytes.
-
-    Pickling an ``np.memmap`` copies all its data (and the copy is no longer
-    file-backed); a RawColumn pickles as (path, dtype, shape, offset).
-    Copy-on-write (mode "c") and non-contiguous views keep the memmap itself.
-    """
-    if array.filename is None or array.mode == "c" or not array.flags.c_contiguous or array.ndim == 0:
-        return array
-    raw = getattr(array, "_mmap", None)
-    if raw is None:
-        return array
-    mapping_start = np.frombuffer(raw, np.uint8).ctypes.data
-    map_offset = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY
-    file_offset = map_offset + (array.ctypes.data - mapping_start)
-    return RawColumn(os.fspath(array.filename), array.dtype, tuple(array.shape), int(file_offset))
-
-
 def _as_columns(data: Any) -> tuple[Mapping[str, Any], str]:
     """Resolves ``data`` to a mapping of field name -> array-like, and a short description."""
     if isinstance(data, (str, os.PathLike)):
@@ -99,7 +82,11 @@ def _as_columns(data: Any) -> tuple[Mapping[str, Any], str]:
     columns = {}
     for name, array in data.items():
         if isinstance(array, np.memmap):
-            array = _memmap_as_column(array)
+            # Pickling an np.memmap copies its data; a RawColumn over the same bytes
+            # pickles as (path, dtype, shape, offset). Copy-on-write and
+            # non-contiguous memmaps stay as they are.
+            reference = memmap_reference(array)
+            array = array if reference is None else RawColumn(*reference)
         elif not hasattr(array, "shape") or not hasattr(array, "dtype") or not _numpy_dtype(array.dtype):
             # Lists, and tensors of other libraries (tf.Tensor, jax.Array): in memory anyway.
             try:
@@ -108,9 +95,7 @@ def _as_columns(data: Any) -> tuple[Mapping[str, Any], str]:
                 raise SchemaError(
                     f"Field {name!r} must be an array-like of numbers. Received: {type(array).__name__}"
                 ) from error
-        if len(array.shape) < 1:
-            raise SchemaError(f"Field {name!r} needs at least one dimension (rows). Received shape: {tuple(array.shape)}")
-        columns[name] = array
+        columns[name] = rows_array(array, f"Field {name!r}", expected="at least one dimension (rows)")
     return columns, f"<mapping of {len(columns)} fields>"
 
 

@@ -40,6 +40,7 @@ import dask.array as da
 import numpy as np
 
 from memseq.errors import SchemaError
+from memseq.read.arrays import rows_array
 from memseq.storage import commit as _commit
 from memseq.storage import files as _fs
 from memseq.storage import format as fmt
@@ -135,10 +136,7 @@ def _check_array(name: str, array: Any) -> Any:
             f"Field {name!r}: a variable-length field (a list of arrays or a ragged column) cannot be saved beside "
             f"Dask arrays; write it with memseq.Writer, or compute the Dask arrays first. Received: {type(array).__name__}"
         )
-    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
-        array = np.asarray(array)
-    if len(array.shape) < 1:
-        raise SchemaError(f"Field {name!r}: needs at least one dimension (rows). Received shape: {tuple(array.shape)}")
+    array = rows_array(array, f"Field {name!r}:", expected="at least one dimension (rows)")
     if isinstance(array, da.Array):
         if any(isinstance(d, float) and math.isnan(d) for d in array.shape):
             raise SchemaError(

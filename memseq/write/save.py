@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from memseq.errors import SchemaError
+from memseq.read.arrays import rows_array
 from memseq.util.checks import equal_row_counts
 from memseq.write import ragged as _ragged_write
 from memseq.write.writer import Writer
@@ -90,12 +91,9 @@ def _write_arrays(path: str | os.PathLike, data: Any, overwrite: bool, shard_row
         raise SchemaError(f"save() takes a non-empty mapping of field name -> array. Received: {type(data).__name__}")
     ragged = {name: arr for name, arr in data.items() if _ragged_write.is_ragged_input(arr)}
     arrays = {
-        name: arr if name in ragged or (hasattr(arr, "dtype") and hasattr(arr, "shape")) else np.asarray(arr)
+        name: arr if name in ragged else rows_array(arr, f"Field {name!r}:", expected="at least one dimension (rows)")
         for name, arr in data.items()
     }
-    for name, arr in arrays.items():
-        if name not in ragged and len(arr.shape) < 1:
-            raise SchemaError(f"Field {name!r}: needs at least one dimension (rows). Received shape: {tuple(arr.shape)}")
     n = equal_row_counts({name: len(arr) if name in ragged else arr.shape[0] for name, arr in arrays.items()})
     fields = {
         name: _ragged_write.infer_ragged_field(name, arr) if name in ragged else (arr.dtype, tuple(arr.shape[1:]))
