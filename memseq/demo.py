@@ -289,8 +289,10 @@ def _progress_callback(keras: Any, num_batches: int, batch_size: int, epochs: in
 def _train(path: str, *, epochs: int, batch_size: int, workers: int, seed: int, verbose: int | str | None,
            out: Callable[[str], None]) -> tuple[dict[str, Any], MemorySampler]:
     """Trains the demo model on the dataset at ``path``; returns the measurements and the memory peaks."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from memseq.adapters.tf_import import tensorflow_quietly
+
+    with tensorflow_quietly():  # TensorFlow's start-up and GPU-probe lines, nothing else
+        import keras
 
     import memseq
 

@@ -230,7 +230,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     methods = ["sequence", "tf_data"] + ([] if args.no_baseline else ["baseline"])
 
     def log(message: str) -> None:
