@@ -21,6 +21,9 @@ the page cache:
   (``tf.data.TFRecordDataset`` + ``tf.io.parse_example`` + ``decode_raw``; pyarrow
   ``iter_batches``; ``datasets`` ``iter(batch_size=1024)`` in numpy format;
   ``webdataset.WebDataset(...).decode("rgb8")``), rows/s;
+- **memseq read**: every row read through the conversion's source (``TFRecordSource``,
+  ``ArrowSource``, ``WebDatasetSource``) in the engine's pieces, nothing written, rows/s
+  and its ratio to read alone: the reading part of a conversion;
 - **convert**: ``memseq.convert.convert`` of the same files with ``jobs=1`` and
   ``jobs=--jobs``, rows/s, and its ratio to read alone (target >= 0.8). The source's
   library is imported before the clock starts, in both cases; the worker processes of
@@ -221,6 +224,15 @@ def case_read(kind: str, path: str) -> int:
     return n
 
 
+def case_source_read(kind: str, path: str) -> int:
+    """Reads every row through memseq's source, in the engine's pieces, writing nothing; returns the rows."""
+    source = _source(kind, path)
+    step = max(1, 8 * 2**20 // sum(s.row_nbytes for s in source.fields.values()))
+    for a in range(0, source.num_rows, step):
+        source.read(a, min(source.num_rows, a + step))
+    return source.num_rows
+
+
 def case_convert(kind: str, path: str, dst: str, jobs: int) -> int:
     from memseq import convert as cv
 
@@ -308,8 +320,8 @@ def run_case_here(argv: list[str]) -> None:
     for name in ["memseq.convert"] + _LIBRARIES[kind]:
         importlib.import_module(name)
     t = time.perf_counter()
-    if op == "read":
-        rows = case_read(kind, path)
+    if op in ("read", "source"):
+        rows = (case_read if op == "read" else case_source_read)(kind, path)
         _common.print_result({"rows": rows, "seconds": time.perf_counter() - t})
     elif op == "convert":
         rows = case_convert(kind, path, argv[3], int(argv[4]))
@@ -359,7 +371,7 @@ def run(directory: str, kinds: list[str], rows: int, args: argparse.Namespace) -
     me = [sys.executable, os.path.abspath(__file__), "--case"]
     cases = []
     for k in kinds:
-        cases += [(k, "read"), (k, "convert1"), (k, f"convert{args.jobs}")]
+        cases += [(k, "read"), (k, "source"), (k, "convert1"), (k, f"convert{args.jobs}")]
         if not args.no_fit:
             cases.append((k, "fit"))
     if not args.no_fit:
@@ -373,8 +385,8 @@ def run(directory: str, kinds: list[str], rows: int, args: argparse.Namespace) -
             return _common.run_case(me + ["fit", "memseq", dst[kinds[0]]], name)
         _common.warm(_walk_files(paths[k]))
         print(f"  {name} ...", file=sys.stderr, flush=True)
-        if op == "read":
-            return _common.run_case(me + ["read", k, paths[k]], name)
+        if op in ("read", "source"):
+            return _common.run_case(me + [op, k, paths[k]], name)
         if op.startswith("convert"):
             return _common.run_case(me + ["convert", k, paths[k], dst[k], op[len("convert"):]], name)
         return _common.run_case(me + ["fit", k, paths[k]], name)
@@ -401,12 +413,17 @@ def _median_rate(runs: list[dict]) -> float:
 def report(kinds: list[str], rows: int, args: argparse.Namespace, results: dict[str, list]) -> None:
     print(f"bench_migrate: {rows:,} rows of {ROW_SHAPE} uint8 + int64 label per source "
           f"({rows * ROW_BYTES / 1e9:.2f} GB of values), hot page cache, medians of {args.repeats} round(s)")
-    print(f"{'source':<11} {'read alone':>12} {'convert j=1':>12} {'ratio':>6} {'convert j=' + str(args.jobs):>12} {'ratio':>6}")
+    print(f"{'source':<11} {'read alone':>12} {'memseq read':>12} {'ratio':>6} {'convert j=1':>12} {'ratio':>6} "
+          f"{'convert j=' + str(args.jobs):>12} {'ratio':>6}")
     for k in kinds:
         read = _median_rate(results[f"{k}:read"])
+        src = _median_rate(results[f"{k}:source"])
         c1 = _median_rate(results[f"{k}:convert1"])
         cj = _median_rate(results[f"{k}:convert{args.jobs}"])
-        print(f"{k:<11} {read:>10,.0f}/s {c1:>10,.0f}/s {c1 / read:>5.2f}x {cj:>10,.0f}/s {cj / read:>5.2f}x")
+        print(f"{k:<11} {read:>10,.0f}/s {src:>10,.0f}/s {src / read:>5.2f}x {c1:>10,.0f}/s {c1 / read:>5.2f}x "
+              f"{cj:>10,.0f}/s {cj / read:>5.2f}x")
+    print("(memseq read: the conversion's source reading alone, nothing written; convert: reading, writing the "
+          "dataset, CRC-32s, fsync and commit)")
     if args.no_fit:
         return
     seq = statistics.median(r["seconds"] for r in results["memseq:fit"])

@@ -80,6 +80,8 @@ def _parse_dims(text: str, where: str) -> tuple[int | None, ...]:
         raise SchemaError(f"{where}: a shape is comma-separated integers (-1 first for any length). Received: {text!r}") from None
     if any(d < 0 for d in dims[1:]) or (dims and dims[0] < -1):
         raise SchemaError(f"{where}: only the first dimension may be -1 (any length). Received: {text!r}")
+    if dims and dims[0] == -1 and 0 in dims[1:]:
+        raise SchemaError(f"{where}: rows of any length need non-zero trailing dimensions. Received: {text!r}")
     return tuple(None if i == 0 and d == -1 else d for i, d in enumerate(dims))
 
 
@@ -357,16 +359,19 @@ class TFRecordSource(Source):
             return np.split(values, splits[1:-1] // per)
         dtype = np.dtype(feat.dtype)
         per = int(np.prod(feat.shape[1:] if feat.ragged else feat.shape, dtype=np.int64)) * dtype.itemsize
-        rows = []
-        for i, raw in enumerate(value.numpy()):
-            if (len(raw) % per if feat.ragged else len(raw) != per) if per else len(raw):
-                raise SchemaError(f"{where}: record {a + i} holds {len(raw)} bytes; {feat.spec_text()} needs "
-                                  f"{'a multiple of ' if feat.ragged else ''}{per}.")
-            values = np.frombuffer(raw, dtype)
-            rows.append(values.reshape(-1, *feat.shape[1:]) if feat.ragged else values.reshape(feat.shape))
-        if feat.ragged:
-            return rows
-        return np.stack(rows) if rows else np.empty((0, *feat.shape), dtype)
+        raws = list(value.numpy())
+        lengths = np.fromiter(map(len, raws), np.int64, len(raws))
+        bad = (lengths % per != 0) if feat.ragged else (lengths != per)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise SchemaError(f"{where}: record {a + i} holds {lengths[i]} bytes; {feat.spec_text()} needs "
+                              f"{'a multiple of ' if feat.ragged else ''}{per}.")
+        # One copy of all the records' bytes, then views: no per-row array to stack.
+        values = np.frombuffer(b"".join(raws), dtype)
+        if not feat.ragged:
+            return values.reshape(len(raws), *feat.shape)
+        values = values.reshape(-1, *feat.shape[1:])
+        return np.split(values, np.cumsum(lengths // per)[:-1])
 
     def close(self) -> None:
         self._open_readers = None
