@@ -208,7 +208,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     site = tmp_path / "site"
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        assert (site / "notebooks" / notebook.stem / "index.html").is_file(), notebook.name
+        page = site / "notebooks" / notebook.stem / "index.html"
+        assert page.is_file(), notebook.name
+        # Executed by the build: every code cell that prints or plots shows its output.
+        cells = json.loads(notebook.read_text())["cells"]
+        printing = sum(c["cell_type"] == "code" and any(w in "".join(c["source"]) for w in ("print(", "show(")) for c in cells)
+        assert page.read_text().count("jp-OutputArea-output") >= printing > 0, notebook.name
     reference = "".join(p.read_text() for p in (site / "reference").rglob("*.html"))
     assert 'id="memseq.batching.sequence.MemmapSequence"' in reference
 
