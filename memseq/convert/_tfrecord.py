@@ -287,12 +287,12 @@ class TFRecordSource(Source):
             except Exception as e:
                 raise CorruptFileError(f"{path}: TensorFlow cannot open it ({e}).") from e
         out = []
-        for i in range(a, b):
+        read = reader.read
+        for i, offset in enumerate(self.offsets[file][a:b].tolist(), a):
             try:
-                record, _ = reader.read(int(self.offsets[file][i]))
+                out.append(read(offset)[0])
             except Exception as e:  # DataLossError (checksum), IndexError (truncated since)
                 raise CorruptFileError(f"{path}: record {i} cannot be read ({type(e).__name__}: {e}).") from e
-            out.append(record)
         return out
 
     def _parse_specs(self, tf: Any) -> dict[str, Any]:
