@@ -292,15 +292,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_verify)
 
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
-    """Adds ``memseq convert [SRC] DST [--field ...] [--raw ...]``."""
-    p = sub.add_parser(
-        "convert",
-        help="convert .npy/.npz/raw/HDF5 files, Zarr stores, .npy globs, an image folder, TFRecord, "
-        "Parquet/Arrow/Hugging Face or WebDataset data into a dataset",
-        formatter_class=_Formatter,
-        usage="memseq convert [-h] [SRC] DST [--field NAME=PATH[:KEY]]... [--raw NAME=PATH:DTYPE:SHAPE]... [options]",
-        description="""\
+_CONVERT_DESCRIPTION = """\
 Convert existing data into a memseq dataset at DST, streaming (no source is loaded
 into memory whole) and atomically (on any error nothing is left at DST).
 
@@ -368,7 +360,18 @@ resized. The class names are printed (and written as a JSON list with
 
 --jobs N runs N worker processes that write rows in place into pre-sized files;
 the result is byte-identical to --jobs 1 (the layout depends only on the rows and
---shard-rows).""",
+--shard-rows)."""
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    """Adds ``memseq convert [SRC] DST [--field ...] [--raw ...]``."""
+    p = sub.add_parser(
+        "convert",
+        help="convert .npy/.npz/raw/HDF5 files, Zarr stores, .npy globs, an image folder, TFRecord, "
+        "Parquet/Arrow/Hugging Face or WebDataset data into a dataset",
+        formatter_class=_Formatter,
+        usage="memseq convert [-h] [SRC] DST [--field NAME=PATH[:KEY]]... [--raw NAME=PATH:DTYPE:SHAPE]... [options]",
+        description=_CONVERT_DESCRIPTION,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="[SRC] DST: an optional source, then the dataset directory to create")
     p.add_argument("--field", action="append", default=[], metavar="NAME=PATH[:KEY]", help="add a field from a file (repeatable)")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from memseq.adapters.tf_import import tensorflow_quietly
 from memseq.convert._base import Source, field_spec_at, optional_module
 from memseq.convert._inputs import RowIndex, input_files, input_name
 from memseq.errors import CorruptFileError, FormatError, SchemaError
@@ -148,8 +149,10 @@ def _scan_records(path: str) -> np.ndarray:
 
 
 def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return optional_module("tensorflow", "TFRecord sources need TensorFlow: pip install tensorflow.")
+    # Through memseq's filter of TensorFlow's start-up lines (absl, cuInit on a machine
+    # without GPU); TF_CPP_MIN_LOG_LEVEL would also hide its later errors.
+    with tensorflow_quietly():
+        return optional_module("tensorflow", "TFRecord sources need TensorFlow: pip install tensorflow.")
 
 
 def _random_reader(path: str) -> Any:
