@@ -27,10 +27,9 @@ from memseq.read.dataset import Dataset, open
 from memseq.read.ragged import RaggedColumn
 from memseq.read.raw import open_raw
 from memseq.read.records import Records, records
-from memseq.windows import (  # the module first, then the function of its name
-    TokenWindows,
-    windows,
-)
+# Through the module memseq.windows: loading it binds memseq.windows to the module,
+# so it is loaded here, before the name is bound to the function.
+from memseq.windows import TokenWindows, windows
 from memseq.write.save import save
 from memseq.write.writer import Writer
 
