@@ -226,19 +226,34 @@ def build_model(keras: Any) -> Any:
 
 
 def augmented_sequence_class() -> type:
-    """A :class:`memseq.MemmapSequence` subclass with random flips and 4-pixel random crops."""
-    import memseq
-    from memseq import augment
+    """A :class:`memseq.MemmapSequence` subclass with random flips and 4-pixel random crops.
 
-    class AugmentedSequence(memseq.MemmapSequence):
-        """Random horizontal flips and 4-pixel random crops, seeded per batch."""
+    Made on first use (it imports Keras) and kept as ``memseq.demo.AugmentedSequence``,
+    so that it pickles by reference into spawned worker processes (the default under
+    JAX), where this module's ``__getattr__`` makes it again.
+    """
+    cls = globals().get("AugmentedSequence")
+    if cls is None:
+        import memseq
+        from memseq import augment
 
-        def augment(self, batch, rng):
-            images = augment.random_flip(batch["image"], rng)
-            batch["image"] = augment.random_crop(images, rng, padding=4)
-            return batch
+        class AugmentedSequence(memseq.MemmapSequence):
+            """Random horizontal flips and 4-pixel random crops, seeded per batch."""
 
-    return AugmentedSequence
+            def augment(self, batch, rng):
+                images = augment.random_flip(batch["image"], rng)
+                batch["image"] = augment.random_crop(images, rng, padding=4)
+                return batch
+
+        AugmentedSequence.__qualname__ = "AugmentedSequence"
+        globals()["AugmentedSequence"] = cls = AugmentedSequence
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AugmentedSequence":
+        return augmented_sequence_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_args(size_gb: float, epochs: int, batch_size: int, workers: int) -> None:

@@ -142,8 +142,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _convert_sources(args: argparse.Namespace, src: str | None, dst: str) -> list:
     """The sources that ``memseq convert``'s SRC, ``--field`` and ``--raw`` name, checked together."""
+    import memseq.cli.options as options
     from memseq import convert as cv
-    from memseq.cli import options
 
     if (args.dtype is None) != (args.shape is None):
         raise SchemaError("--dtype and --shape go together (they describe headerless raw --field files).")

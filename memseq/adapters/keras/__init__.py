@@ -66,7 +66,8 @@ from memseq.adapters.tf_import import tensorflow_quietly
 with tensorflow_quietly():  # importing the sequence imports Keras, which may import TensorFlow
     from memseq.batching.sequence import LEGACY_BASES, MemmapSequence
 
-from memseq.adapters.keras import adapter, internals
+import memseq.adapters.keras.adapter as adapter
+import memseq.adapters.keras.internals as internals
 from memseq.adapters.keras.adapter import BatchBuilder, SequenceAdapter, standardize
 from memseq.adapters.keras.callsite import warn_at_caller, warnings_at_caller
 from memseq.adapters.keras.clock import current_start, resume_at, wrap_callback_list

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from memseq.adapters.keras import internals
+import memseq.adapters.keras.internals as internals
 from memseq.adapters.keras.clock import clock
 from memseq.batching.workers import default_start_method, make_producer
 from memseq.util import forksafe as _forksafe

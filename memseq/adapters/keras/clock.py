@@ -11,7 +11,7 @@ import functools
 import weakref
 from typing import Any
 
-from memseq.adapters.keras import internals
+import memseq.adapters.keras.internals as internals
 
 __all__ = ["FitClock", "clock", "current_start", "resume_at", "wrap_callback_list"]
 

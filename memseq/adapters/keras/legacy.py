@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from memseq.adapters.keras import internals
+import memseq.adapters.keras.internals as internals
 from memseq.adapters.keras.adapter import EpochFeed
 from memseq.adapters.keras.callsite import warn_at_caller
 from memseq.adapters.keras.clock import wrap_callback_list
