@@ -83,7 +83,7 @@ def run_case(kind: str, options: dict, path: str) -> dict:
             for i in range(len(seq)):
                 nbytes += seq[i][0].nbytes
         elif kind == "adapter":
-            from memseq.adapters.keras.fit import SequenceAdapter
+            from memseq.adapters.keras.adapter import SequenceAdapter
 
             batches = SequenceAdapter(seq).get_numpy_iterator()
             start = time.perf_counter()

@@ -17,7 +17,7 @@ import memseq
 keras = pytest.importorskip("keras")
 from keras.src.trainers import data_adapters  # noqa: E402
 
-from memseq.adapters.keras.fit import SequenceAdapter  # noqa: E402
+from memseq.adapters.keras.adapter import SequenceAdapter  # noqa: E402
 
 ROW = (4, 4, 3)
 N = 300

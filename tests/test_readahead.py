@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import memseq
-from memseq.adapters.keras.fit import SequenceAdapter
+from memseq.adapters.keras.adapter import SequenceAdapter
 from memseq.order import BatchPlan
 from memseq.read.columns import Column
 from memseq.readahead.ranges import (

@@ -11,7 +11,7 @@ threads or in worker processes (fork, spawn or forkserver), in any order. The on
 mutable state is the epoch: ``on_epoch_end()`` advances it (Keras calls it), and
 ``set_epoch(n)`` jumps to it (to resume a run).
 
-Under ``fit`` (see :mod:`memseq.adapters.keras.fit`):
+Under ``fit`` (see :mod:`memseq.adapters.keras`):
 
 - ``workers``, ``use_multiprocessing`` and ``max_queue_size`` belong to the
   ``PyDataset`` constructor; ``fit(seq, workers=...)`` is a ``TypeError`` in Keras 3
