@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from memseq.convert._base import Source, field_spec_at, optional_module
-from memseq.convert._inputs import RowIndex, input_files, input_name
+from memseq.convert._inputs import RowIndex, input_files, input_name, join_pieces
 from memseq.errors import (
     CorruptFileError,
     DatasetNotFoundError,
@@ -390,13 +390,7 @@ class ArrowSource(Source):
                     where = f"{self.files[file]}: column {col!r}"
                     parts[field].append(_column_rows(pa, arr, self.plans[field], where, a))
                 a = end
-        out: dict[str, Any] = {}
-        for field, pieces in parts.items():
-            if self.fields[field].ragged:
-                out[field] = [row for piece in pieces for row in piece]
-            else:
-                out[field] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return out
+        return join_pieces(self.fields, parts)
 
     def close(self) -> None:
         self._open_cache = None

@@ -221,13 +221,21 @@ def convert_with_dask(
     Returns:
         The new dataset, opened.
     """
+    arrays = dask_arrays(src, field_options)
+    return write_on_scheduler(dst, arrays, scheduler=scheduler, jobs=jobs, shard_rows=shard_rows,
+                              overwrite=overwrite, progress=progress)
+
+
+def write_on_scheduler(dst: str | os.PathLike, arrays: dict[str, Any], *, scheduler: str | None, jobs: int,
+                       shard_rows: int | None, overwrite: bool, progress: bool | None) -> Dataset:
+    """Writes Dask ``arrays`` to ``dst`` on ``scheduler`` (a local one by name, or a
+    ``dask.distributed`` address), with ``jobs`` local workers; returns the dataset, opened."""
     import sys
 
     import dask
 
     from memseq.write.dask import write_dask
 
-    arrays = dask_arrays(src, field_options)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     options: dict[str, Any] = {}
     client = None

@@ -94,3 +94,15 @@ class RowIndex:
             end = min(stop, int(self.starts[i + 1]))
             yield i, start - int(self.starts[i]), end - int(self.starts[i])
             start = end
+
+
+def join_pieces(fields: dict[str, Any], parts: dict[str, list[Any]]) -> dict[str, Any]:
+    """The rows read from several files, per field: fixed fields concatenated (no copy for
+    one piece), variable-length fields (``fields[name].ragged``) as one list of rows."""
+    out: dict[str, Any] = {}
+    for field, pieces in parts.items():
+        if fields[field].ragged:
+            out[field] = [row for piece in pieces for row in piece]
+        else:
+            out[field] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return out

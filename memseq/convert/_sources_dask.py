@@ -11,15 +11,13 @@ same paths. Fields of variable length are not supported here (use :func:`convert
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 from memseq.convert._base import Source
-from memseq.convert._dask_inputs import _LOCAL_SCHEDULERS
+from memseq.convert._dask_inputs import write_on_scheduler
 from memseq.errors import SchemaError
 from memseq.read.dataset import Dataset
-from memseq.read.dataset import open as open_dataset
 
 __all__ = ["source_dask_arrays", "convert_sources_with_dask"]
 
@@ -98,26 +96,6 @@ def convert_sources_with_dask(
     Raises:
         SchemaError: For a variable-length field (see :func:`source_dask_arrays`).
     """
-    import dask
-
-    from memseq.write.dask import write_dask
-
     arrays = source_dask_arrays(sources)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    options: dict[str, Any] = {}
-    client = None
-    if scheduler is not None and scheduler not in _LOCAL_SCHEDULERS:  # a dask.distributed address
-        from distributed import Client
-
-        client = Client(scheduler)
-    else:
-        options["scheduler"] = scheduler or "threads"
-        if jobs > 1:
-            options["num_workers"] = jobs
-    try:
-        with dask.config.set(**options):
-            write_dask(dst, arrays, shard_rows=shard_rows, overwrite=overwrite, progress=show and client is None)
-    finally:
-        if client is not None:
-            client.close()
-    return open_dataset(dst)
+    return write_on_scheduler(dst, arrays, scheduler=scheduler, jobs=jobs, shard_rows=shard_rows,
+                              overwrite=overwrite, progress=progress)

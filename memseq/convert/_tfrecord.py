@@ -30,7 +30,7 @@ import numpy as np
 
 from memseq.adapters.tf_import import tensorflow_quietly
 from memseq.convert._base import Source, field_spec_at, optional_module
-from memseq.convert._inputs import RowIndex, input_files, input_name
+from memseq.convert._inputs import RowIndex, input_files, input_name, join_pieces
 from memseq.errors import CorruptFileError, FormatError, SchemaError
 from memseq.storage import format as fmt
 
@@ -318,13 +318,7 @@ class TFRecordSource(Source):
             parsed = self._parse(records, file, a, tf)
             for field, name in self.names.items():
                 parts[field].append(self._rows(name, parsed[name], file, a))
-        out: dict[str, Any] = {}
-        for field, pieces in parts.items():
-            if self.fields[field].ragged:
-                out[field] = [row for piece in pieces for row in piece]
-            else:
-                out[field] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return out
+        return join_pieces(self.fields, parts)
 
     def _parse(self, records: list[bytes], file: int, a: int, tf: Any) -> dict[str, Any]:
         specs = self._parse_specs(tf)
