@@ -152,6 +152,18 @@ def test_missing_fixed_feature_and_wrong_raw_size_are_refused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.tfrecord"]
 
 
+def test_refusals_in_a_read_across_files_name_the_file_and_record(tmp_path):
+    # Rows of several files are parsed together: a refusal still names the right file and record.
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "a-1.tfrecord", [{"y": np.int64(1), "b": b"abcd"}] * 3)
+    _write(tmp_path / "in" / "a-2.tfrecord", [{"y": np.int64(1), "b": b"abcd"}, {"b": b"abcd"}, {"y": np.int64(1), "b": b"abc"}])
+    with pytest.raises(SchemaError, match=r"a-2\.tfrecord: feature 'b': record 2 holds 3 bytes; bytes:uint8:4 needs 4"):
+        cv.convert(tmp_path / "o1", cv.TFRecordSource(tmp_path / "in", {"b": "bytes:uint8:4"}))
+    with pytest.raises(SchemaError, match=r"a-2\.tfrecord: record 1 does not match the features.*'y'"):
+        cv.convert(tmp_path / "o2", cv.TFRecordSource(tmp_path / "in", {"y": "int64"}))
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
 def test_not_a_tfrecord_file_and_bad_specs(tmp_path):
     (tmp_path / "x.tfrecord").write_bytes(b"\xff" * 64)
     with pytest.raises(FormatError, match="x.tfrecord: not a TFRecord file"):

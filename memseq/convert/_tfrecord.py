@@ -200,8 +200,9 @@ class TFRecordSource(Source):
         # Each file's record offsets, then the end of its last record.
         self.offsets = [scan_records(p) for p in self.files]
         self.index = RowIndex([len(o) - 1 for o in self.offsets])
-        self._open_readers: dict[int, Any] | None = None
+        self._open_readers: dict[int, RecordReader] | None = None
         self._open_tf = None
+        self._open_specs: dict[str, Any] | None = None
         tf = _import_tf()
         if features is None:
             self.features = self._infer(tf)
@@ -259,41 +260,53 @@ class TFRecordSource(Source):
     def read(self, start: int, stop: int) -> dict[str, Any]:
         tf = self._open_tf or _import_tf()
         self._open_tf = tf
-        parts: dict[str, list[Any]] = {field: [] for field in self.names}
+        # The records of every file in the range, parsed in one call: no per-file
+        # pieces to parse and concatenate. ``pieces`` maps positions back to files.
+        records: list[bytes] = []
+        pieces = []
         for file, a, b in self.index.pieces(start, stop):
-            records = self._records(file, a, b)
-            parsed = self._parse(records, file, a, tf)
-            for field, name in self.names.items():
-                parts[field].append(self._rows(name, parsed[name], file, a))
-        out: dict[str, Any] = {}
-        for field, pieces in parts.items():
-            if self.fields[field].ragged:
-                out[field] = [row for piece in pieces for row in piece]
-            else:
-                out[field] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return out
+            records += self._records(file, a, b)
+            pieces.append((file, a, b - a))
+        parsed = self._parse(records, pieces, tf)
+        return {field: self._rows(name, parsed[name], pieces) for field, name in self.names.items()}
 
-    def _parse(self, records: list[bytes], file: int, a: int, tf: Any) -> dict[str, Any]:
-        specs = self._parse_specs(tf)
+    def _locate(self, pieces: list[tuple[int, int, int]], i: int) -> tuple[str, int]:
+        """The file and record number of position ``i`` of a read's records."""
+        for file, a, n in pieces:
+            if i < n:
+                return self.files[file], a + i
+            i -= n
+        raise IndexError(i)
+
+    def _parse(self, records: list[bytes], pieces: list[tuple[int, int, int]], tf: Any) -> dict[str, Any]:
+        if self._open_specs is None:
+            self._open_specs = self._parse_specs(tf)
+        specs = self._open_specs
         try:
-            return tf.io.parse_example(records, specs)
+            return tf.io.parse_example(tf.constant(records, tf.string), specs)
         except (tf.errors.InvalidArgumentError, ValueError) as e:
             # Find the first record that does not parse, to name it.
             for i, record in enumerate(records):
                 try:
                     tf.io.parse_example([record], specs)
                 except (tf.errors.InvalidArgumentError, ValueError) as e1:
+                    path, number = self._locate(pieces, i)
                     raise SchemaError(
-                        f"{self.files[file]}: record {a + i} does not match the features "
+                        f"{path}: record {number} does not match the features "
                         f"{ {n: f.spec_text() for n, f in self.features.items()} }: "
                         f"{str(getattr(e1, 'message', e1)).splitlines()[0]} (declare the feature, e.g. "
                         "--feature NAME=int64:-1 for a variable length)."
                     ) from e1
-            raise SchemaError(f"{self.files[file]}: records {a}:{a + len(records)} do not parse ({e}).") from e
+            spans = "; ".join(f"{self.files[f]}: records {a}:{a + n}" for f, a, n in pieces)
+            raise SchemaError(f"{spans} do not parse ({e}).") from e
 
-    def _rows(self, name: str, value: Any, file: int, a: int) -> Any:
+    def _rows(self, name: str, value: Any, pieces: list[tuple[int, int, int]]) -> Any:
         feat = self.features[name]
-        where = f"{self.files[file]}: feature {name!r}"
+
+        def refuse(i: int, what: str) -> SchemaError:
+            path, number = self._locate(pieces, i)
+            return SchemaError(f"{path}: feature {name!r}: record {number} holds {what}")
+
         if feat.kind != "bytes":
             if not feat.ragged:
                 return value.numpy()
@@ -303,8 +316,8 @@ class TFRecordSource(Source):
             lengths = np.diff(splits)
             if per != 1 and np.any(lengths % per):
                 i = int(np.flatnonzero(lengths % per)[0])
-                raise SchemaError(f"{where}: record {a + i} holds {lengths[i]} values, not a multiple of {per} "
-                                  f"(rows of shape (-1, {', '.join(map(str, trailing))})).")
+                raise refuse(i, f"{lengths[i]} values, not a multiple of {per} "
+                                f"(rows of shape (-1, {', '.join(map(str, trailing))})).")
             values = values.reshape(-1, *trailing)
             return np.split(values, splits[1:-1] // per)
         dtype = np.dtype(feat.dtype)
@@ -314,8 +327,7 @@ class TFRecordSource(Source):
         bad = (lengths % per != 0) if feat.ragged else (lengths != per)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise SchemaError(f"{where}: record {a + i} holds {lengths[i]} bytes; {feat.spec_text()} needs "
-                              f"{'a multiple of ' if feat.ragged else ''}{per}.")
+            raise refuse(i, f"{lengths[i]} bytes; {feat.spec_text()} needs {'a multiple of ' if feat.ragged else ''}{per}.")
         # One copy of all the records' bytes, then views: no per-row array to stack.
         values = np.frombuffer(b"".join(raws), dtype)
         if not feat.ragged:
