@@ -46,7 +46,9 @@ def _reader(path):
 
 
 def test_scan_gives_every_offset_then_the_end_across_scan_blocks(tmp_path):
-    records = _records(1500)  # ~30 KiB: headers straddle the 4 KiB scan blocks
+    # ~30 KiB of small records (headers straddle the 4 KiB scan blocks), records of a block
+    # or more among them (their headers are read alone), and small ones after.
+    records = [b"z" * 9000] + _records(700) + [b"x" * 5000, b"y" * 4096, b""] + _records(800, seed=5)
     path = _write(tmp_path / "a.tfrecord", records)
     offsets = frames.scan_records(path)
     expected = np.concatenate([[0], np.cumsum([16 + len(r) for r in records])])

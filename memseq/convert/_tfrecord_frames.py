@@ -37,7 +37,8 @@ _HEADER = 12  # length (8) + its masked CRC-32C (4)
 _FOOTER = 4  # masked CRC-32C of the data
 _MASK_DELTA = 0xA282EAD8
 # Headers are scanned from blocks of this many bytes: one page, so a file of small
-# records costs one read per block of records, not one per record.
+# records costs one read per block of records, not one per record (records of a page
+# or more are scanned one 12-byte header read each).
 _SCAN_BLOCK = 4096
 
 
@@ -71,11 +72,12 @@ def scan_records(path: str) -> np.ndarray:
         if block[:2] == _GZIP_MAGIC:
             raise FormatError(f"{path}: a compressed (GZIP) TFRecord file; decompress it first (gunzip), memseq reads "
                               "uncompressed TFRecord files by offset.")
-        pos = 0
+        pos = length = 0
         while pos < size:
             at = pos - block_at
             if at + _HEADER > len(block):
-                block, block_at, at = os.pread(fd, _SCAN_BLOCK, pos), pos, 0
+                # After a small record, a block holds the next headers too; after a large one, read its header alone.
+                block, block_at, at = os.pread(fd, _HEADER if length >= _SCAN_BLOCK else _SCAN_BLOCK, pos), pos, 0
             if len(block) - at < _HEADER:
                 raise CorruptFileError(f"{path}: truncated: the file ends inside the frame header of record "
                                        f"{len(offsets)} (at byte {pos} of {size}).")
