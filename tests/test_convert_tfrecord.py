@@ -111,6 +111,24 @@ def test_ragged_raw_bytes_with_trailing_dims(tmp_path):
         np.testing.assert_array_equal(ds["frames"][row], np.arange(3 * n, dtype=np.float32).reshape(n, 3))
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc/self/fd")
+def test_many_files_read_with_few_open(tmp_path):
+    from memseq.convert import _tfrecord
+
+    rows = []
+    for k in range(3 * _tfrecord._MAX_OPEN_FILES):
+        part = [{"label": np.int64(len(rows) + i)} for i in range(3)]
+        _write(tmp_path / f"part-{k}.tfrecord", part)
+        rows += part
+    src = cv.TFRecordSource(tmp_path, {"label": "int64"})
+    before = len(os.listdir("/proc/self/fd"))
+    np.testing.assert_array_equal(src.read(0, len(rows))["label"], np.arange(len(rows)))
+    np.testing.assert_array_equal(src.read(5, 7)["label"], [5, 6])  # a file closed before is reopened
+    assert len(os.listdir("/proc/self/fd")) - before <= _tfrecord._MAX_OPEN_FILES
+    src.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_truncated_file_is_named_and_nothing_committed(tmp_path):
     _write(tmp_path / "a.tfrecord", _rows(10))
     data = (tmp_path / "a.tfrecord").read_bytes()

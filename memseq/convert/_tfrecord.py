@@ -41,6 +41,9 @@ __all__ = ["TFRecordSource", "TFRECORD_EXTENSIONS", "parse_feature_spec", "featu
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
 # How many records the features are inferred from when no spec is given.
 _INFER_RECORDS = 100
+# At most this many files are kept open per process (a conversion of thousands of
+# shards must not run out of file descriptors).
+_MAX_OPEN_FILES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +246,9 @@ class TFRecordSource(Source):
             self._open_readers = {}
         reader = self._open_readers.get(file)
         if reader is None:
+            if len(self._open_readers) >= _MAX_OPEN_FILES:
+                # Rows are read in file order: the file opened first is done with.
+                self._open_readers.pop(next(iter(self._open_readers))).close()
             reader = self._open_readers[file] = RecordReader(self.files[file], self.offsets[file])
         return reader.read(a, b)
 
