@@ -111,6 +111,24 @@ def test_ragged_raw_bytes_with_trailing_dims(tmp_path):
         np.testing.assert_array_equal(ds["frames"][row], np.arange(3 * n, dtype=np.float32).reshape(n, 3))
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc/self/fd")
+def test_many_files_read_with_few_open(tmp_path):
+    from memseq.convert import _tfrecord
+
+    rows = []
+    for k in range(3 * _tfrecord._MAX_OPEN_FILES):
+        part = [{"label": np.int64(len(rows) + i)} for i in range(3)]
+        _write(tmp_path / f"part-{k}.tfrecord", part)
+        rows += part
+    src = cv.TFRecordSource(tmp_path, {"label": "int64"})
+    before = len(os.listdir("/proc/self/fd"))
+    np.testing.assert_array_equal(src.read(0, len(rows))["label"], np.arange(len(rows)))
+    np.testing.assert_array_equal(src.read(5, 7)["label"], [5, 6])  # a file closed before is reopened
+    assert len(os.listdir("/proc/self/fd")) - before <= _tfrecord._MAX_OPEN_FILES
+    src.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_truncated_file_is_named_and_nothing_committed(tmp_path):
     _write(tmp_path / "a.tfrecord", _rows(10))
     data = (tmp_path / "a.tfrecord").read_bytes()
@@ -150,6 +168,18 @@ def test_missing_fixed_feature_and_wrong_raw_size_are_refused(tmp_path):
     with pytest.raises(SchemaError, match=r"feature 'b': record 1 holds 3 bytes; bytes:uint8:4 needs 4"):
         cv.convert(tmp_path / "o2", cv.TFRecordSource(tmp_path / "a.tfrecord", {"b": "bytes:uint8:4"}))
     assert sorted(os.listdir(tmp_path)) == ["a.tfrecord"]
+
+
+def test_refusals_in_a_read_across_files_name_the_file_and_record(tmp_path):
+    # Rows of several files are parsed together: a refusal still names the right file and record.
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "a-1.tfrecord", [{"y": np.int64(1), "b": b"abcd"}] * 3)
+    _write(tmp_path / "in" / "a-2.tfrecord", [{"y": np.int64(1), "b": b"abcd"}, {"b": b"abcd"}, {"y": np.int64(1), "b": b"abc"}])
+    with pytest.raises(SchemaError, match=r"a-2\.tfrecord: feature 'b': record 2 holds 3 bytes; bytes:uint8:4 needs 4"):
+        cv.convert(tmp_path / "o1", cv.TFRecordSource(tmp_path / "in", {"b": "bytes:uint8:4"}))
+    with pytest.raises(SchemaError, match=r"a-2\.tfrecord: record 1 does not match the features.*'y'"):
+        cv.convert(tmp_path / "o2", cv.TFRecordSource(tmp_path / "in", {"y": "int64"}))
+    assert sorted(os.listdir(tmp_path)) == ["in"]
 
 
 def test_not_a_tfrecord_file_and_bad_specs(tmp_path):

@@ -28,8 +28,8 @@ file into memory:
 
 Migrating from other libraries' formats (see ``docs/guide/migrate.md``):
 
-- :class:`TFRecordSource`: TFRecord files of ``tf.train.Example`` records, read with
-  TensorFlow's own reader; features declared (``"int64"``, ``"float32:28,28"``,
+- :class:`TFRecordSource`: TFRecord files of ``tf.train.Example`` records, read in runs
+  with every CRC-32C checked and parsed by TensorFlow; features declared (``"int64"``, ``"float32:28,28"``,
   ``"int64:-1"``, ``"bytes"``, ``"bytes:uint8:28,28,1"``) or inferred from the first
   records.
 - :class:`ArrowSource`: Parquet files, Arrow IPC files and Hugging Face
@@ -72,7 +72,7 @@ Modules
 -------
 One private module per source kind (``_npy``, ``_raw``, ``_npz``, ``_hdf5``,
 ``_memseq``, ``_images``, ``_tfrecord``, ``_arrow``, ``_webdataset``) on the base class
-in ``_base``; ``_inputs`` lists inputs given as many files; ``_sources_dask`` writes
+in ``_base``; ``_tfrecord_frames`` reads TFRecord framing; ``_inputs`` lists inputs given as many files; ``_sources_dask`` writes
 sources through Dask; ``_detect`` finds the kind
 of a path; ``_engine`` checks and combines the sources and writes them with
 :mod:`memseq.write.parallel` (plan, run, finish). The names below are

@@ -2,9 +2,10 @@
 
 The records of each file are located once, when the source is made, by reading only
 their 12-byte frame headers (length and its checksum), so any range of rows can be
-read later, in any worker process. Records are read with TensorFlow's random-access
-record reader (which checks every record's CRC-32C) and parsed with
-``tf.io.parse_example``. TensorFlow is imported only when a TFRecord source is used.
+read later, in any worker process. A range of records is read in one ``pread``, every
+record's length and CRC-32Cs checked (:mod:`memseq.convert._tfrecord_frames`), and
+parsed in one ``tf.io.parse_example`` call. TensorFlow is imported only when a
+TFRecord source is used.
 
 Feature specs (the ``features`` argument, ``--feature NAME=SPEC`` on the command line):
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +30,9 @@ import numpy as np
 
 from memseq.adapters.tf_import import tensorflow_quietly
 from memseq.convert._base import Source, field_spec_at, optional_module
-from memseq.convert._inputs import RowIndex, input_files, input_name, join_pieces
-from memseq.errors import CorruptFileError, FormatError, SchemaError
+from memseq.convert._inputs import RowIndex, input_files, input_name
+from memseq.convert._tfrecord_frames import RecordReader, scan_records
+from memseq.errors import FormatError, SchemaError
 from memseq.storage import format as fmt
 
 __all__ = ["TFRecordSource", "TFRECORD_EXTENSIONS", "parse_feature_spec", "feature_field_name"]
@@ -40,9 +41,9 @@ __all__ = ["TFRecordSource", "TFRECORD_EXTENSIONS", "parse_feature_spec", "featu
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
 # How many records the features are inferred from when no spec is given.
 _INFER_RECORDS = 100
-# A length field above this is no TFRecord frame (the file is something else or corrupt).
-_MAX_RECORD_BYTES = 2**40
-_GZIP_MAGIC = b"\x1f\x8b"
+# At most this many files are kept open per process (a conversion of thousands of
+# shards must not run out of file descriptors).
+_MAX_OPEN_FILES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,52 +116,11 @@ def feature_field_name(feature: str) -> str:
     return feature.strip("/").replace("/", ".")
 
 
-def _scan_records(path: str) -> np.ndarray:
-    """The byte offsets of every record of a TFRecord file, read from the frame headers only.
-
-    Raises:
-        FormatError: For a compressed file or one that is not a TFRecord file.
-        CorruptFileError: If the file ends inside a record (truncated).
-    """
-    size = os.path.getsize(path)
-    offsets = []
-    with open(path, "rb") as f:
-        if f.read(2) == _GZIP_MAGIC:
-            raise FormatError(f"{path}: a compressed (GZIP) TFRecord file; decompress it first (gunzip), memseq reads "
-                              "uncompressed TFRecord files by offset.")
-        pos = 0
-        while pos < size:
-            f.seek(pos)
-            head = f.read(12)
-            if len(head) < 12:
-                raise CorruptFileError(f"{path}: truncated: the file ends inside the frame header of record "
-                                       f"{len(offsets)} (at byte {pos} of {size}).")
-            (length,) = struct.unpack("<Q", head[:8])
-            if length > _MAX_RECORD_BYTES:
-                raise FormatError(f"{path}: not a TFRecord file (record {len(offsets)} at byte {pos} claims "
-                                  f"{length} bytes).")
-            end = pos + 12 + length + 4
-            if end > size:
-                raise CorruptFileError(f"{path}: truncated: record {len(offsets)} (at byte {pos}) needs {end - pos} "
-                                       f"bytes but the file ends after {size - pos}.")
-            offsets.append(pos)
-            pos = end
-    return np.asarray(offsets, dtype=np.int64)
-
-
 def _import_tf() -> Any:
     # Through memseq's filter of TensorFlow's start-up lines (absl, cuInit on a machine
     # without GPU); TF_CPP_MIN_LOG_LEVEL would also hide its later errors.
     with tensorflow_quietly():
         return optional_module("tensorflow", "TFRecord sources need TensorFlow: pip install tensorflow.")
-
-
-def _random_reader(path: str) -> Any:
-    """TensorFlow's random-access TFRecord reader (``tf_record_random_reader``): the record
-    reader of ``tf.data``, which checks each record's CRC-32C, read at a given offset."""
-    from tensorflow.python.lib.io import tf_record
-
-    return tf_record.tf_record_random_reader(path)
 
 
 def _infer(examples: list[Any], path: str) -> dict[str, Feature]:
@@ -240,10 +200,12 @@ class TFRecordSource(Source):
                  features: Mapping[str, str | Feature] | None = None):
         self.files = input_files(paths, TFRECORD_EXTENSIONS, "TFRecord files")
         self.path = input_name(paths, self.files)
-        self.offsets = [_scan_records(p) for p in self.files]
-        self.index = RowIndex([len(o) for o in self.offsets])
-        self._open_readers: dict[int, Any] | None = None
+        # Each file's record offsets, then the end of its last record.
+        self.offsets = [scan_records(p) for p in self.files]
+        self.index = RowIndex([len(o) - 1 for o in self.offsets])
+        self._open_readers: dict[int, RecordReader] | None = None
         self._open_tf = None
+        self._open_specs: dict[str, Any] | None = None
         tf = _import_tf()
         if features is None:
             self.features = self._infer(tf)
@@ -267,11 +229,11 @@ class TFRecordSource(Source):
 
     def _infer(self, tf: Any) -> dict[str, Feature]:
         examples = []
-        first = next((i for i, o in enumerate(self.offsets) if len(o)), None)
+        first = next((i for i, o in enumerate(self.offsets) if len(o) > 1), None)
         if first is None:
             raise FormatError(f"{self.path}: the TFRecord files hold no records; nothing to infer features from.")
         path = self.files[first]
-        records = self._records(first, 0, min(_INFER_RECORDS, len(self.offsets[first])), tf)
+        records = self._records(first, 0, min(_INFER_RECORDS, len(self.offsets[first]) - 1))
         for i, record in enumerate(records):
             try:
                 examples.append(tf.train.Example.FromString(record))
@@ -279,24 +241,16 @@ class TFRecordSource(Source):
                 raise FormatError(f"{path}: record {i} is not a tf.train.Example ({e}).") from e
         return _infer(examples, path)
 
-    def _records(self, file: int, a: int, b: int, tf: Any) -> list[bytes]:
+    def _records(self, file: int, a: int, b: int) -> list[bytes]:
         if self._open_readers is None:
             self._open_readers = {}
         reader = self._open_readers.get(file)
-        path = self.files[file]
         if reader is None:
-            try:
-                reader = self._open_readers[file] = _random_reader(path)
-            except Exception as e:
-                raise CorruptFileError(f"{path}: TensorFlow cannot open it ({e}).") from e
-        out = []
-        read = reader.read
-        for i, offset in enumerate(self.offsets[file][a:b].tolist(), a):
-            try:
-                out.append(read(offset)[0])
-            except Exception as e:  # DataLossError (checksum), IndexError (truncated since)
-                raise CorruptFileError(f"{path}: record {i} cannot be read ({type(e).__name__}: {e}).") from e
-        return out
+            if len(self._open_readers) >= _MAX_OPEN_FILES:
+                # Rows are read in file order: the file opened first is done with.
+                self._open_readers.pop(next(iter(self._open_readers))).close()
+            reader = self._open_readers[file] = RecordReader(self.files[file], self.offsets[file])
+        return reader.read(a, b)
 
     def _parse_specs(self, tf: Any) -> dict[str, Any]:
         specs = {}
@@ -312,35 +266,53 @@ class TFRecordSource(Source):
     def read(self, start: int, stop: int) -> dict[str, Any]:
         tf = self._open_tf or _import_tf()
         self._open_tf = tf
-        parts: dict[str, list[Any]] = {field: [] for field in self.names}
+        # The records of every file in the range, parsed in one call: no per-file
+        # pieces to parse and concatenate. ``pieces`` maps positions back to files.
+        records: list[bytes] = []
+        pieces = []
         for file, a, b in self.index.pieces(start, stop):
-            records = self._records(file, a, b, tf)
-            parsed = self._parse(records, file, a, tf)
-            for field, name in self.names.items():
-                parts[field].append(self._rows(name, parsed[name], file, a))
-        return join_pieces(self.fields, parts)
+            records += self._records(file, a, b)
+            pieces.append((file, a, b - a))
+        parsed = self._parse(records, pieces, tf)
+        return {field: self._rows(name, parsed[name], pieces) for field, name in self.names.items()}
 
-    def _parse(self, records: list[bytes], file: int, a: int, tf: Any) -> dict[str, Any]:
-        specs = self._parse_specs(tf)
+    def _locate(self, pieces: list[tuple[int, int, int]], i: int) -> tuple[str, int]:
+        """The file and record number of position ``i`` of a read's records."""
+        for file, a, n in pieces:
+            if i < n:
+                return self.files[file], a + i
+            i -= n
+        raise IndexError(i)
+
+    def _parse(self, records: list[bytes], pieces: list[tuple[int, int, int]], tf: Any) -> dict[str, Any]:
+        if self._open_specs is None:
+            self._open_specs = self._parse_specs(tf)
+        specs = self._open_specs
         try:
-            return tf.io.parse_example(records, specs)
+            return tf.io.parse_example(tf.constant(records, tf.string), specs)
         except (tf.errors.InvalidArgumentError, ValueError) as e:
             # Find the first record that does not parse, to name it.
             for i, record in enumerate(records):
                 try:
                     tf.io.parse_example([record], specs)
                 except (tf.errors.InvalidArgumentError, ValueError) as e1:
+                    path, number = self._locate(pieces, i)
                     raise SchemaError(
-                        f"{self.files[file]}: record {a + i} does not match the features "
+                        f"{path}: record {number} does not match the features "
                         f"{ {n: f.spec_text() for n, f in self.features.items()} }: "
                         f"{str(getattr(e1, 'message', e1)).splitlines()[0]} (declare the feature, e.g. "
                         "--feature NAME=int64:-1 for a variable length)."
                     ) from e1
-            raise SchemaError(f"{self.files[file]}: records {a}:{a + len(records)} do not parse ({e}).") from e
+            spans = "; ".join(f"{self.files[f]}: records {a}:{a + n}" for f, a, n in pieces)
+            raise SchemaError(f"{spans} do not parse ({e}).") from e
 
-    def _rows(self, name: str, value: Any, file: int, a: int) -> Any:
+    def _rows(self, name: str, value: Any, pieces: list[tuple[int, int, int]]) -> Any:
         feat = self.features[name]
-        where = f"{self.files[file]}: feature {name!r}"
+
+        def refuse(i: int, what: str) -> SchemaError:
+            path, number = self._locate(pieces, i)
+            return SchemaError(f"{path}: feature {name!r}: record {number} holds {what}")
+
         if feat.kind != "bytes":
             if not feat.ragged:
                 return value.numpy()
@@ -350,8 +322,8 @@ class TFRecordSource(Source):
             lengths = np.diff(splits)
             if per != 1 and np.any(lengths % per):
                 i = int(np.flatnonzero(lengths % per)[0])
-                raise SchemaError(f"{where}: record {a + i} holds {lengths[i]} values, not a multiple of {per} "
-                                  f"(rows of shape (-1, {', '.join(map(str, trailing))})).")
+                raise refuse(i, f"{lengths[i]} values, not a multiple of {per} "
+                                f"(rows of shape (-1, {', '.join(map(str, trailing))})).")
             values = values.reshape(-1, *trailing)
             return np.split(values, splits[1:-1] // per)
         dtype = np.dtype(feat.dtype)
@@ -361,8 +333,7 @@ class TFRecordSource(Source):
         bad = (lengths % per != 0) if feat.ragged else (lengths != per)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise SchemaError(f"{where}: record {a + i} holds {lengths[i]} bytes; {feat.spec_text()} needs "
-                              f"{'a multiple of ' if feat.ragged else ''}{per}.")
+            raise refuse(i, f"{lengths[i]} bytes; {feat.spec_text()} needs {'a multiple of ' if feat.ragged else ''}{per}.")
         # One copy of all the records' bytes, then views: no per-row array to stack.
         values = np.frombuffer(b"".join(raws), dtype)
         if not feat.ragged:
@@ -371,4 +342,6 @@ class TFRecordSource(Source):
         return np.split(values, np.cumsum(lengths // per)[:-1])
 
     def close(self) -> None:
+        for reader in (self._open_readers or {}).values():
+            reader.close()
         self._open_readers = None
