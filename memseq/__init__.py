@@ -16,6 +16,7 @@ from memseq.errors import (
     FormatError,
     MemseqError,
     NotRegularFileError,
+    RemoteError,
     SchemaError,
     UnsafePathError,
     WorkerError,
@@ -23,7 +24,8 @@ from memseq.errors import (
 )
 from memseq.order import BlockShuffle, LengthBuckets
 from memseq.read.columns import Column
-from memseq.read.dataset import Dataset, open
+from memseq.read.dataset import Dataset
+from memseq.read.opener import open
 from memseq.read.ragged import RaggedColumn
 from memseq.read.raw import open_raw
 from memseq.read.records import Records, records
@@ -57,6 +59,7 @@ __all__ = [
     "Padding",
     "RaggedColumn",
     "Records",
+    "RemoteError",
     "SchemaError",
     "TokenWindows",
     "UnsafePathError",

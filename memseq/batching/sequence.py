@@ -43,7 +43,7 @@ from memseq.errors import SchemaError
 from memseq.order import BatchPlan
 from memseq.read.arrays import rows_array
 from memseq.read.dataset import Column, Dataset, RawColumn
-from memseq.read.dataset import open as open_dataset
+from memseq.read.opener import open as open_dataset
 from memseq.read.raw import memmap_reference
 from memseq.readahead.batches import BatchReadahead
 from memseq.util.checks import check_bool, check_int, equal_row_counts, is_sorted

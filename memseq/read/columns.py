@@ -277,10 +277,12 @@ class Column(ColumnBase):
             part.check_size(self.name)  # after the copy: see memseq.read.mapping
             return
         bounds = np.searchsorted(idx, self._starts)
-        for p, part in enumerate(parts):
+        # parts[p] only for the parts read: a remote dataset fetches a shard when first asked.
+        for p in range(len(parts)):
             a, b = int(bounds[p]), int(bounds[p + 1])
             if a == b:
                 continue
+            part = parts[p]
             part.data().take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
             part.check_size(self.name)
 
@@ -293,10 +295,11 @@ class Column(ColumnBase):
         """
         out = allocate((stop - start, *self.row_shape), self.dtype, self.name)
         parts = self.parts()
-        for p, part in enumerate(parts):
+        for p in range(len(parts)):
             lo, hi = max(start, int(self._starts[p])), min(stop, int(self._starts[p + 1]))
             if lo >= hi:
                 continue
+            part = parts[p]
             base = int(self._starts[p])
             out[lo - start : hi - start] = part.data()[lo - base : hi - base]
             part.check_size(self.name)
