@@ -30,7 +30,7 @@ import os
 import threading
 from typing import Callable
 
-from memseq.errors import CorruptFileError, SchemaError
+from memseq.errors import CorruptFileError, MemseqError, SchemaError
 from memseq.remote import transfer
 from memseq.remote.urls import cache_key, default_cache_dir, join, parse_size
 from memseq.storage import format as fmt
@@ -190,6 +190,8 @@ class ShardCache:
                 self._verify(tmp, url, checksum, what)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, local)
+            except MemseqError:
+                raise
             except OSError as e:
                 raise os_error(e, local, f"cached copy of {what}", writing=True) from e
             finally:

@@ -1,0 +1,221 @@
+"""Datasets at URLs (issue 24): opened remotely, shards fetched on demand into a verified local cache.
+
+Every server is on 127.0.0.1: moto's S3 server and a local HTTP file server.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from remote_servers import file_server, moto_s3
+
+import memseq
+from memseq.remote import transfer
+
+ROWS, SHARD_ROWS = 1000, 250
+
+
+def _arrays():
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((ROWS, 16)).astype(np.float32), "y": np.arange(ROWS, dtype=np.int64)}
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A 4-shard dataset under tmp_path/www/ds, served over HTTP; yields (server, url, arrays)."""
+    arrays = _arrays()
+    memseq.save(tmp_path / "www" / "ds", arrays, shard_rows=SHARD_ROWS)
+    with file_server(str(tmp_path / "www")) as server:
+        yield server, f"{server.url}/ds", arrays
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(transfer, "BACKOFF_S", 0.01)
+
+
+def _cached_files(cache_dir) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), cache_dir) for d, _, names in os.walk(cache_dir) for f in names
+        if f.endswith(".npy")
+    )
+
+
+def test_open_over_http_fetches_only_the_shards_read(served, tmp_path):
+    server, url, arrays = served
+    ds = memseq.open(url, cache_dir=tmp_path / "cache")
+    assert len(ds) == ROWS and ds.num_shards == 4 and list(ds) == ["x", "y"]
+    assert server.gets(".npy") == {}  # opening reads the manifest only
+    np.testing.assert_array_equal(ds["x"][[3, 7, 1]], arrays["x"][[3, 7, 1]])
+    # A shard's files are fetched together (a Dataset maps a shard as a whole).
+    assert sorted(server.gets(".npy")) == ["/ds/shard-00000/x.npy", "/ds/shard-00000/y.npy"]
+    np.testing.assert_array_equal(ds["y"][SHARD_ROWS * 2 + 5], arrays["y"][SHARD_ROWS * 2 + 5])
+    assert len(server.gets(".npy")) == 4  # shards 0 and 2
+    np.testing.assert_array_equal(ds["x"][:], arrays["x"])
+    np.testing.assert_array_equal(ds.take(np.arange(ROWS)[::-1])["y"], arrays["y"][::-1])
+    ds.verify()
+    assert all(n == 1 for n in server.gets(".npy").values()) and len(server.gets(".npy")) == 8
+
+
+def test_open_over_s3(tmp_path):
+    pytest.importorskip("s3fs")
+    import s3fs
+
+    arrays = _arrays()
+    memseq.save(tmp_path / "ds", arrays, shard_rows=SHARD_ROWS)
+    with moto_s3() as options:
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("bucket")
+        fs.put(str(tmp_path / "ds"), "bucket/train", recursive=True)
+        ds = memseq.open("s3://bucket/train", cache_dir=tmp_path / "cache", storage_options=options)
+        np.testing.assert_array_equal(ds["x"][SHARD_ROWS + 1 : SHARD_ROWS + 9], arrays["x"][SHARD_ROWS + 1 : SHARD_ROWS + 9])
+        assert ds._state.cache.downloads == 2  # shard 1's two files
+        np.testing.assert_array_equal(ds["y"][:], arrays["y"])
+        ds.verify()
+        assert ds._state.cache.downloads == 8
+        # Reopened with the same cache: nothing is downloaded again.
+        again = memseq.open("s3://bucket/train", cache_dir=tmp_path / "cache", storage_options=options)
+        np.testing.assert_array_equal(again["x"][:], arrays["x"])
+        assert again._state.cache.downloads == 0
+
+
+def test_a_pickled_remote_dataset_reads_the_cache_copies(served, tmp_path):
+    server, url, arrays = served
+    ds = memseq.open(url, cache_dir=tmp_path / "cache")
+    ds["y"][:]
+    blob = pickle.dumps(ds)
+    assert len(blob) < 2000  # the URL and the cache's arguments, never data
+    before = sum(server.gets().values())
+    copy = pickle.loads(blob)
+    np.testing.assert_array_equal(copy["x"][:], arrays["x"])
+    assert sum(server.gets().values()) == before  # manifest and files from the cache
+
+
+def test_a_pickled_copy_refuses_a_dataset_rewritten_at_the_url(served, tmp_path):
+    server, url, arrays = served
+    ds = memseq.open(url, cache_dir=tmp_path / "cache1")
+    blob = pickle.dumps(ds)
+    memseq.save(os.path.join(server.root, "ds"), {"x": arrays["x"][:10], "y": arrays["y"][:10]}, overwrite=True)
+    copy = pickle.loads(blob)
+    copy._state.cache = type(copy._state.cache)(url, tmp_path / "cache2")  # no cached manifest copy
+    with pytest.raises(memseq.DatasetReplacedError, match="changed since"):
+        copy["y"][0]
+
+
+def test_a_corrupted_object_is_refused_and_never_cached(served, tmp_path):
+    server, url, arrays = served
+    path = os.path.join(server.root, "ds", "shard-00001", "x.npy")
+    with open(path, "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\xff\xff\xff\xff")
+    ds = memseq.open(url, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds["x"][:SHARD_ROWS], arrays["x"][:SHARD_ROWS])  # shard 0 is intact
+    with pytest.raises(memseq.CorruptFileError, match=r"shard-00001/x\.npy.*does not match the manifest's checksum"):
+        ds["x"][SHARD_ROWS]
+    assert "shard-00001" not in " ".join(_cached_files(tmp_path / "cache"))
+    assert not [f for _, _, names in os.walk(tmp_path / "cache") for f in names if ".part-" in f]
+
+
+def test_server_errors_are_retried_then_a_named_error_names_the_url(served, tmp_path, fast_retries):
+    server, url, _ = served
+    server.fail.add("shard-00000/x.npy")
+    ds = memseq.open(url, cache_dir=tmp_path / "cache")
+    with pytest.raises(memseq.RemoteError, match=r"shard-00000/x\.npy: .*failed 5 times") as info:
+        ds["x"][0]
+    assert isinstance(info.value, OSError) and info.value.filename.endswith("shard-00000/x.npy")
+    assert server.gets("shard-00000/x.npy") == {"/ds/shard-00000/x.npy": transfer.ATTEMPTS}
+    server.fail.clear()  # the server recovers: the same Dataset reads on
+    assert ds["x"][0].shape == (16,)
+
+
+def test_a_missing_dataset_is_dataset_not_found(served, tmp_path):
+    server, _, _ = served
+    with pytest.raises(memseq.DatasetNotFoundError, match="memseq.json: manifest does not exist"):
+        memseq.open(f"{server.url}/nothing-here", cache_dir=tmp_path / "cache")
+
+
+def test_url_only_arguments_are_refused_for_a_local_path(tmp_path):
+    memseq.save(tmp_path / "ds", {"y": np.arange(3)})
+    with pytest.raises(memseq.SchemaError, match="cache_dir apply to URLs only"):
+        memseq.open(tmp_path / "ds", cache_dir=tmp_path / "cache")
+    with pytest.raises(memseq.SchemaError, match="cache_limit must be"):
+        memseq.open("memory://x", cache_limit="lots")
+
+
+def test_memory_and_file_urls(tmp_path):
+    arrays = _arrays()
+    memseq.save(tmp_path / "ds", arrays, shard_rows=SHARD_ROWS)
+    ds = memseq.open((tmp_path / "ds").as_uri(), cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds["x"][::7], arrays["x"][::7])
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(tmp_path / "ds"), "/h7-test-ds", recursive=True)
+    try:
+        mem = memseq.open("memory://h7-test-ds", cache_dir=tmp_path / "cache")
+        np.testing.assert_array_equal(mem["y"][:], arrays["y"])
+    finally:
+        fs.rm("/h7-test-ds", recursive=True)
+
+
+def test_a_full_cache_disk_is_a_write_error_and_leaves_nothing_partial(tmp_path, small_tmpfs):
+    rng = np.random.default_rng(1)
+    memseq.save(tmp_path / "www" / "big", {"x": rng.integers(0, 255, (3 * 2**20,), dtype=np.uint8)})
+    with file_server(str(tmp_path / "www")) as server:
+        ds = memseq.open(f"{server.url}/big", cache_dir=small_tmpfs)
+        with pytest.raises(memseq.WriteError, match="no space left"):
+            ds["x"][0]
+    leftovers = [f for _, _, names in os.walk(small_tmpfs) for f in names if f.endswith(".npy") or ".part-" in f]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_cache_and_download_each_file_once(served, tmp_path, run_python):
+    server, url, arrays = served
+    code = f"""
+        import sys, numpy as np, memseq
+        ds = memseq.open({url!r}, cache_dir={str(tmp_path / "cache")!r})
+        total = float(ds["x"][:].sum()) + float(ds["y"][::-1].sum())
+        print(total)
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import subprocess_env
+
+    script = tmp_path / "reader.py"
+    script.write_text(textwrap.dedent(code))
+    procs = [subprocess.Popen([sys.executable, str(script)], env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    expected = float(arrays["x"].sum()) + float(arrays["y"].sum())
+    assert [pytest.approx(float(o)) for o in outs] == [expected, expected]
+    gets = server.gets(".npy")
+    assert len(gets) == 8 and set(gets.values()) == {1}, gets
+    shutil.rmtree(tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_fit_on_a_remote_dataset(served, tmp_path):
+    keras = pytest.importorskip("keras")
+    server, url, arrays = served
+    ds = memseq.open(url, cache_dir=tmp_path / "cache")
+    seq = memseq.MemmapSequence(ds, x="x", y="y", batch_size=100, seed=0)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(seq, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+    assert len(server.gets(".npy")) == 8 and set(server.gets(".npy").values()) == {1}
+    # A URL string works as MemmapSequence's data too (default cache, here redirected).
+    os.environ["MEMSEQ_CACHE_DIR"] = str(tmp_path / "cache")
+    try:
+        seq2 = memseq.MemmapSequence(url, x="x", y="y", batch_size=100, shuffle=False)
+        np.testing.assert_array_equal(seq2[1][1], arrays["y"][100:200])
+    finally:
+        del os.environ["MEMSEQ_CACHE_DIR"]
