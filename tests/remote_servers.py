@@ -30,6 +30,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with server.lock:
             server.requests[(self.command, path)] += 1
+            server.log.append((self.command, path))
         if any(path.endswith(suffix) for suffix in server.fail):
             self.send_error(500, "injected failure")
             return
@@ -75,6 +76,7 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.root = root
         self.lock = threading.Lock()
         self.requests: collections.Counter = collections.Counter()
+        self.log: list[tuple[str, str]] = []
         self.fail: set[str] = set()
         self.latency = latency
         self.bytes_per_s = bytes_per_s

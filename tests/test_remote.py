@@ -219,3 +219,105 @@ def test_fit_on_a_remote_dataset(served, tmp_path):
         np.testing.assert_array_equal(seq2[1][1], arrays["y"][100:200])
     finally:
         del os.environ["MEMSEQ_CACHE_DIR"]
+
+
+# --------------------------------------------------------------------------- prefetch and eviction (step 2)
+
+SHARDS = 8
+
+
+@pytest.fixture
+def served8(tmp_path):
+    """An 8-shard dataset (125 rows each) served over HTTP; yields (server, url, local path)."""
+    arrays = _arrays()
+    memseq.save(tmp_path / "www" / "ds", arrays, shard_rows=ROWS // SHARDS)
+    with file_server(str(tmp_path / "www")) as server:
+        yield server, f"{server.url}/ds", str(tmp_path / "www" / "ds")
+
+
+def _shard_of(path: str) -> int:
+    return int(path.split("shard-")[1][:5])
+
+
+def _wait_for(predicate, seconds=20.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _shard_order(seq, epoch: int) -> list[int]:
+    """Shards in the order the batches of ``epoch`` first need them."""
+    order = []
+    for b in range(len(seq)):
+        for s in np.unique(seq.batch_rows(b, epoch) // (ROWS // SHARDS)).tolist():
+            if s not in order:
+                order.append(s)
+    return order
+
+
+@pytest.mark.slow
+def test_shards_are_prefetched_in_the_order_the_epoch_needs_them(served8, tmp_path):
+    pytest.importorskip("keras")
+    server, url, _ = served8
+    one_shard = os.path.getsize(os.path.join(served8[2], "shard-00000", "x.npy")) + os.path.getsize(
+        os.path.join(served8[2], "shard-00000", "y.npy"))
+    ds = memseq.open(url, cache_dir=tmp_path / "cache", cache_limit=6 * one_shard)
+    shuffle = memseq.BlockShuffle(block_rows=ROWS // SHARDS, window_blocks=1)
+    seq = memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=shuffle, seed=3)
+    order = _shard_order(seq, 0)
+    assert order != sorted(order)  # a shuffled shard order, so the test tells orders apart
+    seq.get_batch(0)
+    # Batch 0's shard and the three next in the epoch's order (ahead: half the 6-shard limit).
+    _wait_for(lambda: len(server.gets(".npy")) >= 2 * 4)
+    import time
+
+    time.sleep(0.3)  # nothing further is asked for
+    fetched = {_shard_of(p) for p in server.gets(".npy")}
+    assert fetched == set(order[:4]), (fetched, order)
+
+
+@pytest.mark.slow
+def test_eviction_keeps_the_cache_under_its_limit_and_each_shard_is_fetched_once_per_epoch(served8, tmp_path):
+    pytest.importorskip("keras")
+    server, url, local = served8
+    one_shard = os.path.getsize(os.path.join(local, "shard-00000", "x.npy")) + os.path.getsize(
+        os.path.join(local, "shard-00000", "y.npy"))
+    limit = 3 * one_shard
+    ds = memseq.open(url, cache_dir=tmp_path / "cache", cache_limit=limit)
+    shuffle = memseq.BlockShuffle(block_rows=ROWS // SHARDS, window_blocks=1)
+    seq = memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=shuffle, seed=1)
+    reference = memseq.MemmapSequence(local, x="x", y="y", batch_size=25, shuffle=shuffle, seed=1)
+    cache = ds._state.cache
+    for epoch in (0, 1):
+        for b in range(len(seq)):
+            x, y = seq.get_batch(b, epoch)
+            rx, ry = reference.get_batch(b, epoch)
+            np.testing.assert_array_equal(x, rx)
+            np.testing.assert_array_equal(y, ry)
+            assert cache.cached_bytes() <= limit
+        gets = server.gets(".npy")
+        # At most once per epoch (shards still cached when the next epoch needs them first are not).
+        assert len(gets) == 2 * SHARDS and max(gets.values()) <= epoch + 1, gets
+        assert sum(gets.values()) > 2 * SHARDS * epoch  # the cache cannot hold an epoch: it was refetched
+    assert cache.evictions >= 2 * SHARDS
+
+
+def test_make_room_evicts_other_versions_then_the_latest_needed(tmp_path):
+    from memseq.remote.cache import ShardCache
+
+    cache = ShardCache("memory://nothing", tmp_path / "cache", cache_limit=300)
+    current, old = cache.version_dir(1), cache.version_dir(2)
+    for folder, name in ((current, "a.npy"), (current, "b.npy"), (current, "c.npy"), (old, "z.npy")):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"\0" * 100)
+    rank = {"a.npy": 1.0, "b.npy": float("inf"), "c.npy": 5.0}.__getitem__
+    evicted = cache.make_room(0, rank, current=current)
+    assert evicted == [] and not os.path.exists(os.path.join(old, "z.npy"))  # the other version went first
+    evicted = cache.make_room(200, rank, current=current)
+    assert evicted == ["b.npy", "c.npy"]  # not needed again this epoch, then needed latest
+    with pytest.raises(memseq.SchemaError, match="cache_limit is 300 bytes"):
+        cache.make_room(301, rank, current=current)

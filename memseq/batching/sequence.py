@@ -45,6 +45,8 @@ from memseq.read.arrays import rows_array
 from memseq.read.dataset import Column, Dataset, RawColumn
 from memseq.read.opener import open as open_dataset
 from memseq.read.raw import memmap_reference
+from memseq.read.remote import remote_files_of
+from memseq.read.remote_prefetch import ShardPrefetcher
 from memseq.readahead.batches import BatchReadahead
 from memseq.util.checks import check_bool, check_int, equal_row_counts, is_sorted
 
@@ -281,6 +283,9 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
             row_nbytes=row_nbytes,
         )
         self._readahead = BatchReadahead.for_plan(readahead, self.plan, self._columns.values(), row_nbytes)
+        # A dataset at a URL: its shards are downloaded ahead, in the order each epoch needs them.
+        remote = remote_files_of(self.data)
+        self._remote = None if remote is None else ShardPrefetcher(remote, self.plan)
         self.readahead = self._readahead.bound_bytes if self._readahead else 0
         self.seed = self.plan.seed
         self.batch_size = self.plan.batch_size
@@ -397,6 +402,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         epoch = check_int(epoch, "epoch", 0)  # before readahead is asked for anything
         if self._readahead is not None:
             self._readahead.ask(index, epoch)
+        if self._remote is not None:
+            self._remote.ask(index, epoch)
         return self._build(self.plan.batch_rows(index, epoch), epoch, index, None)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
@@ -419,6 +426,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         epoch = check_int(epoch, "epoch", 0)  # before readahead is asked for anything
         if self._readahead is not None:
             self._readahead.ask(index, epoch, (replica, num_replicas))
+        if self._remote is not None:
+            self._remote.ask(index, epoch, (replica, num_replicas))
         rows = self.plan.replica_rows(self.plan.batch_rows(index, epoch), replica, num_replicas)
         return self._build(rows, epoch, index, replica)
 

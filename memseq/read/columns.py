@@ -369,7 +369,11 @@ class Column(ColumnBase):
         # A hint: a range that crosses into the next shard is asked for up to its shard's end.
         part_of = np.searchsorted(self._starts, ranges[:, 0], side="right") - 1
         total = 0
+        # Parts not mapped yet (a remote shard still downloading) are not waited for: a hint.
+        is_mapped = getattr(parts, "is_mapped", None)
         for p in np.unique(part_of).tolist():
+            if is_mapped is not None and not is_mapped(p):
+                continue
             array = parts[p].data()
             lo, hi = int(self._starts[p]), int(self._starts[p + 1])
             mine = ranges[part_of == p]
@@ -390,4 +394,8 @@ class Column(ColumnBase):
             return True
         starts = self._starts_list
         p = bisect.bisect_right(starts, row) - 1
-        return resident(self.parts()[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)
+        parts = self.parts()
+        is_mapped = getattr(parts, "is_mapped", None)
+        if is_mapped is not None and not is_mapped(p):
+            return False  # a remote shard not downloaded yet
+        return resident(parts[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)

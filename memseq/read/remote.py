@@ -34,7 +34,11 @@ from memseq.remote.urls import join
 from memseq.storage import format as fmt
 from memseq.storage.checksum import crc32
 
-__all__ = ["RemoteDatasetFiles", "ShardParts"]
+__all__ = ["RemoteDatasetFiles", "ShardParts", "remote_files_of"]
+
+# The usual .npy header size (memseq's and numpy's version 1 headers): the estimate of a
+# file's size before it is downloaded. The cache checks its limit again with the real size.
+_NPY_HEADER_BYTES = 128
 
 
 class ShardParts(Sequence):
@@ -58,6 +62,11 @@ class ShardParts(Sequence):
             raise IndexError(p)
         return self._files.shard(p)[self._name]
 
+    def is_mapped(self, p: int) -> bool:
+        """Whether part ``p`` is mapped already (asking for it would not download anything)."""
+        shards = self._files._shards
+        return p < len(shards) and shards[p] is not None
+
 
 class RemoteDatasetFiles(_DatasetFiles):
     """The opened state of a dataset at a URL: the manifest, and the shards mapped so far.
@@ -77,6 +86,7 @@ class RemoteDatasetFiles(_DatasetFiles):
         self._shard_locks: list[threading.Lock] = []
         # When each shard is needed next (see set_rank): guides eviction under cache_limit.
         self._rank: Callable[[int], float] | None = None
+        self._file_shards: dict[str, int] | None = None
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
@@ -128,14 +138,45 @@ class RemoteDatasetFiles(_DatasetFiles):
                     self._shards[s] = mapped
         return mapped
 
-    def fetch_shard(self, s: int) -> int:
-        """Downloads and verifies shard ``s``'s files into the cache (without mapping them); returns bytes fetched."""
-        before = self.cache.bytes_downloaded
-        shard = self.manifest.shards[s]
+    def fetch_shard(self, s: int) -> None:
+        """Downloads and verifies shard ``s``'s files into the cache, unless they are there; maps nothing."""
+        for rel, checksum, what, size in self.shard_files(s):
+            self.cache.fetch(
+                self.fingerprint, rel, checksum, what, rank=self._file_rank, size_hint=size, on_evict=self._evicted
+            )
+
+    def shard_files(self, s: int) -> list[tuple[str, str, str, int]]:
+        """Shard ``s``'s files: (path in the manifest, checksum, what it is, expected size in bytes)."""
+        manifest = self.manifest
+        shard = manifest.shards[s]
+        files = []
         for name, entry in shard.files.items():
-            for rel, checksum in _files_of(entry):
-                self.cache.fetch(self.fingerprint, rel, checksum, f"data file of field {name!r}", rank=self._file_rank)
-        return self.cache.bytes_downloaded - before
+            spec = manifest.fields[name]
+            rows = entry.num_values if spec.ragged else shard.num_rows
+            files.append((entry.path, entry.checksum, f"data file of field {name!r}", _NPY_HEADER_BYTES + rows * spec.row_nbytes))
+            if entry.offsets is not None:
+                size = _NPY_HEADER_BYTES + 8 * (shard.num_rows + 1)
+                files.append((entry.offsets.path, entry.offsets.checksum, f"offsets of field {name!r}", size))
+        return files
+
+    def shard_nbytes(self, s: int) -> int:
+        """About how many bytes shard ``s``'s files take (their sizes from the manifest, headers estimated)."""
+        return sum(size for *_, size in self.shard_files(s))
+
+    def _evicted(self, relatives: list[str]) -> None:
+        shard_of = self._shard_of_file()
+        for rel in relatives:
+            s = shard_of.get(rel)
+            if s is not None:
+                self.evict_mapping(s)
+
+    def _shard_of_file(self) -> dict[str, int]:
+        table = self._file_shards
+        if table is None:
+            table = self._file_shards = {
+                rel: s for s in range(len(self.manifest.shards)) for rel, *_ in self.shard_files(s)
+            }
+        return table
 
     def _map_shard(self, s: int) -> dict[str, Any]:
         shard = self.manifest.shards[s]
@@ -157,10 +198,8 @@ class RemoteDatasetFiles(_DatasetFiles):
         rank = self._rank
         if rank is None:
             return 0.0
-        for s, shard in enumerate(self.manifest.shards):
-            if any(rel == relative for entry in shard.files.values() for rel, _ in _files_of(entry)):
-                return rank(s)
-        return math.inf
+        s = self._shard_of_file().get(relative)
+        return math.inf if s is None else rank(s)
 
     def evict_mapping(self, s: int) -> None:
         """Drops this process's mapping of shard ``s`` (unmapped once no read holds it)."""
@@ -184,11 +223,10 @@ class RemoteDatasetFiles(_DatasetFiles):
                 _close_parts(mapped)
 
 
-def _files_of(entry: fmt.FileEntry) -> list[tuple[str, str]]:
-    files = [(entry.path, entry.checksum)]
-    if entry.offsets is not None:
-        files.append((entry.offsets.path, entry.offsets.checksum))
-    return files
+def remote_files_of(data: Any) -> RemoteDatasetFiles | None:
+    """The remote state of a :class:`~memseq.Dataset` opened from a URL; None for anything else."""
+    state = getattr(data, "__dict__", {}).get("_state")
+    return state if isinstance(state, RemoteDatasetFiles) else None
 
 
 def _close_parts(mapped: dict[str, Any]) -> None:

@@ -84,6 +84,8 @@ class ShardCache:
         self.bytes_downloaded = 0
         self.evictions = 0
         self._stats_lock = threading.Lock()
+        self._room_lock = threading.Lock()
+        self._in_flight = 0  # bytes of this process's downloads running now (size estimates)
 
     def __reduce__(self):
         return (ShardCache, (self.url, self.cache_dir, self.cache_limit, self.storage_options))
@@ -151,6 +153,7 @@ class ShardCache:
         *,
         rank: Callable[[str], float] | None = None,
         size_hint: int = 0,
+        on_evict: Callable[[list[str]], None] | None = None,
     ) -> str:
         """The local path of a verified copy of the dataset's file ``relative``, downloading it if needed.
 
@@ -163,6 +166,8 @@ class ShardCache:
                 to the version folder) to when it is needed next (larger: later,
                 ``inf``: not again); files ranked latest are evicted first.
             size_hint: The file's expected size, to make room before downloading.
+            on_evict: Called with the paths (relative to the version folder) of files
+                evicted to make room, so the caller can drop its mappings of them.
 
         Raises:
             CorruptFileError: If the downloaded data do not match ``checksum`` (the
@@ -181,8 +186,7 @@ class ShardCache:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if os.path.exists(local):  # another process or thread fetched it meanwhile
                 return local
-            if self.cache_limit is not None:
-                self.make_room(size_hint, rank or (lambda _: 0.0), keep={local}, current=self.version_dir(fingerprint))
+            self._reserve(size_hint, rank, local, fingerprint, on_evict)
             tmp = f"{local}{_PART_MARK}{os.getpid()}-{threading.get_ident()}"
             try:
                 transfer.download(url, self.storage_options, what, tmp)
@@ -195,6 +199,8 @@ class ShardCache:
             except OSError as e:
                 raise os_error(e, local, f"cached copy of {what}", writing=True) from e
             finally:
+                with self._stats_lock:
+                    self._in_flight -= size_hint
                 try:
                     os.unlink(tmp)
                 except FileNotFoundError:
@@ -202,9 +208,28 @@ class ShardCache:
             with self._stats_lock:
                 self.downloads += 1
                 self.bytes_downloaded += nbytes
+            if nbytes > size_hint:  # the estimate was short: check the limit with the real size
+                self._reserve(0, rank, local, fingerprint, on_evict)
             return local
         finally:
             os.close(lock_fd)  # releases the flock
+
+    def _reserve(self, nbytes: int, rank, local: str, fingerprint: int, on_evict) -> None:
+        """Makes room for ``nbytes`` more (besides this process's downloads in flight) and counts them in flight."""
+        if self.cache_limit is None:
+            with self._stats_lock:
+                self._in_flight += nbytes
+            return
+        with self._room_lock:  # threads of one process make room one at a time, counting each other's downloads
+            with self._stats_lock:
+                in_flight = self._in_flight
+            evicted = self.make_room(
+                nbytes, rank or (lambda _: 0.0), keep={local}, current=self.version_dir(fingerprint), in_flight=in_flight
+            )
+            with self._stats_lock:
+                self._in_flight += nbytes
+        if evicted and on_evict is not None:
+            on_evict(evicted)
 
     def _verify(self, tmp: str, url: str, checksum: str, what: str) -> None:
         with open(tmp, "rb") as f:
@@ -243,27 +268,39 @@ class ShardCache:
         """Bytes of data files of this URL in the cache (all versions)."""
         return sum(size for _, _, size in self.cached_files())
 
-    def make_room(self, incoming: int, rank: Callable[[str], float], keep: set[str] = frozenset(), current: str | None = None) -> None:
+    def make_room(
+        self,
+        incoming: int,
+        rank: Callable[[str], float],
+        keep: set[str] = frozenset(),
+        current: str | None = None,
+        in_flight: int = 0,
+    ) -> list[str]:
         """Evicts cached files until ``incoming`` more bytes fit under ``cache_limit``.
 
         Files of other versions than ``current`` (a version folder) go first, then
         those ``rank`` puts latest; files in ``keep`` (absolute paths) stay.
+        ``in_flight`` bytes (downloads running) count as if they were cached.
+
+        Returns:
+            The paths (relative to ``current``) of the files of ``current`` evicted.
 
         Raises:
             SchemaError: If ``incoming`` alone exceeds the limit.
         """
         limit = self.cache_limit
+        evicted: list[str] = []
         if limit is None:
-            return
+            return evicted
         if incoming > limit:
             raise SchemaError(
                 f"{self.url}: cache_limit is {limit} bytes, but one file of the dataset is {incoming} bytes: "
                 "the cache must hold at least the files of the shards in use. Raise cache_limit."
             )
         files = self.cached_files()
-        total = sum(size for _, _, size in files)
+        total = in_flight + sum(size for _, _, size in files)
         if total + incoming <= limit:
-            return
+            return evicted
 
         def order(item: tuple[str, str, int]) -> tuple[int, float]:
             folder, rel, _ = item
@@ -283,6 +320,9 @@ class ShardCache:
                 continue
             with self._stats_lock:
                 self.evictions += 1
+            if folder == current:
+                evicted.append(rel)
             total -= size
             if total + incoming <= limit:
-                return
+                return evicted
+        return evicted

@@ -1,0 +1,161 @@
+"""Clairvoyant prefetch of a remote dataset's shards: in the order the epoch will need them.
+
+An epoch's order is a pure function of ``(seed, epoch)`` (:class:`~memseq.order.BatchPlan`),
+so the batch at which each shard is first and last needed is known before the epoch
+starts. :class:`ShardPrefetcher` downloads shards in order of first need, ahead of the
+batch being built, on a few threads:
+
+- Bytes in flight are bounded: at most ``parallel`` shards download at once, and the
+  shards downloaded ahead of the current batch (not needed yet) add up to at most
+  ``ahead_bytes`` (by default the smaller of 1 GiB and half of ``cache_limit``).
+- Eviction under ``cache_limit`` follows the same schedule (Belady's rule): shards
+  this epoch no longer needs go first, then those needed latest; shards in use stay.
+- Prefetching is a hint: a download that fails in the background is not reported
+  there; the read that needs the shard downloads it itself and raises the error.
+
+Each process (a Keras worker process too) runs its own prefetcher; the cache's locks
+make sure that a shard is still downloaded once per host.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from memseq.order import BatchPlan
+from memseq.read.remote import RemoteDatasetFiles
+
+__all__ = ["ShardPrefetcher", "DEFAULT_AHEAD_BYTES", "DEFAULT_PARALLEL"]
+
+DEFAULT_AHEAD_BYTES = 2**30
+DEFAULT_PARALLEL = 4
+
+
+class _Schedule:
+    """One epoch's shard schedule: first and last batch needing each shard, and shards by first need."""
+
+    def __init__(self, plan: BatchPlan, epoch: int, starts: np.ndarray, share: tuple[int, int] | None):
+        positions = plan.permutation(epoch)[: plan.num_batches * plan.batch_size]
+        rows = positions if plan.indices is None else plan.indices[positions]
+        batch = np.arange(len(rows), dtype=np.int64) // plan.batch_size
+        if share is not None:
+            # A replica's rows of each batch: the sorted batch dealt round-robin (BatchPlan.replica_rows).
+            keep = np.zeros(len(rows), bool)
+            for b in range(plan.num_batches):
+                lo = b * plan.batch_size
+                order = np.argsort(rows[lo : lo + plan.batch_size], kind="stable")
+                keep[lo + order[share[0] :: share[1]]] = True
+            rows, batch = rows[keep], batch[keep]
+        shard = np.searchsorted(starts, rows, side="right") - 1
+        n = len(starts) - 1
+        self.epoch = epoch
+        self.first = np.full(n, np.iinfo(np.int64).max, np.int64)
+        self.last = np.full(n, -1, np.int64)
+        np.minimum.at(self.first, shard, batch)
+        np.maximum.at(self.last, shard, batch)
+        needed = np.flatnonzero(self.last >= 0)
+        self.order = needed[np.argsort(self.first[needed], kind="stable")].tolist()
+
+
+class ShardPrefetcher:
+    """Downloads the shards of a remote dataset ahead of the batches of a plan.
+
+    Args:
+        files: The remote dataset's state (see :func:`memseq.read.remote.remote_files_of`).
+        plan: The batch plan whose epochs are served.
+        ahead_bytes: Most bytes of shards downloaded ahead of the current batch.
+        parallel: Most shards downloading at once.
+
+    Pickles without its threads: a worker process starts its own.
+    """
+
+    def __init__(self, files: RemoteDatasetFiles, plan: BatchPlan, *, ahead_bytes: int | None = None,
+                 parallel: int = DEFAULT_PARALLEL):
+        self.files = files
+        self.plan = plan
+        limit = files.cache.cache_limit
+        if ahead_bytes is None:
+            ahead_bytes = DEFAULT_AHEAD_BYTES if limit is None else min(DEFAULT_AHEAD_BYTES, limit // 2)
+        self.ahead_bytes = int(ahead_bytes)
+        self.parallel = int(parallel)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+        self._schedule: _Schedule | None = None
+        self._share: tuple[int, int] | None = None
+        self._submitted: set[int] = set()
+        self._index = 0
+        self._starts: np.ndarray | None = None
+        self._sizes: list[int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"files": self.files, "plan": self.plan, "ahead_bytes": self.ahead_bytes, "parallel": self.parallel}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def ask(self, index: int, epoch: int, share: tuple[int, int] | None = None) -> None:
+        """Batch ``index`` of ``epoch`` is being built: starts downloads ahead of it; returns at once."""
+        if self._pid != os.getpid():  # forked: the parent's threads are not here
+            self._reset()
+        with self._lock:
+            schedule = self._schedule_of(epoch, share)
+            self._index = index
+            self.files.set_rank(self._rank)
+            ahead = 0
+            for s in schedule.order:
+                if schedule.last[s] < index:
+                    continue
+                if schedule.first[s] > index:
+                    # Always one shard ahead, however small ahead_bytes is.
+                    if ahead and ahead + self._sizes[s] > self.ahead_bytes and s not in self._submitted:
+                        break
+                    ahead += self._sizes[s]
+                if s not in self._submitted:
+                    self._submitted.add(s)
+                    self._executor().submit(self._fetch, s)
+
+    def _schedule_of(self, epoch: int, share: tuple[int, int] | None) -> _Schedule:
+        if self._starts is None:
+            rows = [shard.num_rows for shard in self.files.manifest.shards]
+            self._starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+            self._sizes = [self.files.shard_nbytes(s) for s in range(len(rows))]
+        schedule = self._schedule
+        if schedule is None or schedule.epoch != epoch or self._share != share:
+            schedule = self._schedule = _Schedule(self.plan, epoch, self._starts, share)
+            self._share = share
+            self._submitted = set()
+        return schedule
+
+    def _rank(self, s: int) -> float:
+        """When shard ``s`` is needed next, for eviction: ``inf`` once this epoch is done with it."""
+        schedule, index = self._schedule, self._index
+        if schedule is None or schedule.last[s] < index:
+            return math.inf
+        return float(max(index, schedule.first[s]))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="memseq-remote")
+        return self._pool
+
+    def _fetch(self, s: int) -> None:
+        try:
+            self.files.fetch_shard(s)
+        except Exception:
+            pass  # a hint only: the read that needs shard s fetches it and raises
+
+    def close(self) -> None:
+        """Stops starting downloads; those running finish."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
