@@ -22,7 +22,7 @@ from memseq.errors import (
     WorkerError,
     WriteError,
 )
-from memseq.order import BlockShuffle, LengthBuckets
+from memseq.order import BlockShuffle, LengthBuckets, ShardShuffle
 from memseq.read.columns import Column
 from memseq.read.dataset import Dataset
 from memseq.read.opener import open
@@ -61,6 +61,7 @@ __all__ = [
     "Records",
     "RemoteError",
     "SchemaError",
+    "ShardShuffle",
     "TokenWindows",
     "UnsafePathError",
     "WorkerError",

@@ -321,3 +321,89 @@ def test_make_room_evicts_other_versions_then_the_latest_needed(tmp_path):
     assert evicted == ["b.npy", "c.npy"]  # not needed again this epoch, then needed latest
     with pytest.raises(memseq.SchemaError, match="cache_limit is 300 bytes"):
         cache.make_room(301, rank, current=current)
+
+
+# --------------------------------------------------------------------------- shard-aligned shuffle, several hosts (step 3)
+
+
+def test_shard_shuffle_serves_each_row_once_and_mixes_only_inside_windows_of_shards():
+    from memseq.order import BatchPlan
+
+    part_rows = (5, 0, 7, 3, 9, 4)
+    starts = np.cumsum((0, *part_rows))
+    indices = np.array([0, 2, 4, 5, 6, 11, 12, 13, 15, 16, 20, 27], np.int64)
+    for subset in (None, indices):
+        plan = BatchPlan(sum(part_rows), 4, shuffle=memseq.ShardShuffle(window_shards=2, part_rows=part_rows),
+                         seed=7, indices=subset)
+        for epoch in (0, 1):
+            perm = plan.permutation(epoch)
+            rows = perm if subset is None else subset[perm]
+            assert sorted(rows.tolist()) == (list(range(sum(part_rows))) if subset is None else subset.tolist())
+            shard = np.searchsorted(starts, rows, side="right") - 1
+            # Each shard's rows are contiguous in a window of two shards: a shard never comes back later.
+            runs = [s for k, s in enumerate(shard.tolist()) if s not in shard[:k].tolist()]
+            seen_windows = [set(shard[i : i + 1].tolist()) for i in range(len(shard))]
+            assert len(runs) == len(set(shard.tolist())) and seen_windows
+            for s in set(shard.tolist()):
+                where = np.flatnonzero(shard == s)
+                window = set(shard[where.min() : where.max() + 1].tolist())
+                assert len(window) <= 2, (s, window)
+        assert not np.array_equal(plan.permutation(0), plan.permutation(1))
+    with pytest.raises(memseq.SchemaError, match="part_rows add up to 28 rows but the data have 29"):
+        BatchPlan(29, 4, shuffle=memseq.ShardShuffle(part_rows=part_rows))
+
+
+def test_hosts_split_each_epoch_into_disjoint_slices_that_cover_every_row_once():
+    from memseq.order import BatchPlan
+
+    for shuffle in (True, False, memseq.ShardShuffle(window_shards=3, part_rows=(10,) * 10 + (3,))):
+        plans = [BatchPlan(103, 8, shuffle=shuffle, seed=2, hosts=(3, h)) for h in range(3)]
+        assert [p.num_rows for p in plans] == [34, 34, 35]
+        rows = np.concatenate([p.batch_rows(b, 1) for p in plans for b in range(p.num_batches)])
+        assert sorted(rows.tolist()) == list(range(103))
+    with pytest.raises(memseq.SchemaError, match="host_index"):
+        BatchPlan(10, 2, hosts=(2, 2))
+
+
+@pytest.mark.slow
+def test_two_hosts_download_disjoint_halves_and_serve_every_row_once_per_epoch(served8, tmp_path):
+    pytest.importorskip("keras")
+    server, url, local = served8
+    one_shard = sum(os.path.getsize(os.path.join(local, "shard-00000", f)) for f in ("x.npy", "y.npy"))
+    seen, downloaded = [], []
+    for epoch in (0, 1):
+        per_host = []
+        for host in (0, 1):
+            # Separate caches: two machines. A cache of a quarter of the dataset each.
+            ds = memseq.open(url, cache_dir=tmp_path / f"cache{host}", cache_limit=2 * one_shard)
+            seq = memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, seed=5, hosts=(2, host),
+                                        shuffle=memseq.ShardShuffle(window_shards=1))
+            before = ds._state.cache.bytes_downloaded
+            ys = np.concatenate([seq.get_batch(b, epoch)[1] for b in range(len(seq))])
+            per_host.append(ds._state.cache.bytes_downloaded - before)
+            seen.append(ys)
+            # Host's shards: exactly the shards of its rows, fetched once each.
+            assert ds._state.cache.bytes_downloaded <= 1.05 * len(np.unique(ys // 125)) * one_shard
+            assert len(np.unique(ys // 125)) == SHARDS // 2
+        downloaded.append(per_host)
+        both = np.concatenate(seen[-2:])
+        assert sorted(both.tolist()) == list(range(ROWS))  # every row once per epoch, over both hosts
+        assert set(np.unique(seen[-2] // 125)).isdisjoint(np.unique(seen[-1] // 125))
+    # Each host downloads its share (half) per epoch, not the dataset.
+    assert all(b <= 1.05 * SHARDS // 2 * one_shard for per_host in downloaded for b in per_host), downloaded
+
+
+def test_a_full_shuffle_with_a_cache_smaller_than_the_dataset_says_what_it_costs(served8, tmp_path):
+    pytest.importorskip("keras")
+    from memseq.batching.hosts import RemoteCacheWarning
+
+    server, url, local = served8
+    ds = memseq.open(url, cache_dir=tmp_path / "cache", cache_limit=20_000)
+    with pytest.warns(RemoteCacheWarning, match=r"full shuffle .* downloaded again for almost every batch"):
+        memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=memseq.ShardShuffle())
+        memseq.MemmapSequence(memseq.open(url, cache_dir=tmp_path / "c2"), x="x", y="y", batch_size=25)

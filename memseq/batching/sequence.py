@@ -39,6 +39,7 @@ import numpy as np
 
 from memseq.batching import padding as _padding
 from memseq.batching.buffers import ALIGN, BufferPool
+from memseq.batching.hosts import remote_order_cost, resolve_hosts, shard_aware_order
 from memseq.errors import SchemaError
 from memseq.order import BatchPlan
 from memseq.read.arrays import rows_array
@@ -215,6 +216,9 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         workers: Keras worker count (``PyDataset`` option).
         use_multiprocessing: Keras workers are processes instead of threads.
         max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
+        hosts: Several hosts training together: ``(num_hosts, host_index)`` or a
+            ``tf.distribute.InputContext``; each host serves its slice of every epoch
+            (see :class:`memseq.order.BatchPlan`), every row once over all hosts.
 
     Raises:
         SchemaError: For unknown fields, unequal lengths, or invalid arguments.
@@ -246,6 +250,7 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        hosts: Any = None,
     ):
         super().__init__(
             workers=check_int(workers, "workers", 0),
@@ -272,6 +277,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         )
         self.shuffle = shuffle
         row_nbytes = sum(_padding.row_nbytes(c) for c in self._columns.values())
+        shuffle = shard_aware_order(shuffle, self.data, row_nbytes)
+        remote_order_cost(self.data, shuffle, row_nbytes)
         self.plan = BatchPlan(
             num_source_rows,
             batch_size,
@@ -281,6 +288,7 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
             drop_remainder=drop_remainder,
             indices=indices,
             row_nbytes=row_nbytes,
+            hosts=resolve_hosts(hosts),
         )
         self._readahead = BatchReadahead.for_plan(readahead, self.plan, self._columns.values(), row_nbytes)
         # A dataset at a URL: its shards are downloaded ahead, in the order each epoch needs them.

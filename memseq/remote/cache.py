@@ -193,14 +193,18 @@ class ShardCache:
                 nbytes = os.path.getsize(tmp)
                 self._verify(tmp, url, checksum, what)
                 os.chmod(tmp, 0o444)
-                os.replace(tmp, local)
+                # The file stops counting as in flight as it starts counting as cached: one step
+                # for make_room, which would otherwise count it twice and evict a needed file.
+                with self._room_lock:
+                    os.replace(tmp, local)
+                    self._release(size_hint)
+                    size_hint = 0
             except MemseqError:
                 raise
             except OSError as e:
                 raise os_error(e, local, f"cached copy of {what}", writing=True) from e
             finally:
-                with self._stats_lock:
-                    self._in_flight -= size_hint
+                self._release(size_hint)
                 try:
                     os.unlink(tmp)
                 except FileNotFoundError:
@@ -208,11 +212,15 @@ class ShardCache:
             with self._stats_lock:
                 self.downloads += 1
                 self.bytes_downloaded += nbytes
-            if nbytes > size_hint:  # the estimate was short: check the limit with the real size
+            if self.cache_limit is not None and self.cached_bytes() > self.cache_limit:  # the estimate was short
                 self._reserve(0, rank, local, fingerprint, on_evict)
             return local
         finally:
             os.close(lock_fd)  # releases the flock
+
+    def _release(self, nbytes: int) -> None:
+        with self._stats_lock:
+            self._in_flight -= nbytes
 
     def _reserve(self, nbytes: int, rank, local: str, fingerprint: int, on_evict) -> None:
         """Makes room for ``nbytes`` more (besides this process's downloads in flight) and counts them in flight."""
