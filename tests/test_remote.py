@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -407,3 +408,101 @@ def test_a_full_shuffle_with_a_cache_smaller_than_the_dataset_says_what_it_costs
         warnings.simplefilter("error")
         memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=memseq.ShardShuffle())
         memseq.MemmapSequence(memseq.open(url, cache_dir=tmp_path / "c2"), x="x", y="y", batch_size=25)
+
+
+# --------------------------------------------------------------------------- writing to URLs, info and verify (step 4)
+
+
+@pytest.fixture
+def s3(tmp_path):
+    pytest.importorskip("s3fs")
+    import s3fs
+
+    with moto_s3() as options:
+        s3fs.S3FileSystem(**options).mkdir("bucket")
+        yield options
+
+
+def test_save_to_s3_uploads_the_manifest_last_and_reads_back(s3, tmp_path, monkeypatch):
+    from memseq.write import upload as upload_module
+
+    uploaded = []
+    real = upload_module.transfer.upload
+    monkeypatch.setattr(upload_module.transfer, "upload", lambda src, url, *a: (uploaded.append(url), real(src, url, *a)))
+    arrays = _arrays()
+    memseq.save("s3://bucket/saved", arrays, shard_rows=300, storage_options=s3)
+    assert uploaded[-1] == "s3://bucket/saved/memseq.json" and len(uploaded) == 1 + 2 * 4
+    ds = memseq.open("s3://bucket/saved", cache_dir=tmp_path / "cache", storage_options=s3)
+    np.testing.assert_array_equal(ds["x"][:], arrays["x"])
+    ds.verify()
+    with pytest.raises(memseq.DatasetExistsError, match="s3://bucket/saved: a memseq dataset exists there"):
+        memseq.save("s3://bucket/saved", arrays, storage_options=s3)
+
+
+def test_overwriting_a_url_dataset_never_mixes_versions(s3, tmp_path):
+    import s3fs
+
+    arrays = _arrays()
+    memseq.save("s3://bucket/ds", arrays, shard_rows=500, storage_options=s3)
+    old = memseq.open("s3://bucket/ds", cache_dir=tmp_path / "cache", storage_options=s3)
+    np.testing.assert_array_equal(old["y"][:3], arrays["y"][:3])  # shard 0 of the old version cached
+    new = {"x": arrays["x"][::-1].copy(), "y": arrays["y"][::-1].copy()}
+    memseq.save("s3://bucket/ds", new, shard_rows=500, overwrite=True, storage_options=s3)
+    np.testing.assert_array_equal(old["y"][:3], arrays["y"][:3])  # the old version's cached shard
+    with pytest.raises(memseq.DatasetNotFoundError):  # deleted with the old version: never the new bytes
+        old["y"][600]
+    fresh = memseq.open("s3://bucket/ds", cache_dir=tmp_path / "cache", storage_options=s3)
+    np.testing.assert_array_equal(fresh["y"][:], new["y"])
+    names = s3fs.S3FileSystem(**s3).find("bucket/ds")
+    assert len(names) == 1 + 4 and all("/d-" in n for n in names if not n.endswith("memseq.json")), names
+
+
+def test_writer_to_a_url_uploads_on_close_and_nothing_if_the_block_raises(s3, tmp_path):
+    import s3fs
+
+    fields = {"y": ("int64", ()), "tokens": ("uint16", (None,))}
+    with pytest.raises(RuntimeError, match="boom"):
+        with memseq.Writer("s3://bucket/w", fields=fields, storage_options=s3) as w:
+            w.append({"y": np.arange(3), "tokens": [np.arange(2), np.arange(5), np.arange(1)]})
+            raise RuntimeError("boom")
+    assert not s3fs.S3FileSystem(**s3).exists("bucket/w/memseq.json")
+    with memseq.Writer("s3://bucket/w", fields=fields, storage_options=s3, shard_rows=2) as w:
+        w.append({"y": np.arange(3), "tokens": [np.arange(2), np.arange(5), np.arange(1)]})
+    ds = memseq.open("s3://bucket/w", cache_dir=tmp_path / "cache", storage_options=s3)
+    assert ds["y"][:].tolist() == [0, 1, 2] and ds["tokens"][1].tolist() == [0, 1, 2, 3, 4]
+    ds.verify()
+
+
+def test_a_server_that_refuses_uploads_is_a_remote_error_and_nothing_is_left(served, tmp_path, fast_retries):
+    server, url, arrays = served
+    with pytest.raises(memseq.RemoteError, match=r"/new/x\.npy: reading or writing data file 'x\.npy' failed 5 times"):
+        memseq.save(f"{server.url}/new", arrays)
+    assert not os.path.exists(os.path.join(server.root, "new"))
+    assert not [d for d in os.listdir(tempfile.gettempdir()) if d.startswith("memseq-upload-")]
+
+
+def test_info_verify_and_convert_accept_urls(served, tmp_path, capsys, monkeypatch):
+    from memseq.cli import main
+
+    server, url, arrays = served
+    monkeypatch.setenv("MEMSEQ_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["info", "--json", url]) == 0
+    import json
+
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == url and info["rows"] == ROWS and info["shards"] == [SHARD_ROWS] * 4
+    assert info["size_bytes"] == sum(os.path.getsize(os.path.join(d, f))
+                                     for d, _, names in os.walk(os.path.join(server.root, "ds")) for f in names)
+    assert main(["verify", url]) == 0
+    assert "OK http://" in capsys.readouterr().out
+    np.save(tmp_path / "x.npy", arrays["x"])
+    assert main(["convert", str(tmp_path / "x.npy"), "memory://h7-converted"]) == 0
+    assert "uploaded to memory://h7-converted" in capsys.readouterr().out
+    np.testing.assert_array_equal(memseq.open("memory://h7-converted", cache_dir=tmp_path / "c2")["x"][:], arrays["x"])
+    # A corrupted object: verify fails naming it.
+    with open(os.path.join(server.root, "ds", "shard-00003", "y.npy"), "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x7f")
+    monkeypatch.setenv("MEMSEQ_CACHE_DIR", str(tmp_path / "cache3"))
+    assert main(["verify", url]) != 0
+    assert "shard-00003/y.npy" in capsys.readouterr().err

@@ -88,6 +88,8 @@ def retrying(url: str, what: str, operation: Callable[[], T]) -> T:
             return operation()
         except MemseqError:
             raise
+        except NotImplementedError as e:  # a read-only filesystem (http://) asked to write
+            raise SchemaError(f"{url}: this filesystem cannot do that ({what}): {type(e).__name__} {e}".rstrip()) from e
         except Exception as e:  # fsspec's backends raise their own types (aiohttp, botocore)
             if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise WriteError(
