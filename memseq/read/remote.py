@@ -64,8 +64,7 @@ class ShardParts(Sequence):
 
     def is_mapped(self, p: int) -> bool:
         """Whether part ``p`` is mapped already (asking for it would not download anything)."""
-        shards = self._files._shards
-        return p < len(shards) and shards[p] is not None
+        return self._files.is_mapped(p)
 
 
 class RemoteDatasetFiles(_DatasetFiles):
@@ -137,6 +136,11 @@ class RemoteDatasetFiles(_DatasetFiles):
                         raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
                     self._shards[s] = mapped
         return mapped
+
+    def is_mapped(self, s: int) -> bool:
+        """Whether shard ``s`` is mapped in this process (so its files are in the cache)."""
+        shards = self._shards
+        return s < len(shards) and shards[s] is not None
 
     def fetch_shard(self, s: int) -> None:
         """Downloads and verifies shard ``s``'s files into the cache, unless they are there; maps nothing."""

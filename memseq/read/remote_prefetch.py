@@ -7,7 +7,8 @@ batch being built, on a few threads:
 
 - Bytes in flight are bounded: at most ``parallel`` shards download at once, and the
   shards downloaded ahead of the current batch (not needed yet) add up to at most
-  ``ahead_bytes`` (by default the smaller of 1 GiB and half of ``cache_limit``).
+  ``ahead_bytes`` (by default the smaller of 1 GiB and half of ``cache_limit``), and
+  never to more than ``cache_limit`` leaves beside the shards in use.
 - Eviction under ``cache_limit`` follows the same schedule (Belady's rule): shards
   this epoch no longer needs go first, then those needed latest; shards in use stay.
 - Prefetching is a hint: a download that fails in the background is not reported
@@ -111,18 +112,27 @@ class ShardPrefetcher:
             schedule = self._schedule_of(epoch, share)
             self._index = index
             self.files.set_rank(self._rank)
+            room = math.inf
+            limit = self.files.cache.cache_limit
+            if limit is not None:
+                # Never more ahead than the cache holds beside the shards in use: a shard
+                # fetched ahead would evict one in use, or be evicted before its turn.
+                room = limit - sum(self._sizes[s] for s in schedule.order if schedule.first[s] <= index <= schedule.last[s])
             ahead = 0
             for s in schedule.order:
                 if schedule.last[s] < index:
                     continue
                 if schedule.first[s] > index:
-                    # Always one shard ahead, however small ahead_bytes is.
-                    if ahead and ahead + self._sizes[s] > self.ahead_bytes and s not in self._submitted:
+                    size = self._sizes[s]
+                    # One shard ahead always (if the cache has room), more up to ahead_bytes.
+                    fits = ahead + size <= room and (ahead == 0 or ahead + size <= self.ahead_bytes)
+                    if not fits and s not in self._submitted:
                         break
-                    ahead += self._sizes[s]
+                    ahead += size
                 if s not in self._submitted:
                     self._submitted.add(s)
-                    self._executor().submit(self._fetch, s)
+                    if not self.files.is_mapped(s):  # mapped: its files are here already
+                        self._executor().submit(self._fetch, s)
 
     def _schedule_of(self, epoch: int, share: tuple[int, int] | None) -> _Schedule:
         if self._starts is None:

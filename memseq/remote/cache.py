@@ -141,7 +141,6 @@ class ShardCache:
     def local_path(self, fingerprint: int, relative: str) -> str:
         """Where the verified copy of ``relative`` (a manifest path) lives, checked to stay in its folder."""
         folder = self.version_dir(fingerprint)
-        os.makedirs(folder, exist_ok=True)
         return fmt.resolve_inside(folder, relative, manifest=join(self.url, MANIFEST_NAME))
 
     def fetch(
