@@ -506,3 +506,30 @@ def test_info_verify_and_convert_accept_urls(served, tmp_path, capsys, monkeypat
     monkeypatch.setenv("MEMSEQ_CACHE_DIR", str(tmp_path / "cache3"))
     assert main(["verify", url]) != 0
     assert "shard-00003/y.npy" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_batch_shuffle_with_a_small_cache_warns_and_fit_without_it_fetches_each_shard_about_once(served8, tmp_path):
+    keras = pytest.importorskip("keras")
+    from memseq.read.remote_prefetch import RemoteCacheWarning
+
+    server, url, local = served8
+    one_shard = sum(os.path.getsize(os.path.join(local, "shard-00000", f)) for f in ("x.npy", "y.npy"))
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    ds = memseq.open(url, cache_dir=tmp_path / "cache", cache_limit=4 * one_shard)
+    seq = memseq.MemmapSequence(ds, x="x", y="y", batch_size=50, seed=0, shuffle=memseq.ShardShuffle(window_shards=1))
+    with pytest.warns(RemoteCacheWarning, match=r"pass fit\(\.\.\., shuffle=False\)"):
+        model.fit(seq, epochs=1, verbose=0)  # fit's default shuffle=True: batches from anywhere in the epoch
+    server.requests.clear()
+    ds = memseq.open(url, cache_dir=tmp_path / "cache2", cache_limit=4 * one_shard)
+    seq = memseq.MemmapSequence(ds, x="x", y="y", batch_size=50, seed=0, shuffle=memseq.ShardShuffle(window_shards=1),
+                                workers=2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RemoteCacheWarning)
+        model.fit(seq, epochs=2, verbose=0, shuffle=False)
+    gets = server.gets(".npy")
+    # Two epochs, two worker threads at neighbouring batches: about once per shard per epoch.
+    assert len(gets) == 2 * SHARDS and sum(gets.values()) <= 1.25 * 2 * 2 * SHARDS, gets

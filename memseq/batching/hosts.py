@@ -16,13 +16,10 @@ from memseq.errors import SchemaError
 from memseq.order import EpochOrder, FullShuffle, ShardShuffle, resolve_shuffle
 from memseq.read.dataset import Dataset
 from memseq.read.remote import remote_files_of
+from memseq.read.remote_prefetch import RemoteCacheWarning
 from memseq.util.checks import bounded_repr, check_int
 
 __all__ = ["RemoteCacheWarning", "resolve_hosts", "shard_aware_order", "remote_order_cost"]
-
-
-class RemoteCacheWarning(UserWarning):
-    """An order that will download much more than the dataset per epoch, because the cache is smaller than the dataset."""
 
 
 def resolve_hosts(hosts: Any) -> tuple[int, int]:

@@ -344,6 +344,11 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         """
         self.set_epoch(self._epoch + 1)
 
+    def serve_order(self, epoch: int, batches: Any) -> None:
+        """Tells readahead that ``epoch``'s batches will be asked for in the order ``batches`` (fit's batch shuffle)."""
+        if self._remote is not None:
+            self._remote.set_order(epoch, batches)
+
     # -- batches
 
     def __len__(self) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,19 +32,30 @@ import numpy as np
 from memseq.order import BatchPlan
 from memseq.read.remote import RemoteDatasetFiles
 
-__all__ = ["ShardPrefetcher", "DEFAULT_AHEAD_BYTES", "DEFAULT_PARALLEL"]
+__all__ = ["DEFAULT_AHEAD_BYTES", "DEFAULT_PARALLEL", "RemoteCacheWarning", "ShardPrefetcher"]
 
 DEFAULT_AHEAD_BYTES = 2**30
 DEFAULT_PARALLEL = 4
 
 
+class RemoteCacheWarning(UserWarning):
+    """An order that will download much more than the dataset per epoch, because the cache is smaller than it needs."""
+
+
 class _Schedule:
     """One epoch's shard schedule: first and last batch needing each shard, and shards by first need."""
 
-    def __init__(self, plan: BatchPlan, epoch: int, starts: np.ndarray, share: tuple[int, int] | None):
+    def __init__(self, plan: BatchPlan, epoch: int, starts: np.ndarray, share: tuple[int, int] | None,
+                 served: np.ndarray | None):
         positions = plan.permutation(epoch)[: plan.num_batches * plan.batch_size]
         rows = positions if plan.indices is None else plan.indices[positions]
         batch = np.arange(len(rows), dtype=np.int64) // plan.batch_size
+        # The step at which each batch is served: its index, or its place in fit's batch order.
+        self.served = served
+        self.step = np.arange(plan.num_batches, dtype=np.int64)
+        if served is not None:
+            self.step = np.full(plan.num_batches, np.iinfo(np.int64).max, np.int64)
+            self.step[served] = np.arange(len(served))
         if share is not None:
             # A replica's rows of each batch: the sorted batch dealt round-robin (BatchPlan.replica_rows).
             keep = np.zeros(len(rows), bool)
@@ -54,6 +66,8 @@ class _Schedule:
             rows, batch = rows[keep], batch[keep]
         shard = np.searchsorted(starts, rows, side="right") - 1
         n = len(starts) - 1
+        batch = self.step[batch]
+        shard, batch = shard[batch < len(self.step)], batch[batch < len(self.step)]  # batches not served: none
         self.epoch = epoch
         self.first = np.full(n, np.iinfo(np.int64).max, np.int64)
         self.last = np.full(n, -1, np.int64)
@@ -96,6 +110,8 @@ class ShardPrefetcher:
         self._index = 0
         self._starts: np.ndarray | None = None
         self._sizes: list[int] | None = None
+        self._orders: dict[int, np.ndarray] = {}
+        self._warned = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"files": self.files, "plan": self.plan, "ahead_bytes": self.ahead_bytes, "parallel": self.parallel}
@@ -110,6 +126,7 @@ class ShardPrefetcher:
             self._reset()
         with self._lock:
             schedule = self._schedule_of(epoch, share)
+            index = int(min(schedule.step[index], len(schedule.step)))  # from now on: the step, not the batch index
             self._index = index
             self.files.set_rank(self._rank)
             room = math.inf
@@ -140,11 +157,44 @@ class ShardPrefetcher:
             self._starts = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
             self._sizes = [self.files.shard_nbytes(s) for s in range(len(rows))]
         schedule = self._schedule
-        if schedule is None or schedule.epoch != epoch or self._share != share:
-            schedule = self._schedule = _Schedule(self.plan, epoch, self._starts, share)
+        served = self._orders.get(epoch)
+        if schedule is None or schedule.epoch != epoch or self._share != share or schedule.served is not served:
+            schedule = self._schedule = _Schedule(self.plan, epoch, self._starts, share, served)
             self._share = share
             self._submitted = set()
         return schedule
+
+    def set_order(self, epoch: int, batches: Any) -> None:
+        """Epoch ``epoch``'s batches will be asked for in the order ``batches`` (a resumed epoch: its rest).
+
+        Warns (:class:`RemoteCacheWarning`) if, in that order, the shards in use at one
+        time exceed ``cache_limit``: then shards are downloaded again within the epoch.
+        """
+        order = np.asarray(batches, np.int64).reshape(-1)
+        with self._lock:
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = order
+            schedule = self._schedule_of(epoch, self._share)
+        limit = self.files.cache.cache_limit
+        if limit is None or self._warned:
+            return
+        sizes = np.asarray(self._sizes, np.int64)
+        used = np.flatnonzero(schedule.last >= 0)
+        change = np.zeros(len(schedule.step) + 2, np.int64)
+        np.add.at(change, schedule.first[used], sizes[used])
+        np.add.at(change, schedule.last[used] + 1, -sizes[used])
+        peak = int(np.cumsum(change).max())
+        if peak > limit:
+            self._warned = True
+            warnings.warn(
+                f"{self.files.path}: in the order its batches are asked for, up to {peak} bytes of shards are in use "
+                f"at once, more than cache_limit={limit}: shards will be downloaded again within each epoch. "
+                "fit(shuffle=True) reorders whole batches over the epoch (so every shard stays in use from its first "
+                "batch to its last); with shuffle=memseq.ShardShuffle(...) the rows are shuffled already: pass "
+                "fit(..., shuffle=False), or raise cache_limit.",
+                RemoteCacheWarning,
+                stacklevel=3,
+            )
 
     def _rank(self, s: int) -> float:
         """When shard ``s`` is needed next, for eviction: ``inf`` once this epoch is done with it."""

@@ -37,6 +37,7 @@ from memseq.storage import format as fmt
 from memseq.storage.checksum import crc32, crc32_of_file
 from memseq.storage.files import os_error
 from memseq.storage.schema import MANIFEST_NAME
+from memseq.util import forksafe as _forksafe
 
 __all__ = ["ShardCache"]
 
@@ -86,6 +87,13 @@ class ShardCache:
         self._stats_lock = threading.Lock()
         self._room_lock = threading.Lock()
         self._in_flight = 0  # bytes of this process's downloads running now (size estimates)
+        _forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held a lock, or been downloading, at the fork.
+        self._stats_lock = threading.Lock()
+        self._room_lock = threading.Lock()
+        self._in_flight = 0
 
     def __reduce__(self):
         return (ShardCache, (self.url, self.cache_dir, self.cache_limit, self.storage_options))
