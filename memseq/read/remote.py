@@ -184,15 +184,21 @@ class RemoteDatasetFiles(_DatasetFiles):
 
     def _map_shard(self, s: int) -> dict[str, Any]:
         shard = self.manifest.shards[s]
-        # A file evicted by another process between its fetch and its mapping is fetched again.
-        for attempt in range(3):
-            self.fetch_shard(s)
-            try:
-                return {name: self._open_data_file(shard, spec) for name, spec in self.manifest.fields.items()}
-            except DatasetNotFoundError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        # This process evicts none of the shard's files until they are mapped; one that
+        # another process evicts in between is fetched again.
+        pinned = [self.cache.local_path(self.fingerprint, rel) for rel, *_ in self.shard_files(s)]
+        self.cache.pin(pinned)
+        try:
+            for attempt in range(3):
+                self.fetch_shard(s)
+                try:
+                    return {name: self._open_data_file(shard, spec) for name, spec in self.manifest.fields.items()}
+                except DatasetNotFoundError:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            self.cache.unpin(pinned)
 
     def set_rank(self, rank: Callable[[int], float] | None) -> None:
         """Tells eviction when each shard is needed next: ``rank(s)`` (``inf``: not again this epoch)."""

@@ -35,6 +35,9 @@ from memseq.read.remote import RemoteDatasetFiles
 __all__ = ["DEFAULT_AHEAD_BYTES", "DEFAULT_PARALLEL", "RemoteCacheWarning", "ShardPrefetcher"]
 
 DEFAULT_AHEAD_BYTES = 2**30
+# Steps behind the furthest batch asked for whose shards still count as in use: batches
+# built concurrently finish out of order.
+_LAG = 8
 DEFAULT_PARALLEL = 4
 
 
@@ -126,18 +129,22 @@ class ShardPrefetcher:
             self._reset()
         with self._lock:
             schedule = self._schedule_of(epoch, share)
-            index = int(min(schedule.step[index], len(schedule.step)))  # from now on: the step, not the batch index
+            # From here on, steps (the place in the served order), not batch indices. Batches
+            # are built concurrently (worker threads, tf.data's parallel calls), so the
+            # furthest step asked for leads, and shards of the last _LAG steps count as in use.
+            index = max(self._index, int(min(schedule.step[index], len(schedule.step))))
             self._index = index
+            done = index - _LAG
             self.files.set_rank(self._rank)
             room = math.inf
             limit = self.files.cache.cache_limit
             if limit is not None:
                 # Never more ahead than the cache holds beside the shards in use: a shard
                 # fetched ahead would evict one in use, or be evicted before its turn.
-                room = limit - sum(self._sizes[s] for s in schedule.order if schedule.first[s] <= index <= schedule.last[s])
+                room = limit - sum(self._sizes[s] for s in schedule.order if schedule.first[s] <= index and schedule.last[s] >= done)
             ahead = 0
             for s in schedule.order:
-                if schedule.last[s] < index:
+                if schedule.last[s] < done:
                     continue
                 if schedule.first[s] > index:
                     size = self._sizes[s]
@@ -162,6 +169,7 @@ class ShardPrefetcher:
             schedule = self._schedule = _Schedule(self.plan, epoch, self._starts, share, served)
             self._share = share
             self._submitted = set()
+            self._index = 0
         return schedule
 
     def set_order(self, epoch: int, batches: Any) -> None:
@@ -199,7 +207,7 @@ class ShardPrefetcher:
     def _rank(self, s: int) -> float:
         """When shard ``s`` is needed next, for eviction: ``inf`` once this epoch is done with it."""
         schedule, index = self._schedule, self._index
-        if schedule is None or schedule.last[s] < index:
+        if schedule is None or schedule.last[s] < index - _LAG:
             return math.inf
         return float(max(index, schedule.first[s]))
 

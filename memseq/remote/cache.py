@@ -24,6 +24,7 @@ The promises:
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import os
@@ -87,13 +88,25 @@ class ShardCache:
         self._stats_lock = threading.Lock()
         self._room_lock = threading.Lock()
         self._in_flight = 0  # bytes of this process's downloads running now (size estimates)
+        self._pinned: collections.Counter = collections.Counter()  # local paths being mapped: never evicted
         _forksafe.register(self)
+
+    def pin(self, paths: list[str]) -> None:
+        """Keeps ``paths`` (local copies) from eviction by this process until :meth:`unpin`."""
+        with self._stats_lock:
+            self._pinned.update(paths)
+
+    def unpin(self, paths: list[str]) -> None:
+        with self._stats_lock:
+            self._pinned.subtract(paths)
+            self._pinned += collections.Counter()  # drops the zero counts
 
     def _after_fork_in_child(self) -> None:
         # Another thread may have held a lock, or been downloading, at the fork.
         self._stats_lock = threading.Lock()
         self._room_lock = threading.Lock()
         self._in_flight = 0
+        self._pinned = collections.Counter()
 
     def __reduce__(self):
         return (ShardCache, (self.url, self.cache_dir, self.cache_limit, self.storage_options))
@@ -321,9 +334,11 @@ class ShardCache:
             folder, rel, _ = item
             return (0, 0.0) if folder != current else (1, -rank(rel))
 
+        with self._stats_lock:
+            pinned = set(self._pinned)
         for folder, rel, size in sorted(files, key=order):
             path = os.path.join(folder, rel)
-            if path in keep:
+            if path in keep or path in pinned:
                 continue
             try:
                 os.unlink(path)
