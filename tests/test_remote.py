@@ -533,3 +533,18 @@ def test_fit_batch_shuffle_with_a_small_cache_warns_and_fit_without_it_fetches_e
     gets = server.gets(".npy")
     # Two epochs, two worker threads at neighbouring batches: about once per shard per epoch.
     assert len(gets) == 2 * SHARDS and sum(gets.values()) <= 1.25 * 2 * 2 * SHARDS, gets
+
+
+def test_hosts_argument_forms():
+    from memseq.batching.hosts import resolve_hosts
+
+    class InputContext:  # what tf.distribute passes to a dataset function
+        num_input_pipelines, input_pipeline_id = 4, 3
+
+    assert resolve_hosts(None) == (1, 0)
+    assert resolve_hosts((2, 1)) == (2, 1)
+    assert resolve_hosts(InputContext()) == (4, 3)
+    with pytest.raises(memseq.SchemaError, match=r"hosts must be None, \(num_hosts, host_index\)"):
+        resolve_hosts(3)
+    with pytest.raises(memseq.SchemaError, match="host_index"):
+        resolve_hosts((2, 5))
