@@ -544,6 +544,8 @@ def test_hosts_argument_forms():
     assert resolve_hosts(None) == (1, 0)
     assert resolve_hosts((2, 1)) == (2, 1)
     assert resolve_hosts(InputContext()) == (4, 3)
+    pytest.importorskip("jax")
+    assert resolve_hosts("jax") == (1, 0)  # one JAX process here
     with pytest.raises(memseq.SchemaError, match=r"hosts must be None, \(num_hosts, host_index\)"):
         resolve_hosts(3)
     with pytest.raises(memseq.SchemaError, match="host_index"):

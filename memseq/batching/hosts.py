@@ -23,18 +23,22 @@ __all__ = ["RemoteCacheWarning", "resolve_hosts", "shard_aware_order", "remote_o
 
 
 def resolve_hosts(hosts: Any) -> tuple[int, int]:
-    """``(num_hosts, host_index)`` from ``None`` (one host), a pair, or a ``tf.distribute.InputContext``.
+    """``(num_hosts, host_index)`` from ``None`` (one host), a pair, a ``tf.distribute.InputContext``, or ``"jax"``.
 
     Raises:
         SchemaError: For anything else, or an index out of range.
     """
     if hosts is None:
         return (1, 0)
+    if isinstance(hosts, str) and hosts == "jax":  # one input pipeline per JAX process (a Keras distribution's)
+        import jax
+
+        hosts = (jax.process_count(), jax.process_index())
     if hasattr(hosts, "num_input_pipelines") and hasattr(hosts, "input_pipeline_id"):
         hosts = (hosts.num_input_pipelines, hosts.input_pipeline_id)
     if not isinstance(hosts, (tuple, list)) or len(hosts) != 2:
         raise SchemaError(
-            "hosts must be None, (num_hosts, host_index) (for JAX: (jax.process_count(), jax.process_index())) "
+            "hosts must be None, (num_hosts, host_index), \"jax\" ((jax.process_count(), jax.process_index())) "
             f"or a tf.distribute.InputContext. Received: {bounded_repr(hosts)}"
         )
     count = check_int(hosts[0], "num_hosts", 1)

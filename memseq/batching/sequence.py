@@ -216,8 +216,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         workers: Keras worker count (``PyDataset`` option).
         use_multiprocessing: Keras workers are processes instead of threads.
         max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
-        hosts: Several hosts training together: ``(num_hosts, host_index)`` or a
-            ``tf.distribute.InputContext``; each host serves its slice of every epoch
+        hosts: Several hosts training together: ``(num_hosts, host_index)``, ``"jax"``
+            or a ``tf.distribute.InputContext``; each host serves its slice of every epoch
             (see :class:`memseq.order.BatchPlan`), every row once over all hosts.
 
     Raises:
