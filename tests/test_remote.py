@@ -550,3 +550,23 @@ def test_hosts_argument_forms():
         resolve_hosts(3)
     with pytest.raises(memseq.SchemaError, match="host_index"):
         resolve_hosts((2, 5))
+
+
+def test_variable_length_rows_fetch_only_their_shards(tmp_path):
+    rows = [np.arange(k % 7, dtype=np.uint16) for k in range(400)]
+    memseq.save(tmp_path / "www" / "tok", {"tokens": rows, "y": np.arange(400)}, shard_rows=100)
+    with file_server(str(tmp_path / "www")) as server:
+        ds = memseq.open(f"{server.url}/tok", cache_dir=tmp_path / "cache")
+        got = ds["tokens"][[250, 260]]
+        assert [r.tolist() for r in got] == [rows[250].tolist(), rows[260].tolist()]
+        assert {_shard_of(p) for p in server.gets(".npy")} == {2}
+        seq = memseq.MemmapSequence(ds, x="tokens", y="y", batch_size=50, shuffle=False) if _has_keras() else None
+        if seq is not None:
+            x, y = seq[5]  # rows 250..299: shard 2 only
+            assert x.shape[0] == 50 and {_shard_of(p) for p in server.gets(".npy")} == {2}
+
+
+def _has_keras() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("keras") is not None

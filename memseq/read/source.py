@@ -185,8 +185,11 @@ class ColumnBase:
 
     def check_sizes(self) -> None:
         """Raises CorruptFileError if any of this column's files shrank since opening (or tore in a read)."""
-        for part in self.parts():
-            part.check_size(self.name)
+        parts = self.parts()
+        is_mapped = getattr(parts, "is_mapped", None)  # a lazy sequence: parts never opened were never read
+        for p in range(len(parts)):
+            if is_mapped is None or is_mapped(p):
+                parts[p].check_size(self.name)
 
     def _row_number(self, key: Any) -> int:
         """The row ``key`` (an int, negative from the end) names, in ``[0, len)``; BatchIndexError if out of range."""
