@@ -16,14 +16,16 @@ from memseq.errors import (
     FormatError,
     MemseqError,
     NotRegularFileError,
+    RemoteError,
     SchemaError,
     UnsafePathError,
     WorkerError,
     WriteError,
 )
-from memseq.order import BlockShuffle, LengthBuckets
+from memseq.order import BlockShuffle, LengthBuckets, ShardShuffle
 from memseq.read.columns import Column
-from memseq.read.dataset import Dataset, open
+from memseq.read.dataset import Dataset
+from memseq.read.opener import open
 from memseq.read.ragged import RaggedColumn
 from memseq.read.raw import open_raw
 from memseq.read.records import Records, records
@@ -56,7 +58,9 @@ __all__ = [
     "Padding",
     "RaggedColumn",
     "Records",
+    "RemoteError",
     "SchemaError",
+    "ShardShuffle",
     "TokenWindows",
     "UnsafePathError",
     "WorkerError",

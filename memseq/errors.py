@@ -31,6 +31,7 @@ __all__ = [
     "FileAccessError",
     "DatasetPermissionError",
     "WriteError",
+    "RemoteError",
     "FormatError",
     "NotRegularFileError",
     "UnsafePathError",
@@ -96,6 +97,16 @@ class WriteError(FileAccessError):
     """Writing a dataset failed: disk full (``ENOSPC``), file size limit (``EFBIG``),
     quota (``EDQUOT``) or another OS error. Nothing was committed and the temporary
     files were removed; a dataset that was being overwritten is intact.
+    """
+
+
+class RemoteError(FileAccessError):
+    """Object storage (an fsspec URL: ``s3://``, ``gs://``, ``https://``, ...) did not answer.
+
+    Raised after transient failures (timeouts, refused connections, server errors)
+    were retried with backoff and the last attempt failed too; ``filename`` is the URL,
+    and the message names it, the number of attempts and the last error. Nothing
+    partial was cached.
     """
 
 

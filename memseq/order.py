@@ -53,6 +53,7 @@ __all__ = [
     "LengthBuckets",
     "ReplicaShare",
     "Sequential",
+    "ShardShuffle",
     "num_batches",
     "replica_share",
     "resolve_shuffle",
@@ -163,14 +164,79 @@ class BlockShuffle(EpochOrder):
         ends = np.cumsum(lengths)
         offsets = np.arange(num_rows, dtype=np.int64) - np.repeat(ends - lengths, lengths)
         positions = (np.repeat(starts, lengths) + offsets).astype(dtype)
-        window_ends = ends[self.window_blocks - 1 :: self.window_blocks].tolist()
-        if not window_ends or window_ends[-1] != num_rows:
-            window_ends.append(num_rows)
-        begin = 0
-        for end in window_ends:
-            rng.shuffle(positions[begin:end])
-            begin = end
-        return positions
+        return _shuffle_windows(rng, positions, ends, self.window_blocks)
+
+
+def _shuffle_windows(rng: np.random.Generator, positions: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """Shuffles ``positions`` in place inside windows of ``window`` consecutive blocks (blocks end at ``ends``)."""
+    num_rows = len(positions)
+    window_ends = ends[window - 1 :: window].tolist()
+    if not window_ends or window_ends[-1] != num_rows:
+        window_ends.append(num_rows)
+    begin = 0
+    for end in window_ends:
+        rng.shuffle(positions[begin:end])
+        begin = end
+    return positions
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardShuffle(EpochOrder):
+    """Shuffle whole shards, then rows inside windows of consecutive shards: a block shuffle aligned to shards.
+
+    Like :class:`BlockShuffle` with the dataset's shards as the blocks. Made for
+    datasets in object storage whose local cache is smaller than the dataset: at any
+    time an epoch needs only the ``window_shards`` shards of one window (and the next,
+    prefetched), so each shard is downloaded once per epoch, and with several hosts
+    each host downloads about its share. A full shuffle needs every shard in every
+    batch, so it works only when the cache holds the whole dataset.
+
+    Args:
+        window_shards: Shards whose rows are mixed together (>= 1).
+        part_rows: Rows of each shard, in order. :class:`~memseq.MemmapSequence` fills
+            them in from its :class:`~memseq.Dataset`; give them for other data.
+
+    Example:
+        >>> ds = memseq.open("s3://bucket/train", cache_limit="50GB")
+        >>> seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=256,
+        ...                             shuffle=memseq.ShardShuffle(window_shards=8))
+    """
+
+    window_shards: int = 4
+    part_rows: tuple[int, ...] | None = None
+    sorts_batches = True
+
+    def __post_init__(self) -> None:
+        check_int(self.window_shards, "window_shards", 1)
+        if self.part_rows is not None:
+            object.__setattr__(self, "part_rows", tuple(check_int(n, "part_rows", 0) for n in self.part_rows))
+
+    def bind(self, num_source_rows: int, batch_size: int, indices: np.ndarray | None) -> "ShardShuffle":
+        if self.part_rows is None:
+            raise SchemaError("ShardShuffle needs the rows of each shard: use it with a memseq.Dataset, or give part_rows.")
+        if sum(self.part_rows) != num_source_rows:
+            raise SchemaError(
+                f"ShardShuffle: part_rows add up to {sum(self.part_rows)} rows but the data have {num_source_rows}."
+            )
+        starts = np.cumsum((0, *self.part_rows), dtype=np.int64)
+        rows = np.arange(num_source_rows, dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+        shard = np.searchsorted(starts, rows, side="right") - 1
+        bound = dataclasses.replace(self)
+        # The positions of each shard's rows, shard by shard, and how many each shard has.
+        object.__setattr__(bound, "_members", np.argsort(shard, kind="stable"))
+        object.__setattr__(bound, "_lengths", np.bincount(shard, minlength=len(self.part_rows)).astype(np.int64))
+        return bound
+
+    def permutation(self, num_rows: int, seed: int, epoch: int) -> np.ndarray:
+        members, lengths = self.__dict__["_members"], self.__dict__["_lengths"]  # set by bind
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(lengths))
+        firsts = np.cumsum(lengths) - lengths
+        sizes = lengths[order]
+        ends = np.cumsum(sizes)
+        within = np.arange(num_rows, dtype=np.int64) - np.repeat(ends - sizes, sizes)
+        positions = members[np.repeat(firsts[order], sizes) + within].astype(_index_dtype(num_rows))
+        return _shuffle_windows(rng, positions, ends, self.window_shards)
 
 
 def block_shuffle_for(row_nbytes: int) -> BlockShuffle:
@@ -304,6 +370,11 @@ class BatchPlan:
         drop_remainder: Drop a last batch with fewer than ``batch_size`` rows.
         indices: Optional subset: 1-D row indices (no negatives) or a boolean mask.
         row_nbytes: Bytes per row of the data read, for ``shuffle="block"``'s defaults.
+        hosts: ``(num_hosts, host_index)``: this host serves the ``host_index``-th of
+            ``num_hosts`` contiguous, near-equal slices of each epoch's order (hosts'
+            row counts differ by at most one), so every row is served once per epoch
+            over all hosts; with :class:`ShardShuffle` a host reads about
+            ``1/num_hosts`` of the shards. Batches are this host's (``batch_size`` rows each).
 
     Raises:
         SchemaError: For invalid arguments, or when there would be no batch.
@@ -325,6 +396,7 @@ class BatchPlan:
         drop_remainder: bool = False,
         indices: Any = None,
         row_nbytes: int = 0,
+        hosts: tuple[int, int] = (1, 0),
     ):
         self.batch_size = check_int(batch_size, "batch_size", 1)
         self.drop_remainder = check_bool(drop_remainder, "drop_remainder")
@@ -337,7 +409,11 @@ class BatchPlan:
                 indices, self.num_source_rows, what="indices", allow_negative=False, invalid=SchemaError
             )
         self.order = self.order.bind(self.num_source_rows, self.batch_size, self.indices)
-        self.num_rows = self.num_source_rows if self.indices is None else len(self.indices)
+        self.epoch_rows = self.num_source_rows if self.indices is None else len(self.indices)
+        num_hosts = check_int(hosts[0], "num_hosts", 1)
+        self.hosts = (num_hosts, check_int(hosts[1], "host_index", 0, maximum=num_hosts - 1))
+        self._host_slice = slice(self.epoch_rows * self.hosts[1] // num_hosts, self.epoch_rows * (self.hosts[1] + 1) // num_hosts)
+        self.num_rows = self._host_slice.stop - self._host_slice.start
         self.num_batches = num_batches(self.num_rows, self.batch_size, self.drop_remainder)
         if self.num_batches == 0:
             raise SchemaError(
@@ -365,7 +441,7 @@ class BatchPlan:
             with self._lock:
                 perm = self._permutations.get(epoch)
                 if perm is None:
-                    perm = self.order.permutation(self.num_rows, self.seed, epoch)
+                    perm = self.order.permutation(self.epoch_rows, self.seed, epoch)[self._host_slice]
                     while len(self._permutations) >= 3:
                         farthest = max(self._permutations, key=lambda e: abs(e - self._recent))
                         del self._permutations[farthest]

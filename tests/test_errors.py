@@ -23,6 +23,7 @@ HIERARCHY = [
     (memseq.FileAccessError, OSError),
     (memseq.DatasetPermissionError, PermissionError),
     (memseq.WriteError, OSError),
+    (memseq.RemoteError, OSError),
     (memseq.NotRegularFileError, ValueError),
 ]
 

@@ -107,6 +107,7 @@ def test_the_package_import_graph_has_no_cycle():
 LAYERS = [
     ("foundation", ["memseq.errors", "memseq.util", "memseq.augment"]),
     ("storage", ["memseq.storage"]),
+    ("remote", ["memseq.remote"]),
     ("order", ["memseq.order"]),
     ("readahead", ["memseq.readahead"]),
     ("read", ["memseq.read"]),

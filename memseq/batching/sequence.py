@@ -39,12 +39,15 @@ import numpy as np
 
 from memseq.batching import padding as _padding
 from memseq.batching.buffers import ALIGN, BufferPool
+from memseq.batching.hosts import remote_order_cost, resolve_hosts, shard_aware_order
 from memseq.errors import SchemaError
 from memseq.order import BatchPlan
 from memseq.read.arrays import rows_array
 from memseq.read.dataset import Column, Dataset, RawColumn
-from memseq.read.dataset import open as open_dataset
+from memseq.read.opener import open as open_dataset
 from memseq.read.raw import memmap_reference
+from memseq.read.remote import remote_files_of
+from memseq.read.remote_prefetch import ShardPrefetcher
 from memseq.readahead.batches import BatchReadahead
 from memseq.util.checks import check_bool, check_int, equal_row_counts, is_sorted
 
@@ -213,6 +216,9 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         workers: Keras worker count (``PyDataset`` option).
         use_multiprocessing: Keras workers are processes instead of threads.
         max_queue_size: Batches Keras keeps ready (``PyDataset`` option).
+        hosts: Several hosts training together: ``(num_hosts, host_index)``, ``"jax"``
+            or a ``tf.distribute.InputContext``; each host serves its slice of every epoch
+            (see :class:`memseq.order.BatchPlan`), every row once over all hosts.
 
     Raises:
         SchemaError: For unknown fields, unequal lengths, or invalid arguments.
@@ -244,6 +250,7 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        hosts: Any = None,
     ):
         super().__init__(
             workers=check_int(workers, "workers", 0),
@@ -270,6 +277,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         )
         self.shuffle = shuffle
         row_nbytes = sum(_padding.row_nbytes(c) for c in self._columns.values())
+        shuffle = shard_aware_order(shuffle, self.data, row_nbytes)
+        remote_order_cost(self.data, shuffle, row_nbytes)
         self.plan = BatchPlan(
             num_source_rows,
             batch_size,
@@ -279,8 +288,12 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
             drop_remainder=drop_remainder,
             indices=indices,
             row_nbytes=row_nbytes,
+            hosts=resolve_hosts(hosts),
         )
         self._readahead = BatchReadahead.for_plan(readahead, self.plan, self._columns.values(), row_nbytes)
+        # A dataset at a URL: its shards are downloaded ahead, in the order each epoch needs them.
+        remote = remote_files_of(self.data)
+        self._remote = None if remote is None else ShardPrefetcher(remote, self.plan)
         self.readahead = self._readahead.bound_bytes if self._readahead else 0
         self.seed = self.plan.seed
         self.batch_size = self.plan.batch_size
@@ -330,6 +343,11 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         begins, so how often this hook is called never changes what is served.
         """
         self.set_epoch(self._epoch + 1)
+
+    def serve_order(self, epoch: int, batches: Any) -> None:
+        """Tells readahead that ``epoch``'s batches will be asked for in the order ``batches`` (fit's batch shuffle)."""
+        if self._remote is not None:
+            self._remote.set_order(epoch, batches)
 
     # -- batches
 
@@ -397,6 +415,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         epoch = check_int(epoch, "epoch", 0)  # before readahead is asked for anything
         if self._readahead is not None:
             self._readahead.ask(index, epoch)
+        if self._remote is not None:
+            self._remote.ask(index, epoch)
         return self._build(self.plan.batch_rows(index, epoch), epoch, index, None)
 
     def get_share(self, index: int, epoch: int, replica: int, num_replicas: int) -> dict[str, np.ndarray]:
@@ -419,6 +439,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         epoch = check_int(epoch, "epoch", 0)  # before readahead is asked for anything
         if self._readahead is not None:
             self._readahead.ask(index, epoch, (replica, num_replicas))
+        if self._remote is not None:
+            self._remote.ask(index, epoch, (replica, num_replicas))
         rows = self.plan.replica_rows(self.plan.batch_rows(index, epoch), replica, num_replicas)
         return self._build(rows, epoch, index, replica)
 

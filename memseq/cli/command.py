@@ -23,6 +23,15 @@ from collections.abc import Sequence
 
 from memseq.bench import METHOD_LABELS, data_files
 from memseq.errors import DatasetExistsError, MemseqError, SchemaError
+from memseq.read.remote import remote_files_of
+from memseq.remote.transfer import filesystem, retrying
+from memseq.remote.urls import is_url
+from memseq.write.upload import (
+    check_remote_target,
+    remove_staging,
+    staging_dir,
+    upload_dataset,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -78,11 +87,11 @@ def _info(args: argparse.Namespace) -> int:
     from memseq.storage import format as fmt
 
     ds = memseq.open(args.path)
-    with open(os.path.join(ds.path, fmt.MANIFEST_NAME), "rb") as f:
-        version = json.loads(f.read().decode("utf-8")).get("version")
+    raw = _manifest_of(ds)
+    version = json.loads(raw.decode("utf-8")).get("version")
     files = data_files(ds)
-    data_bytes = sum(os.path.getsize(p) for p in files)
-    manifest_bytes = os.path.getsize(os.path.join(ds.path, fmt.MANIFEST_NAME))
+    data_bytes = sum(_sizes(ds, files))
+    manifest_bytes = len(raw)
     fields = {
         name: {
             "dtype": str(spec.dtype),
@@ -122,14 +131,37 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifest_of(ds) -> bytes:
+    """The manifest's bytes, of a local dataset or of one at a URL."""
+    from memseq.storage import format as fmt
+
+    remote = remote_files_of(ds)
+    if remote is not None:
+        return remote.cache.manifest_bytes(remote.fingerprint)
+    with open(os.path.join(ds.path, fmt.MANIFEST_NAME), "rb") as f:
+        return f.read()
+
+
+def _sizes(ds, files: list[str]) -> list[int]:
+    """The sizes of a dataset's data files: on disk, or as the server reports them for a URL."""
+    remote = remote_files_of(ds)
+    if remote is None:
+        return [os.path.getsize(p) for p in files]
+    sizes = []
+    for url in files:  # data_files joins the dataset's URL and each file's path
+        fs, path = filesystem(url, remote.cache.storage_options)
+        sizes.append(int(retrying(url, "data file", functools.partial(fs.size, path))))
+    return sizes
+
+
 def _verify(args: argparse.Namespace) -> int:
     import memseq
 
     t = time.perf_counter()
     ds = memseq.open(args.path)  # checks the manifest, every header and every size
-    ds.verify()  # every checksum
+    ds.verify()  # every checksum (a URL's files are downloaded into the cache and checked there)
     files = data_files(ds)
-    nbytes = sum(os.path.getsize(p) for p in files)
+    nbytes = sum(_sizes(ds, files))
     print(
         f"OK {ds.path}: {_plural(len(files), 'data file')}, {_plural(ds.num_rows, 'row')}, {_human_bytes(nbytes)}: "
         f"sizes and CRC-32 checksums match ({time.perf_counter() - t:.1f} s)"
@@ -185,6 +217,17 @@ def _convert(args: argparse.Namespace) -> int:
     if len(args.paths) > 2:
         raise SchemaError(f"convert takes [SRC] DST. Received {len(args.paths)} paths: {args.paths}")
     src, dst = (args.paths[0], args.paths[1]) if len(args.paths) == 2 else (None, args.paths[0])
+    if is_url(dst):  # converted in a local staging folder, then uploaded (data files first, manifest last)
+        check_remote_target(dst, None, args.overwrite)
+        staging = staging_dir()
+        try:
+            args.paths = [p for p in (src, os.path.join(staging, "ds")) if p is not None]
+            _convert(args)
+            upload_dataset(args.paths[-1], dst, None, overwrite=args.overwrite)
+        finally:
+            remove_staging(staging)
+        print(f"uploaded to {dst}")
+        return 0
     use_dask = cv.migration_kind(src) is None and cv.is_dask_input(src, args.field)  # a Zarr store or a glob of .npy files: written through Dask
     if use_dask and args.raw:
         raise SchemaError("--raw cannot be combined with a Zarr store or a .npy glob; convert raw files separately.")

@@ -277,10 +277,12 @@ class Column(ColumnBase):
             part.check_size(self.name)  # after the copy: see memseq.read.mapping
             return
         bounds = np.searchsorted(idx, self._starts)
-        for p, part in enumerate(parts):
+        # parts[p] only for the parts read: a remote dataset fetches a shard when first asked.
+        for p in range(len(parts)):
             a, b = int(bounds[p]), int(bounds[p + 1])
             if a == b:
                 continue
+            part = parts[p]
             part.data().take(idx[a:b] - self._starts[p], axis=0, out=out[a:b], mode="clip")
             part.check_size(self.name)
 
@@ -293,10 +295,11 @@ class Column(ColumnBase):
         """
         out = allocate((stop - start, *self.row_shape), self.dtype, self.name)
         parts = self.parts()
-        for p, part in enumerate(parts):
+        for p in range(len(parts)):
             lo, hi = max(start, int(self._starts[p])), min(stop, int(self._starts[p + 1]))
             if lo >= hi:
                 continue
+            part = parts[p]
             base = int(self._starts[p])
             out[lo - start : hi - start] = part.data()[lo - base : hi - base]
             part.check_size(self.name)
@@ -366,7 +369,11 @@ class Column(ColumnBase):
         # A hint: a range that crosses into the next shard is asked for up to its shard's end.
         part_of = np.searchsorted(self._starts, ranges[:, 0], side="right") - 1
         total = 0
+        # Parts not mapped yet (a remote shard still downloading) are not waited for: a hint.
+        is_mapped = getattr(parts, "is_mapped", None)
         for p in np.unique(part_of).tolist():
+            if is_mapped is not None and not is_mapped(p):
+                continue
             array = parts[p].data()
             lo, hi = int(self._starts[p]), int(self._starts[p + 1])
             mine = ranges[part_of == p]
@@ -387,4 +394,8 @@ class Column(ColumnBase):
             return True
         starts = self._starts_list
         p = bisect.bisect_right(starts, row) - 1
-        return resident(self.parts()[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)
+        parts = self.parts()
+        is_mapped = getattr(parts, "is_mapped", None)
+        if is_mapped is not None and not is_mapped(p):
+            return False  # a remote shard not downloaded yet
+        return resident(parts[p].address() + (row - starts[p] + 1) * self._row_nbytes - 1)

@@ -131,6 +131,8 @@ class _DatasetFiles:
         self, path: str, fingerprint: int | None = None, identities: Sequence[tuple] | None = None, closed: bool = False
     ):
         self.path = path
+        # Where the data files are: the dataset directory (a remote dataset's cache folder).
+        self.data_dir = path
         self.fingerprint = fingerprint
         # The identity of every data file (see memseq.storage.identity), in opening order: those
         # this object mapped, or, until it opens, those its pickling process mapped.
@@ -237,7 +239,7 @@ class _DatasetFiles:
 
     def _open_checked(self, rel: str, spec: fmt.FieldSpec, num_rows: int) -> MappedFile:
         """Opens and maps a .npy file of ``num_rows`` rows of ``spec``'s dtype and value shape, checked."""
-        path = fmt.resolve_inside(self.path, rel, manifest=self.manifest_path)
+        path = fmt.resolve_inside(self.data_dir, rel, manifest=self.manifest_path)
         fd, st = _fs.open_regular(path, f"data file of field {spec.name!r}")
         try:
             # One descriptor, for header, size and mapping alike, closed before returning:

@@ -212,6 +212,9 @@ class RaggedColumn(ColumnBase):
     def bounds(self, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """Where rows ``rows`` (valid row numbers) live: ``(values arrays, part of each row, starts, stops)``.
 
+        The values array of a part that none of the rows live in is None (it is not
+        opened: a remote dataset does not download that shard).
+
         The values arrays are the mappings: a caller that copies from them calls
         :meth:`check_sizes` after its copies, before handing them out.
         """
@@ -222,10 +225,15 @@ class RaggedColumn(ColumnBase):
         part_of = np.searchsorted(self._starts, rows, side="right") - 1
         starts = np.empty(len(rows), np.int64)
         stops = np.empty(len(rows), np.int64)
-        for p in np.unique(part_of).tolist():
+        touched = np.unique(part_of).tolist()
+        for p in touched:
             mine = part_of == p
             starts[mine], stops[mine] = parts[p].bounds(rows[mine] - self._starts[p])
-        return [part.values.data() for part in parts], part_of, starts, stops
+        # Only the parts these rows live in: a remote dataset's other shards stay undownloaded.
+        arrays = [None] * len(parts)
+        for p in touched:
+            arrays[p] = parts[p].values.data()
+        return arrays, part_of, starts, stops
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``rows`` (valid row numbers, any order) concatenated: ``(values, lengths)``."""

@@ -17,7 +17,10 @@ What a :class:`Column` subclass implements, one of:
   ``MappedFile.open(path, dtype, shape, offset)``), part ``i`` holding
   ``part_rows[i]`` rows, in row order. :class:`Column` then provides every read
   over them: ``gather_sorted``, ``read_range``, ``read_windows``, ``prefetch``,
-  ``is_cached`` and ``check_sizes``.
+  ``is_cached`` and ``check_sizes``. ``parts()`` may return a lazy sequence whose
+  ``parts[i]`` opens part ``i`` on first use (a dataset at a URL downloads the shard);
+  if it has ``is_mapped(i)``, reads index only the parts they need, and ``prefetch`` and
+  ``is_cached`` skip parts not opened yet instead of waiting for them.
 - **Computed** (:class:`~memseq.TokenWindows`): ``gather_sorted(idx, out)`` and
   ``read_range(start, stop)`` themselves; ``prefetch``/``is_cached``
   (:class:`memseq.readahead.batches.Prefetchable`) if readahead can help them, and
@@ -182,8 +185,11 @@ class ColumnBase:
 
     def check_sizes(self) -> None:
         """Raises CorruptFileError if any of this column's files shrank since opening (or tore in a read)."""
-        for part in self.parts():
-            part.check_size(self.name)
+        parts = self.parts()
+        is_mapped = getattr(parts, "is_mapped", None)  # a lazy sequence: parts never opened were never read
+        for p in range(len(parts)):
+            if is_mapped is None or is_mapped(p):
+                parts[p].check_size(self.name)
 
     def _row_number(self, key: Any) -> int:
         """The row ``key`` (an int, negative from the end) names, in ``[0, len)``; BatchIndexError if out of range."""

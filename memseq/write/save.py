@@ -17,8 +17,15 @@ import numpy as np
 
 from memseq.errors import SchemaError
 from memseq.read.arrays import rows_array
+from memseq.remote.urls import is_url
 from memseq.util.checks import equal_row_counts
 from memseq.write import ragged as _ragged_write
+from memseq.write.upload import (
+    check_remote_target,
+    remove_staging,
+    staging_dir,
+    upload_dataset,
+)
 from memseq.write.writer import Writer
 
 __all__ = ["save"]
@@ -37,6 +44,7 @@ def save(
     overwrite: bool = False,
     shard_rows: int | None = None,
     progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Writes a mapping of equally long arrays as a memseq dataset, atomically.
 
@@ -48,7 +56,9 @@ def save(
     nothing. Both give byte-identical datasets for the same values.
 
     Args:
-        path: The dataset directory to create.
+        path: The dataset directory to create, or a URL (``s3://...``: staged locally,
+            then uploaded, data files first and the manifest last, so that a reader
+            never sees a half-written dataset).
         data: Mapping of field name -> array (ndarray, ``np.memmap``, memseq column,
             Dask array) with equal first dimensions; the rest of each shape is the
             row shape. A list (or tuple) of ndarrays, or a ragged column, is a
@@ -60,6 +70,7 @@ def save(
         shard_rows: Start a new shard every this many rows.
         progress: Show a progress bar (tqdm; for Dask arrays, Dask's own on local
             schedulers; a distributed cluster has its dashboard).
+        storage_options: For a URL: keyword arguments of its fsspec filesystem.
 
     Raises:
         DatasetExistsError: If ``path`` exists and ``overwrite`` is False, or it
@@ -77,12 +88,27 @@ def save(
         >>> memseq.save("data/tokens", {"tokens": [np.arange(5), np.arange(3)], "label": np.array([0, 1])})
         >>> memseq.save("data/big", {"x": dask_array, "y": labels})   # in parallel
     """
+    if is_url(path):
+        _save_to_url(path, data, overwrite, shard_rows, progress, storage_options)
+        return
     dask_array = getattr(sys.modules.get("dask.array"), "Array", None)  # never imports Dask itself
     if isinstance(data, Mapping) and dask_array is not None and any(isinstance(a, dask_array) for a in data.values()):
         from memseq.write.dask import write_dask
 
         return write_dask(path, data, overwrite=overwrite, shard_rows=shard_rows, progress=progress)
     _write_arrays(path, data, overwrite, shard_rows, progress)
+
+
+def _save_to_url(url: str, data: Any, overwrite: bool, shard_rows: int | None, progress: bool, options: Any) -> None:
+    """:func:`save` to a URL: written in a local staging folder, then uploaded (manifest last)."""
+    check_remote_target(url, options, overwrite)
+    staging = staging_dir()
+    try:
+        local = os.path.join(staging, "ds")
+        save(local, data, shard_rows=shard_rows, progress=progress)
+        upload_dataset(local, url, options, overwrite=overwrite)
+    finally:
+        remove_staging(staging)
 
 
 def _write_arrays(path: str | os.PathLike, data: Any, overwrite: bool, shard_rows: int | None, progress: bool) -> None:

@@ -35,12 +35,19 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 
 from memseq.errors import MemseqError, SchemaError
+from memseq.remote.urls import is_url
 from memseq.storage import commit as _commit
 from memseq.storage import files as _fs
 from memseq.storage import format as fmt
 from memseq.storage.checksum import crc32
 from memseq.util.checks import check_int, equal_row_counts
 from memseq.write import ragged as _ragged_write
+from memseq.write.upload import (
+    check_remote_target,
+    remove_staging,
+    staging_dir,
+    upload_dataset,
+)
 
 __all__ = ["Writer", "check_block", "checked_rows"]
 
@@ -194,7 +201,9 @@ class Writer:
     commit or :meth:`abort` to discard.
 
     Args:
-        path: The dataset directory to create.
+        path: The dataset directory to create, or a URL (any fsspec URL that can be
+            written, e.g. ``s3://``): the dataset is written in a local staging folder
+            (``$TMPDIR``) and uploaded on :meth:`close`, data files first, the manifest last.
         fields: Mapping of field name -> ``(dtype, row_shape)``; dtypes must be
             bool or numeric, ``row_shape`` is ``()`` for scalar rows. A ``None``
             first dimension declares a variable-length field: ``("uint16", (None,))``
@@ -205,6 +214,7 @@ class Writer:
             default everything goes into one file per field.
         progress: Show a tqdm progress bar of rows written.
         total_rows: The expected number of rows, for the progress bar only.
+        storage_options: For a URL: keyword arguments of its fsspec filesystem.
 
     Raises:
         DatasetExistsError: If ``path`` exists and ``overwrite`` is False, or it
@@ -227,7 +237,16 @@ class Writer:
         shard_rows: int | None = None,
         progress: bool = False,
         total_rows: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ):
+        # A URL: the dataset is written in a local staging folder, then uploaded on close().
+        self.url = path.rstrip("/") if is_url(path) else None
+        self._staging = None
+        if self.url is not None:
+            check_remote_target(self.url, storage_options, bool(overwrite))
+            self._staging = staging_dir()
+            path = os.path.join(self._staging, "ds")
+        self._storage_options = storage_options
         self.path = os.path.abspath(_fs.check_path(path, "dataset path"))
         self.fields = _normalize_fields(fields)
         self.shard_rows = fmt.check_shard_rows(shard_rows)
@@ -376,6 +395,11 @@ class Writer:
             manifest = fmt.Manifest(sum(s.num_rows for s in self._shards), dict(self.fields), tuple(self._shards))
             _commit.write_manifest(self._tmp, manifest)
             _commit.publish(self._tmp, self.path, self.overwrite)
+            if self.url is not None:
+                try:
+                    upload_dataset(self.path, self.url, self._storage_options, overwrite=self.overwrite)
+                finally:
+                    remove_staging(self._staging)
         except OSError as e:
             self.abort()
             if isinstance(e, MemseqError):
@@ -400,6 +424,8 @@ class Writer:
                 pass  # closing a file whose write failed may fail again (ENOSPC): it goes anyway
         self._current = None
         _commit.remove_temp_dir(self._tmp)
+        if self._staging is not None:
+            remove_staging(self._staging)
         if self._bar is not None:
             self._bar.close()
 

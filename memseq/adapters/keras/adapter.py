@@ -154,6 +154,9 @@ class EpochFeed:
         epoch = self.seq.epoch
         order = self.order(epoch)
         count = len(order) if isinstance(order, list) else None
+        serve_order = getattr(self.seq, "serve_order", None)  # a MemmapSequence's: a subclass of PyDataset may lack it
+        if count is not None and callable(serve_order):
+            serve_order(epoch, order)
         return count, (standardize(batch, self.class_weight) for batch in self.producer.epoch(order, epoch))
 
     def batches(self) -> Iterator[Any]:

@@ -1,0 +1,244 @@
+"""A dataset over a throttled local HTTP server: ``fit(seq)`` from an empty cache, a warm cache, and two hosts.
+
+Usage:
+    python benchmarks/bench_remote.py [--dir DIR] [--rows 100000] [--shard-rows 2048]
+                                      [--mbps 200] [--latency-ms 20] [--repeats 1]
+
+Writes (once, reused) ``rows`` 64x64x3 uint8 images (12 KiB rows; 100,000 rows are
+1.2 GB) and int64 labels in shards of ``shard-rows`` rows, and serves the folder from a
+local HTTP server in its own process, throttled to ``mbps`` MB/s in all (one token
+bucket shared by every connection) and ``latency-ms`` per request. Each case runs in a
+fresh process:
+
+- ``remote``: ``memseq.open(url, cache_dir=<empty>)``, ``MemmapSequence(...,
+  shuffle=memseq.ShardShuffle(window_shards=4))``, ``fit`` for two epochs: epoch 1
+  (empty cache) against the rate the bandwidth allows (``mbps`` / row bytes), epoch 2
+  (cache warm) against the same ``fit`` over the dataset on local disk, epoch 2 there
+  (page cache warm: both read from RAM).
+- ``hosts``: two hosts (``hosts=(2, h)``), each with its own cache of a quarter of
+  the dataset, read two epochs batch by batch; bytes downloaded per host per epoch
+  against its share (half the dataset).
+
+Not here yet: Mosaic Streaming over the same server (issue 24 asks for it beside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+ROW_SHAPE, BATCH = _common.ROW_SHAPE, _common.BATCH
+ROW_BYTES = int(np.prod(ROW_SHAPE)) + 8
+
+
+# --------------------------------------------------------------------------- the throttled server
+
+
+class _Bucket:
+    """A token bucket of ``rate`` bytes per second shared by every connection."""
+
+    def __init__(self, rate: float):
+        self.rate, self.lock, self.next_free = rate, threading.Lock(), time.monotonic()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_free)
+            self.next_free = start + n / self.rate
+        delay = self.next_free - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _serve(root: str, port_file: str, mbps: float, latency: float) -> None:
+    bucket = _Bucket(mbps * 1e6)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            time.sleep(latency)
+            return super().send_head()
+
+        def copyfile(self, source, outputfile):
+            while data := source.read(256 * 1024):
+                bucket.take(len(data))
+                outputfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Handler(*a, directory=root))
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+
+
+def start_server(root: str, mbps: float, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    port_file = os.path.join(tempfile.mkdtemp(prefix="bench-remote-"), "port")
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", root, port_file, str(mbps), str(latency_ms / 1000)])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(port_file):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit("the throttled server did not start")
+        time.sleep(0.05)
+    with open(port_file) as f:
+        return proc, f"http://127.0.0.1:{int(f.read())}"
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def build(path: str, rows: int, shard_rows: int) -> None:
+    import memseq
+
+    try:
+        ds = memseq.open(path)
+        if ds.num_rows == rows and ds.manifest.shards[0].num_rows == min(rows, shard_rows):
+            print(f"reusing {path}", file=sys.stderr)
+            return
+    except memseq.MemseqError:
+        if os.path.exists(path) and os.listdir(path):
+            raise SystemExit(f"{path} exists and is not a benchmark dataset; pass another --dir.") from None
+    print(f"writing {rows} rows ({rows * ROW_BYTES / 1e9:.2f} GB) in shards of {shard_rows} to {path} ...", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 256, (4096, *ROW_SHAPE), dtype=np.uint8)
+    with memseq.Writer(path, {"image": ("uint8", ROW_SHAPE), "label": ("int64", ())}, overwrite=True,
+                       shard_rows=shard_rows) as w:
+        for start in range(0, rows, 4096):
+            n = min(4096, rows - start)
+            w.append({"image": block[:n], "label": np.arange(start, start + n) % 10})
+
+
+# --------------------------------------------------------------------------- cases (each in a fresh process)
+
+
+def case_fit(data: str, cache_dir: str) -> dict:
+    """Two epochs of fit(seq) with the tiny model; seconds per epoch and bytes downloaded."""
+    import keras
+
+    import memseq
+
+    ds = memseq.open(data, cache_dir=cache_dir) if cache_dir else memseq.open(data)
+    seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0,
+                                shuffle=memseq.ShardShuffle(window_shards=4), workers=2)
+    times: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    model = _common.tiny_model()
+    # Tracing and compiling on in-RAM batches of the same shapes: a warm-up on seq would
+    # start its downloads before the clock.
+    model.fit(np.zeros((2 * BATCH, *ROW_SHAPE), np.uint8), np.zeros(2 * BATCH, np.int64), batch_size=BATCH, verbose=0)
+    model.fit(seq, epochs=2, verbose=0, callbacks=[Clock()])
+    cache = getattr(ds.__dict__.get("_state"), "cache", None)
+    return {"seconds": times, "rows": ds.num_rows, "downloaded": 0 if cache is None else cache.bytes_downloaded}
+
+
+def case_hosts(url: str, cache_root: str, limit: int) -> dict:
+    """Two hosts, each with a cache of ``limit`` bytes: bytes each downloads per epoch."""
+    import memseq
+
+    per_epoch = []
+    seqs = []
+    for h in range(2):
+        ds = memseq.open(url, cache_dir=os.path.join(cache_root, f"host{h}"), cache_limit=limit)
+        seqs.append(memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0, hosts=(2, h),
+                                          shuffle=memseq.ShardShuffle(window_shards=4)))
+    for epoch in range(2):
+        row = []
+        for seq in seqs:
+            cache = seq.data.__dict__["_state"].cache
+            before = cache.bytes_downloaded
+            for b in range(len(seq)):
+                seq.get_batch(b, epoch)
+            row.append(cache.bytes_downloaded - before)
+        per_epoch.append(row)
+    return {"per_epoch": per_epoch}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "memseq-bench-remote"))
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--shard-rows", type=int, default=2048)
+    parser.add_argument("--mbps", type=float, default=200.0)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        root, port_file, mbps, latency = args.serve
+        return _serve(root, port_file, float(mbps), float(latency))
+    if args.case:
+        kind, *rest = args.case
+        if kind == "fit":
+            return _common.print_result(case_fit(rest[0], rest[1] if len(rest) > 1 else ""))
+        return _common.print_result(case_hosts(rest[0], rest[1], int(rest[2])))
+
+    www = os.path.join(args.dir, "www")
+    local = os.path.join(www, "ds")
+    build(local, args.rows, args.shard_rows)
+    nbytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(local) for f in names)
+    server, base = start_server(www, args.mbps, args.latency_ms)
+    url = f"{base}/ds"
+    me = [sys.executable, __file__, "--case"]
+    try:
+        results: dict[str, list] = {"remote": [], "local": [], "hosts": []}
+        for _ in range(args.repeats):
+            cache = tempfile.mkdtemp(prefix="bench-remote-cache-", dir=args.dir)
+            results["remote"].append(_common.run_case(me + ["fit", url, cache], "remote fit"))
+            shutil.rmtree(cache)
+            _common.warm(_common.data_files(local))
+            results["local"].append(_common.run_case(me + ["fit", local], "local fit"))
+            caches = tempfile.mkdtemp(prefix="bench-remote-hosts-", dir=args.dir)
+            results["hosts"].append(_common.run_case(me + ["hosts", url, caches, str(nbytes // 4)], "two hosts"))
+            shutil.rmtree(caches)
+    finally:
+        server.kill()
+        server.wait()
+    _report(args, results, nbytes)
+
+
+def _report(args: argparse.Namespace, results: dict, nbytes: int) -> None:
+    rows = results["remote"][0]["rows"]
+    bound = args.mbps * 1e6 / ROW_BYTES
+    cold = statistics.median(rows / r["seconds"][0] for r in results["remote"])
+    warm = statistics.median(rows / r["seconds"][1] for r in results["remote"])
+    local = statistics.median(rows / r["seconds"][1] for r in results["local"])
+    print(f"dataset: {rows:,} rows, {nbytes / 1e9:.2f} GB in shards of {args.shard_rows} rows; server: "
+          f"{args.mbps:g} MB/s, {args.latency_ms:g} ms per request; fit(seq), tiny model, batch {BATCH}, "
+          f"ShardShuffle(window_shards=4), workers=2; medians of {args.repeats} run(s)")
+    print(f"  epoch 1, empty cache: {cold:,.0f} rows/s = {cold / bound:.2f}x the bandwidth's {bound:,.0f} rows/s "
+          f"(downloaded {statistics.median(r['downloaded'] for r in results['remote']) / nbytes:.2f}x the dataset)")
+    print(f"  epoch 2, warm cache:  {warm:,.0f} rows/s = {warm / local:.2f}x local disk ({local:,.0f} rows/s, page cache warm)")
+    share = nbytes / 2
+    per = [b / share for r in results["hosts"] for epoch in r["per_epoch"] for b in epoch]
+    print(f"  two hosts, cache 1/4 of the dataset each: bytes downloaded per host per epoch / its share (half): "
+          f"max {max(per):.3f}, all {', '.join(f'{p:.3f}' for p in per)}")
+    print(json.dumps({"cold_vs_bandwidth": cold / bound, "warm_vs_local": warm / local, "hosts_share_max": max(per)}))
+
+
+if __name__ == "__main__":
+    main()
