@@ -15,19 +15,21 @@ Orders are objects with a ``permutation(num_rows, seed, epoch)`` method:
 the order for data larger than RAM: it shuffles blocks of contiguous rows, then rows
 inside a window of consecutive blocks, so that an epoch reads each block once, in
 large sequential pieces, while batches still mix rows from many places.
-:class:`LengthBuckets` (``shuffle=memseq.LengthBuckets(ds["tokens"])``) batches rows of
-similar length together, to cut the padding of variable-length fields.
+:class:`ShardShuffle` is the same with a dataset's shards as the blocks, for datasets in
+object storage. :class:`LengthBuckets` (``shuffle=memseq.LengthBuckets(ds["tokens"])``)
+batches rows of similar length together, to cut the padding of variable-length fields.
 
 :class:`BatchPlan` is the one place that answers "which rows, in which batch, for
 which replica, with which rng": it validates a subset (``indices``), caches the
-epoch permutations, cuts them into batches (sorted when the order allows), deals a
-batch's rows to replicas for distributed input, and gives each batch's rng key.
+epoch permutations, gives each host its slice of them, cuts them into batches (sorted
+when the order allows), deals a batch's rows to replicas for distributed input, and gives each batch's rng key.
 :class:`~memseq.MemmapSequence` and the tf.data adapter consume it; neither
 re-derives any of it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 import threading
@@ -37,27 +39,10 @@ import numpy as np
 
 from memseq.errors import BatchIndexError, SchemaError
 from memseq.util import forksafe as _forksafe
-from memseq.util.checks import (
-    INT64_MAX,
-    bounded_repr,
-    check_bool,
-    check_int,
-    row_indices,
-)
+from memseq.util.checks import INT64_MAX, bounded_repr, check_bool, check_int, row_indices
 
-__all__ = [
-    "BatchPlan",
-    "BlockShuffle",
-    "EpochOrder",
-    "FullShuffle",
-    "LengthBuckets",
-    "ReplicaShare",
-    "Sequential",
-    "ShardShuffle",
-    "num_batches",
-    "replica_share",
-    "resolve_shuffle",
-]
+__all__ = ["BatchPlan", "BlockShuffle", "EpochOrder", "FullShuffle", "LengthBuckets", "ReplicaShare", "Sequential",
+           "ShardShuffle", "num_batches", "replica_share", "resolve_shuffle"]
 
 
 class EpochOrder:
@@ -95,6 +80,17 @@ class EpochOrder:
             num_source_rows: Rows in the data.
             batch_size: Rows per batch.
             indices: The rows served (a subset), or None for all rows.
+        """
+        return self
+
+    def for_hosts(self, num_hosts: int) -> "EpochOrder":
+        """This order when each epoch is cut into ``num_hosts`` contiguous, near-equal slices, one per host.
+
+        :class:`BatchPlan` calls it once, after :meth:`bind`, and host ``h`` serves
+        positions ``[num_rows * h // num_hosts, num_rows * (h + 1) // num_hosts)`` of
+        each epoch's order. Orders that mix rows inside windows of blocks return a copy
+        whose windows end at these cuts, so that no window's blocks are read by two
+        hosts; other orders return themselves.
         """
         return self
 
@@ -164,20 +160,39 @@ class BlockShuffle(EpochOrder):
         ends = np.cumsum(lengths)
         offsets = np.arange(num_rows, dtype=np.int64) - np.repeat(ends - lengths, lengths)
         positions = (np.repeat(starts, lengths) + offsets).astype(dtype)
-        return _shuffle_windows(rng, positions, ends, self.window_blocks)
+        return _shuffle_windows(rng, positions, ends, self.window_blocks, self.__dict__.get("_num_hosts", 1))
+
+    def for_hosts(self, num_hosts: int) -> "BlockShuffle":
+        return _with_hosts(self, num_hosts)
 
 
-def _shuffle_windows(rng: np.random.Generator, positions: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
-    """Shuffles ``positions`` in place inside windows of ``window`` consecutive blocks (blocks end at ``ends``)."""
+def _shuffle_windows(
+    rng: np.random.Generator, positions: np.ndarray, ends: np.ndarray, window: int, num_hosts: int = 1
+) -> np.ndarray:
+    """Shuffles ``positions`` in place inside windows of ``window`` consecutive blocks (blocks end at ``ends``).
+
+    With ``num_hosts > 1`` the positions are first cut into the hosts' slices (see
+    :meth:`EpochOrder.for_hosts`); windows are counted from each slice's start and end
+    at its end, so a block cut in two counts as a block of each slice.
+    """
     num_rows = len(positions)
-    window_ends = ends[window - 1 :: window].tolist()
-    if not window_ends or window_ends[-1] != num_rows:
-        window_ends.append(num_rows)
     begin = 0
-    for end in window_ends:
-        rng.shuffle(positions[begin:end])
-        begin = end
+    for h in range(1, num_hosts + 1):
+        cut = num_rows * h // num_hosts
+        inner = ends[np.searchsorted(ends, begin, side="right") : np.searchsorted(ends, cut, side="left")]
+        window_ends = [*inner[window - 1 :: window].tolist(), cut]
+        for end in window_ends:
+            if end > begin:
+                rng.shuffle(positions[begin:end])
+                begin = end
     return positions
+
+
+def _with_hosts(order: EpochOrder, num_hosts: int) -> EpochOrder:
+    # A copy keeps what bind() stored beside the dataclass fields.
+    bound = copy.copy(order)
+    object.__setattr__(bound, "_num_hosts", check_int(num_hosts, "num_hosts", 1))
+    return bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +251,10 @@ class ShardShuffle(EpochOrder):
         ends = np.cumsum(sizes)
         within = np.arange(num_rows, dtype=np.int64) - np.repeat(ends - sizes, sizes)
         positions = members[np.repeat(firsts[order], sizes) + within].astype(_index_dtype(num_rows))
-        return _shuffle_windows(rng, positions, ends, self.window_shards)
+        return _shuffle_windows(rng, positions, ends, self.window_shards, self.__dict__.get("_num_hosts", 1))
+
+    def for_hosts(self, num_hosts: int) -> "ShardShuffle":
+        return _with_hosts(self, num_hosts)
 
 
 def block_shuffle_for(row_nbytes: int) -> BlockShuffle:
@@ -373,8 +391,9 @@ class BatchPlan:
         hosts: ``(num_hosts, host_index)``: this host serves the ``host_index``-th of
             ``num_hosts`` contiguous, near-equal slices of each epoch's order (hosts'
             row counts differ by at most one), so every row is served once per epoch
-            over all hosts; with :class:`ShardShuffle` a host reads about
-            ``1/num_hosts`` of the shards. Batches are this host's (``batch_size`` rows each).
+            over all hosts; with :class:`ShardShuffle` (or :class:`BlockShuffle`) no
+            window is shared by two hosts, so a host reads its ``1/num_hosts`` of the
+            shards plus at most the one it shares with each neighbour. Batches are this host's (``batch_size`` rows each).
 
     Raises:
         SchemaError: For invalid arguments, or when there would be no batch.
@@ -412,6 +431,7 @@ class BatchPlan:
         self.epoch_rows = self.num_source_rows if self.indices is None else len(self.indices)
         num_hosts = check_int(hosts[0], "num_hosts", 1)
         self.hosts = (num_hosts, check_int(hosts[1], "host_index", 0, maximum=num_hosts - 1))
+        self.order = self.order.for_hosts(num_hosts)
         self._host_slice = slice(self.epoch_rows * self.hosts[1] // num_hosts, self.epoch_rows * (self.hosts[1] + 1) // num_hosts)
         self.num_rows = self._host_slice.stop - self._host_slice.start
         self.num_batches = num_batches(self.num_rows, self.batch_size, self.drop_remainder)

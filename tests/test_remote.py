@@ -366,6 +366,25 @@ def test_hosts_split_each_epoch_into_disjoint_slices_that_cover_every_row_once()
         BatchPlan(10, 2, hosts=(2, 2))
 
 
+def test_hosts_never_share_a_window_only_the_shard_cut_between_them():
+    from memseq.order import BatchPlan
+
+    part_rows = (10,) * 10 + (3,)
+    starts = np.cumsum((0, *part_rows))
+    for shuffle in (memseq.ShardShuffle(window_shards=4, part_rows=part_rows), memseq.BlockShuffle(10, 4)):
+        for num_hosts in (2, 3, 4):
+            for epoch in range(4):
+                plans = [BatchPlan(103, 8, shuffle=shuffle, seed=epoch, hosts=(num_hosts, h)) for h in range(num_hosts)]
+                shards = [set(np.searchsorted(starts, p.permutation(epoch), side="right") - 1) for p in plans]
+                # Without aligned windows a host reads the whole window that straddles a cut:
+                # up to window_shards - 1 extra shards per cut.
+                assert sum(map(len, shards)) <= len(part_rows) + num_hosts - 1, (shuffle, num_hosts, epoch, shards)
+                rows = np.concatenate([p.permutation(epoch) for p in plans])
+                assert sorted(rows.tolist()) == list(range(103))
+    one = BatchPlan(103, 8, shuffle=memseq.ShardShuffle(4, part_rows), seed=3)
+    assert np.array_equal(one.permutation(2), memseq.ShardShuffle(4, part_rows).bind(103, 8, None).permutation(103, 3, 2))
+
+
 @pytest.mark.slow
 def test_two_hosts_download_disjoint_halves_and_serve_every_row_once_per_epoch(served8, tmp_path):
     pytest.importorskip("keras")
