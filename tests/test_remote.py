@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import pytest
@@ -413,6 +414,21 @@ def test_two_hosts_download_disjoint_halves_and_serve_every_row_once_per_epoch(s
     assert all(b <= 1.05 * SHARDS // 2 * one_shard for per_host in downloaded for b in per_host), downloaded
 
 
+def test_a_shard_window_larger_than_the_cache_says_what_it_costs(served8, tmp_path):
+    pytest.importorskip("keras")
+    from memseq.read.remote_prefetch import RemoteCacheWarning
+
+    server, url, local = served8
+    one_shard = sum(os.path.getsize(os.path.join(local, "shard-00000", f)) for f in ("x.npy", "y.npy"))
+    ds = memseq.open(url, cache_dir=tmp_path / "cache", cache_limit=3 * one_shard)
+    with pytest.warns(RemoteCacheWarning, match=r"lower window_shards, or raise cache_limit") as caught:
+        memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=memseq.ShardShuffle(window_shards=4))
+    assert caught[0].filename == __file__  # at the user's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=memseq.ShardShuffle(window_shards=1))
+
+
 def test_a_full_shuffle_with_a_cache_smaller_than_the_dataset_says_what_it_costs(served8, tmp_path):
     pytest.importorskip("keras")
     from memseq.batching.hosts import RemoteCacheWarning
@@ -421,11 +437,10 @@ def test_a_full_shuffle_with_a_cache_smaller_than_the_dataset_says_what_it_costs
     ds = memseq.open(url, cache_dir=tmp_path / "cache", cache_limit=20_000)
     with pytest.warns(RemoteCacheWarning, match=r"full shuffle .* downloaded again for almost every batch"):
         memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=True)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=memseq.ShardShuffle())
+        # Windows of one shard: two shards in use at a window boundary, within the cache.
+        memseq.MemmapSequence(ds, x="x", y="y", batch_size=25, shuffle=memseq.ShardShuffle(window_shards=1))
         memseq.MemmapSequence(memseq.open(url, cache_dir=tmp_path / "c2"), x="x", y="y", batch_size=25)
 
 

@@ -57,8 +57,8 @@ def shard_aware_order(shuffle: Any, data: Any, row_nbytes: int) -> Any:
     return shuffle
 
 
-def remote_order_cost(data: Any, order: EpochOrder | Any, row_nbytes: int) -> None:
-    """Warns when ``order`` over a dataset at a URL needs far more downloads than the dataset's size per epoch.
+def remote_order_cost(data: Any, order: EpochOrder | Any, row_nbytes: int) -> bool:
+    """Warns when ``order`` is a full shuffle over a dataset at a URL with a cache smaller than the dataset; returns whether it warned.
 
     A full shuffle draws every batch from all shards: with a cache that holds a
     fraction ``f`` of the dataset, about ``1 - f`` of a batch's shards are not
@@ -66,11 +66,11 @@ def remote_order_cost(data: Any, order: EpochOrder | Any, row_nbytes: int) -> No
     """
     remote = remote_files_of(data)
     if remote is None or remote.cache.cache_limit is None:
-        return
+        return False
     total = sum(remote.shard_nbytes(s) for s in range(len(remote.manifest.shards)))
     limit = remote.cache.cache_limit
     if limit >= total or not isinstance(resolve_shuffle(order, row_nbytes), FullShuffle):
-        return
+        return False
     shards = len(remote.manifest.shards)
     warnings.warn(
         f"{remote.path}: a full shuffle (shuffle=True) with cache_limit={limit} bytes, smaller than the dataset "
@@ -82,3 +82,4 @@ def remote_order_cost(data: Any, order: EpochOrder | Any, row_nbytes: int) -> No
         RemoteCacheWarning,
         stacklevel=4,
     )
+    return True

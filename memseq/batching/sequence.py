@@ -278,7 +278,6 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         self.shuffle = shuffle
         row_nbytes = sum(_padding.row_nbytes(c) for c in self._columns.values())
         shuffle = shard_aware_order(shuffle, self.data, row_nbytes)
-        remote_order_cost(self.data, shuffle, row_nbytes)
         self.plan = BatchPlan(
             num_source_rows,
             batch_size,
@@ -294,6 +293,8 @@ class MemmapSequence(keras.utils.PyDataset, *LEGACY_BASES):
         # A dataset at a URL: its shards are downloaded ahead, in the order each epoch needs them.
         remote = remote_files_of(self.data)
         self._remote = None if remote is None else ShardPrefetcher(remote, self.plan)
+        if not remote_order_cost(self.data, shuffle, row_nbytes) and self._remote is not None:
+            self._remote.check_cache(stacklevel=2)  # a ShardShuffle window larger than cache_limit
         self.readahead = self._readahead.bound_bytes if self._readahead else 0
         self.seed = self.plan.seed
         self.batch_size = self.plan.batch_size

@@ -79,6 +79,15 @@ class _Schedule:
         needed = np.flatnonzero(self.last >= 0)
         self.order = needed[np.argsort(self.first[needed], kind="stable")].tolist()
 
+    def peak_bytes(self, sizes: list[int]) -> int:
+        """Most bytes of shards in use at one step (from the first batch needing each to its last)."""
+        sizes_ = np.asarray(sizes, np.int64)
+        used = np.flatnonzero(self.last >= 0)
+        change = np.zeros(len(self.step) + 2, np.int64)
+        np.add.at(change, self.first[used], sizes_[used])
+        np.add.at(change, self.last[used] + 1, -sizes_[used])
+        return int(np.cumsum(change).max())
+
 
 class ShardPrefetcher:
     """Downloads the shards of a remote dataset ahead of the batches of a plan.
@@ -153,7 +162,9 @@ class ShardPrefetcher:
                     if not fits and s not in self._submitted:
                         break
                     ahead += size
-                if s not in self._submitted:
+                if s not in self._submitted and schedule.last[s] >= index:
+                    # Shards only batches before this one need are not fetched here: a
+                    # batch being built reads its shards itself (or they are fetched).
                     self._submitted.add(s)
                     if not self.files.is_mapped(s):  # mapped: its files are here already
                         self._executor().submit(self._fetch, s)
@@ -186,12 +197,7 @@ class ShardPrefetcher:
         limit = self.files.cache.cache_limit
         if limit is None or self._warned:
             return
-        sizes = np.asarray(self._sizes, np.int64)
-        used = np.flatnonzero(schedule.last >= 0)
-        change = np.zeros(len(schedule.step) + 2, np.int64)
-        np.add.at(change, schedule.first[used], sizes[used])
-        np.add.at(change, schedule.last[used] + 1, -sizes[used])
-        peak = int(np.cumsum(change).max())
+        peak = schedule.peak_bytes(self._sizes)
         if peak > limit:
             self._warned = True
             warnings.warn(
@@ -202,6 +208,30 @@ class ShardPrefetcher:
                 "fit(..., shuffle=False), or raise cache_limit.",
                 RemoteCacheWarning,
                 stacklevel=3,
+            )
+
+    def check_cache(self, stacklevel: int = 2) -> None:
+        """Warns (:class:`RemoteCacheWarning`) if epoch 0, in batch order, has more bytes of shards in use at once than ``cache_limit``.
+
+        Then shards are downloaded again within every epoch: with a
+        :class:`~memseq.ShardShuffle`, a window (two at a window boundary) holds more
+        than the cache.
+        """
+        limit = self.files.cache.cache_limit
+        if limit is None or self._warned:
+            return
+        with self._lock:
+            peak = self._schedule_of(0, None).peak_bytes(self._sizes)
+        if peak > limit:
+            self._warned = True
+            warnings.warn(
+                f"{self.files.path}: in each epoch's order, up to {peak} bytes of shards are in use at once (the "
+                f"shards of the batches being built), more than cache_limit={limit}: shards will be downloaded "
+                "again within each epoch, up to once per batch. With shuffle=memseq.ShardShuffle(window_shards=k), "
+                "about two windows of k shards are in use at a window boundary: lower window_shards, or raise "
+                "cache_limit.",
+                RemoteCacheWarning,
+                stacklevel=stacklevel + 1,
             )
 
     def _rank(self, s: int) -> float:
