@@ -12,10 +12,12 @@ bucket shared by every connection) and ``latency-ms`` per request. Each case run
 fresh process:
 
 - ``remote``: ``memseq.open(url, cache_dir=<empty>)``, ``MemmapSequence(...,
-  shuffle=memseq.ShardShuffle(window_shards=4))``, ``fit`` for two epochs: epoch 1
+  shuffle=memseq.ShardShuffle(window_shards=4))``, ``fit(seq, shuffle=False)`` (the
+  rows are reshuffled by the sequence; see ``case_fit``) for two epochs: epoch 1
   (empty cache) against the rate the bandwidth allows (``mbps`` / row bytes), epoch 2
   (cache warm) against the same ``fit`` over the dataset on local disk, epoch 2 there
-  (page cache warm: both read from RAM).
+  (page cache warm: both read from RAM). Beside it, epoch 1 with ``fit``'s default
+  batch shuffle.
 - ``hosts``: two hosts (``hosts=(2, h)``), each with its own cache of a quarter of
   the dataset, read two epochs batch by batch; bytes downloaded per host per epoch
   against its share (half the dataset).
@@ -163,8 +165,13 @@ def build(path: str, rows: int, shard_rows: int) -> None:
 # --------------------------------------------------------------------------- cases (each in a fresh process)
 
 
-def case_fit(data: str, cache_dir: str) -> dict:
-    """Two epochs of fit(seq) with the tiny model; seconds per epoch and bytes downloaded."""
+def case_fit(data: str, cache_dir: str, fit_shuffle: bool = False) -> dict:
+    """Two epochs of fit(seq, shuffle=fit_shuffle) with the tiny model; seconds per epoch and bytes downloaded.
+
+    ShardShuffle reshuffles the rows every epoch already; fit's own batch shuffle
+    (``shuffle=True``, Keras' default) would serve the batches of all windows in a random
+    order, so the first batches need shards from all over the dataset.
+    """
     import keras
 
     import memseq
@@ -185,7 +192,7 @@ def case_fit(data: str, cache_dir: str) -> dict:
     # Tracing and compiling on in-RAM batches of the same shapes: a warm-up on seq would
     # start its downloads before the clock.
     model.fit(np.zeros((2 * BATCH, *ROW_SHAPE), np.uint8), np.zeros(2 * BATCH, np.int64), batch_size=BATCH, verbose=0)
-    model.fit(seq, epochs=2, verbose=0, callbacks=[Clock()])
+    model.fit(seq, epochs=2, verbose=0, callbacks=[Clock()], shuffle=fit_shuffle)
     cache = getattr(ds.__dict__.get("_state"), "cache", None)
     return {"seconds": times, "rows": ds.num_rows, "downloaded": 0 if cache is None else cache.bytes_downloaded}
 
@@ -293,7 +300,7 @@ def main() -> None:
         if kind == "mosaic":
             return print(json.dumps(case_mosaic(rest[0], rest[1], int(rest[2]), int(rest[3]))))
         if kind == "fit":
-            return _common.print_result(case_fit(rest[0], rest[1] if len(rest) > 1 else ""))
+            return _common.print_result(case_fit(rest[0], rest[1] if len(rest) > 1 else "", "fit-shuffle" in rest))
         if kind == "loader":
             return _common.print_result(case_loader(rest[0], rest[1]))
         return _common.print_result(case_hosts(rest[0], rest[1], int(rest[2])))
@@ -319,7 +326,7 @@ def _run(args: argparse.Namespace, base: str, local: str, nbytes: int) -> dict[s
     """Every case once per repeat, each in a fresh process, each with an empty cache of its own."""
     url = f"{base}/ds"
     me = [sys.executable, __file__, "--case"]
-    results: dict[str, list] = {"remote": [], "local": [], "hosts": [], "loader": [], "mosaic": []}
+    results: dict[str, list] = {"remote": [], "local": [], "fit_shuffle": [], "hosts": [], "loader": [], "mosaic": []}
 
     def empty_cache() -> str:
         return tempfile.mkdtemp(prefix="bench-remote-cache-", dir=args.dir)
@@ -330,6 +337,9 @@ def _run(args: argparse.Namespace, base: str, local: str, nbytes: int) -> dict[s
         shutil.rmtree(cache)
         _common.warm(_common.data_files(local))
         results["local"].append(_common.run_case(me + ["fit", local], "local fit"))
+        cache = empty_cache()
+        results["fit_shuffle"].append(_common.run_case(me + ["fit", url, cache, "fit-shuffle"], "remote fit, fit's shuffle"))
+        shutil.rmtree(cache)
         cache = empty_cache()
         results["hosts"].append(_common.run_case(me + ["hosts", url, cache, str(nbytes // 4)], "two hosts"))
         shutil.rmtree(cache)
@@ -351,10 +361,13 @@ def _report(args: argparse.Namespace, results: dict, nbytes: int) -> None:
     warm = statistics.median(rows / r["seconds"][1] for r in results["remote"])
     local = statistics.median(rows / r["seconds"][1] for r in results["local"])
     print(f"dataset: {rows:,} rows, {nbytes / 1e9:.2f} GB in shards of {args.shard_rows} rows; server: "
-          f"{args.mbps:g} MB/s, {args.latency_ms:g} ms per request; fit(seq), tiny model, batch {BATCH}, "
-          f"ShardShuffle(window_shards=4), workers=2; medians of {args.repeats} run(s)")
+          f"{args.mbps:g} MB/s, {args.latency_ms:g} ms per request; fit(seq, shuffle=False), tiny model, "
+          f"batch {BATCH}, ShardShuffle(window_shards=4), workers=2; medians of {args.repeats} run(s)")
     print(f"  epoch 1, empty cache: {cold:,.0f} rows/s = {cold / bound:.2f}x the bandwidth's {bound:,.0f} rows/s "
           f"(downloaded {statistics.median(r['downloaded'] for r in results['remote']) / nbytes:.2f}x the dataset)")
+    shuffled = statistics.median(rows / r["seconds"][0] for r in results["fit_shuffle"])
+    print(f"  epoch 1, empty cache, fit(seq) with fit's default batch shuffle (shuffle=True): {shuffled:,.0f} rows/s "
+          f"= {shuffled / bound:.2f}x the bandwidth")
     print(f"  epoch 2, warm cache:  {warm:,.0f} rows/s = {warm / local:.2f}x local disk ({local:,.0f} rows/s, page cache warm)")
     share = nbytes / 2
     per = [b / share for r in results["hosts"] for epoch in r["per_epoch"] for b in epoch]
