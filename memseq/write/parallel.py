@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import multiprocessing
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -78,6 +79,9 @@ class RowSource(Protocol):
         The rows are checked against ``fields`` before a byte is written (row count,
         row shape, a dtype that casts safely): a source whose rows are not what it
         declared gets a :class:`~memseq.SchemaError` naming its description.
+
+        The arrays are written while the next rows are read: the source must not change
+        them after returning them (return new arrays, or views of data that stays put).
         """
         ...
 
@@ -211,6 +215,10 @@ def _pwrite_all(path: str, view: memoryview, offset: int) -> None:
 def _write_unit(unit: Unit, progress: Callable[[int], None] | None = None) -> UnitCrcs:
     """Reads rows ``[start, stop)`` of shard ``s`` and writes them in place.
 
+    Each chunk's checksums and writes run on a writer thread while the next chunk is
+    read (both mostly outside the GIL: decoding in the source's library, ``pwrite``,
+    ISA-L's CRC); at most one chunk waits to be written.
+
     Returns:
         Field name -> (CRC-32 of the bytes written, number of bytes).
     """
@@ -221,22 +229,32 @@ def _write_unit(unit: Unit, progress: Callable[[int], None] | None = None) -> Un
     shard_start = plan.shards[s][0]
     step = max(1, _CHUNK_BYTES // max(plan.row_nbytes, 1))
     crcs = {name: 0 for name in plan.fields}
-    for a in range(start, stop, step):
-        b = min(stop, a + step)
-        for i, source in enumerate(plan.sources):
-            rows = source.read(a, b)
-            for name, array in rows.items():
-                if plan.owner[name] != i:
-                    continue
-                spec = plan.fields[name]
-                data = checked_rows(array, spec, b - a, f"{source.description} (rows {a}:{b})")
-                view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
-                crcs[name] = crc32(view, crcs[name])
-                offset = plan.header_lengths[name] + (a - shard_start) * spec.row_nbytes
-                with _fs.writing(plan.dst, f"the data of field {name!r}"):
-                    _pwrite_all(plan.path(s, name), view, offset)
-        if progress is not None:
-            progress(b - a)
+
+    def write(chunk: list[tuple[str, np.ndarray, int]]) -> None:
+        for name, data, offset in chunk:
+            view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+            crcs[name] = crc32(view, crcs[name])
+            with _fs.writing(plan.dst, f"the data of field {name!r}"):
+                _pwrite_all(plan.path(s, name), view, offset)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="memseq-write") as writer:
+        pending: Future | None = None
+        for a in range(start, stop, step):
+            b = min(stop, a + step)
+            chunk = []
+            for i, source in enumerate(plan.sources):
+                for name, array in source.read(a, b).items():
+                    if plan.owner[name] == i:
+                        spec = plan.fields[name]
+                        data = checked_rows(array, spec, b - a, f"{source.description} (rows {a}:{b})")
+                        chunk.append((name, data, plan.header_lengths[name] + (a - shard_start) * spec.row_nbytes))
+            if pending is not None:
+                pending.result()  # re-raises the writer's error
+            pending = writer.submit(write, chunk)
+            if progress is not None:
+                progress(b - a)
+        if pending is not None:
+            pending.result()
     return {name: (crcs[name], (stop - start) * spec.row_nbytes) for name, spec in plan.fields.items()}
 
 
