@@ -45,9 +45,12 @@ def _reader(path):
     return frames.RecordReader(path, frames.scan_records(path))
 
 
-def test_scan_gives_every_offset_then_the_end_across_scan_blocks(tmp_path):
-    # ~30 KiB of small records (headers straddle the 4 KiB scan blocks), records of a block
-    # or more among them (their headers are read alone), and small ones after.
+@pytest.mark.parametrize("block", [4096, frames._SCAN_BLOCK])
+def test_scan_gives_every_offset_then_the_end_across_scan_blocks(tmp_path, monkeypatch, block):
+    # With 4 KiB blocks: ~30 KiB of small records (headers straddle the scan blocks),
+    # records of a block or more among them (their headers are read alone), and small
+    # ones after; with the default block, every header comes from one block read.
+    monkeypatch.setattr(frames, "_SCAN_BLOCK", block)
     records = [b"z" * 9000] + _records(700) + [b"x" * 5000, b"y" * 4096, b""] + _records(800, seed=5)
     path = _write(tmp_path / "a.tfrecord", records)
     offsets = frames.scan_records(path)

@@ -515,6 +515,26 @@ def test_a_server_that_refuses_uploads_is_a_remote_error_and_nothing_is_left(ser
     assert not [d for d in os.listdir(tempfile.gettempdir()) if d.startswith("memseq-upload-")]
 
 
+def test_convert_in_python_writes_to_a_url_with_the_manifest_last(tmp_path, monkeypatch):
+    from memseq import convert as cv
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    os.makedirs(tmp_path / "tmp")
+    tempfile.tempdir = None  # TMPDIR is read again
+    try:
+        x = np.arange(600, dtype=np.float32).reshape(200, 3)
+        np.save(tmp_path / "x.npy", x)
+        ds = cv.convert("memory://py-converted", cv.NpySource(str(tmp_path / "x.npy"), "x"), shard_rows=64)
+        np.testing.assert_array_equal(ds["x"][:], x)
+        assert os.listdir(tmp_path / "tmp") == []  # the staging folder is gone
+        with pytest.raises(memseq.DatasetExistsError, match="memory://py-converted"):
+            cv.convert("memory://py-converted", cv.NpySource(str(tmp_path / "x.npy"), "x"))
+        ds = cv.convert("memory://py-converted", cv.NpySource(str(tmp_path / "x.npy"), "x"), overwrite=True)
+        assert [s.num_rows for s in ds.manifest.shards] == [200]
+    finally:
+        tempfile.tempdir = None
+
+
 def test_info_verify_and_convert_accept_urls(served, tmp_path, capsys, monkeypatch):
     from memseq.cli import main
 

@@ -26,12 +26,7 @@ from memseq.errors import DatasetExistsError, MemseqError, SchemaError
 from memseq.read.remote import remote_files_of
 from memseq.remote.transfer import filesystem, retrying
 from memseq.remote.urls import is_url
-from memseq.write.upload import (
-    check_remote_target,
-    remove_staging,
-    staging_dir,
-    upload_dataset,
-)
+from memseq.write.upload import staged_upload
 
 __all__ = ["main", "build_parser"]
 
@@ -218,14 +213,9 @@ def _convert(args: argparse.Namespace) -> int:
         raise SchemaError(f"convert takes [SRC] DST. Received {len(args.paths)} paths: {args.paths}")
     src, dst = (args.paths[0], args.paths[1]) if len(args.paths) == 2 else (None, args.paths[0])
     if is_url(dst):  # converted in a local staging folder, then uploaded (data files first, manifest last)
-        check_remote_target(dst, None, args.overwrite)
-        staging = staging_dir()
-        try:
-            args.paths = [p for p in (src, os.path.join(staging, "ds")) if p is not None]
+        with staged_upload(dst, None, args.overwrite) as local:
+            args.paths = [p for p in (src, local) if p is not None]
             _convert(args)
-            upload_dataset(args.paths[-1], dst, None, overwrite=args.overwrite)
-        finally:
-            remove_staging(staging)
         print(f"uploaded to {dst}")
         return 0
     use_dask = cv.migration_kind(src) is None and cv.is_dask_input(src, args.field)  # a Zarr store or a glob of .npy files: written through Dask

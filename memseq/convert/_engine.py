@@ -19,9 +19,12 @@ from memseq.convert._ragged import convert_streaming
 from memseq.errors import SchemaError
 from memseq.read.dataset import Dataset
 from memseq.read.dataset import open as open_dataset
+from memseq.read.opener import open as open_any
+from memseq.remote.urls import is_url
 from memseq.storage import format as fmt
 from memseq.util.checks import check_int, equal_row_counts
 from memseq.write.parallel import write_rows
+from memseq.write.upload import staged_upload
 
 __all__ = ["convert"]
 
@@ -72,11 +75,14 @@ def convert(
     jobs: int = 1,
     overwrite: bool = False,
     progress: bool | None = False,
+    storage_options: dict | None = None,
 ) -> Dataset:
     """Converts sources into a memseq dataset at ``dst``, atomically.
 
     Args:
-        dst: The dataset directory to create.
+        dst: The dataset directory to create, or an fsspec URL (``s3://...``): then
+            the dataset is converted in a local staging folder (``$TMPDIR``) and
+            uploaded, data files first and the manifest last.
         sources: One source or several with equal row counts and distinct fields.
         shard_rows: Start a new shard every this many rows (one file per field by
             default). The output does not depend on ``jobs``.
@@ -84,9 +90,11 @@ def convert(
             conversion with a variable-length field runs in this process.
         overwrite: Replace an existing memseq dataset at ``dst``.
         progress: Show a tqdm progress bar (None: only on a terminal).
+        storage_options: For a URL: passed to its fsspec filesystem (credentials,
+            endpoint), and to :func:`memseq.open` for the returned dataset.
 
     Returns:
-        The new dataset, opened.
+        The new dataset, opened (at a URL: with the default cache directory).
 
     Raises:
         DatasetExistsError: If ``dst`` exists (and ``overwrite`` is False, or it is
@@ -99,6 +107,10 @@ def convert(
         >>> from memseq.convert import NpySource, convert
         >>> convert("data/train", [NpySource("x.npy", "image"), NpySource("y.npy", "label")], jobs=4)
     """
+    if is_url(dst):
+        with staged_upload(str(dst), storage_options, overwrite) as local:
+            convert(local, sources, shard_rows=shard_rows, jobs=jobs, progress=progress)
+        return open_any(str(dst), storage_options=storage_options)
     dst = os.path.abspath(os.fspath(dst))
     sources, fields, owner = _combine_sources([sources] if isinstance(sources, Source) else sources)
     _check_not_inside_a_source(dst, sources)

@@ -36,10 +36,12 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _HEADER = 12  # length (8) + its masked CRC-32C (4)
 _FOOTER = 4  # masked CRC-32C of the data
 _MASK_DELTA = 0xA282EAD8
-# Headers are scanned from blocks of this many bytes: one page, so a file of small
-# records costs one read per block of records, not one per record (records of a page
-# or more are scanned one 12-byte header read each).
-_SCAN_BLOCK = 4096
+# Headers are scanned from blocks of this many bytes, so that records smaller than a
+# block cost one read per block of records, not one system call each (records of a
+# block or more are scanned one 12-byte header read each). With 4 KiB blocks, a file of
+# 12 KiB records took one pread per record: 81k calls per GB, as long as tf.data's whole
+# read of the file; 1 MiB blocks make it about a thousand.
+_SCAN_BLOCK = 2**20
 
 
 def crc32c_function() -> Callable[[bytes], int] | None:

@@ -20,12 +20,7 @@ from memseq.read.arrays import rows_array
 from memseq.remote.urls import is_url
 from memseq.util.checks import equal_row_counts
 from memseq.write import ragged as _ragged_write
-from memseq.write.upload import (
-    check_remote_target,
-    remove_staging,
-    staging_dir,
-    upload_dataset,
-)
+from memseq.write.upload import staged_upload
 from memseq.write.writer import Writer
 
 __all__ = ["save"]
@@ -101,14 +96,8 @@ def save(
 
 def _save_to_url(url: str, data: Any, overwrite: bool, shard_rows: int | None, progress: bool, options: Any) -> None:
     """:func:`save` to a URL: written in a local staging folder, then uploaded (manifest last)."""
-    check_remote_target(url, options, overwrite)
-    staging = staging_dir()
-    try:
-        local = os.path.join(staging, "ds")
+    with staged_upload(url, options, overwrite) as local:
         save(local, data, shard_rows=shard_rows, progress=progress)
-        upload_dataset(local, url, options, overwrite=overwrite)
-    finally:
-        remove_staging(staging)
 
 
 def _write_arrays(path: str | os.PathLike, data: Any, overwrite: bool, shard_rows: int | None, progress: bool) -> None:

@@ -11,11 +11,13 @@ version's bytes under the old manifest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 from memseq.errors import DatasetExistsError, MemseqError
 from memseq.remote import transfer
@@ -23,7 +25,7 @@ from memseq.remote.urls import join
 from memseq.storage import format as fmt
 from memseq.storage.manifest import manifest_to_json, parse_manifest
 
-__all__ = ["check_remote_target", "staging_dir", "upload_dataset", "remove_staging"]
+__all__ = ["check_remote_target", "remove_staging", "staged_upload", "staging_dir", "upload_dataset"]
 
 
 def check_remote_target(url: str, storage_options: dict | None, overwrite: bool) -> None:
@@ -39,6 +41,27 @@ def staging_dir() -> str:
 
 def remove_staging(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_upload(url: str, storage_options: dict | None, overwrite: bool) -> Iterator[str]:
+    """Yields a local path to write a dataset at; if the block succeeds, uploads it to ``url``.
+
+    The target is checked first (an existing dataset needs ``overwrite``); the data
+    files go up before the manifest (:func:`upload_dataset`); the staging folder is
+    removed whether or not the block succeeded.
+
+    Raises:
+        DatasetExistsError: If a dataset exists at ``url`` and ``overwrite`` is False.
+    """
+    check_remote_target(url, storage_options, overwrite)
+    staging = staging_dir()
+    try:
+        local = os.path.join(staging, "ds")
+        yield local
+        upload_dataset(local, url, storage_options, overwrite=overwrite)
+    finally:
+        remove_staging(staging)
 
 
 def _prefixed(manifest: fmt.Manifest, prefix: str) -> fmt.Manifest:
