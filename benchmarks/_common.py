@@ -186,6 +186,22 @@ def rounds(names: Sequence[str], repeats: int, measure: Callable[[str], Any], *,
 # --------------------------------------------------------------------------- models
 
 
+def epoch_clock():
+    """A Keras callback that times every epoch, and the list of seconds it appends to."""
+    import keras
+
+    times: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    return Clock(), times
+
+
 def tiny_model():
     """Rescaling + GlobalAveragePooling2D + Dense(10), compiled: a model the input pipeline can limit."""
     import keras

@@ -289,17 +289,7 @@ def _pipeline(kind: str, path: str):
 
 def case_fit(kind: str, path: str) -> float:
     """Trains the tiny model two epochs; returns the second epoch's seconds."""
-    import keras
-
-    times: list[float] = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t)
-
+    clock, times = _common.epoch_clock()
     model = _common.tiny_model()
     if kind == "memseq":
         import memseq
@@ -307,7 +297,7 @@ def case_fit(kind: str, path: str) -> float:
         data = memseq.MemmapSequence(path, x="image", y="label", batch_size=BATCH, seed=0, workers=2)
     else:
         data = _pipeline(kind, path)
-    model.fit(data, epochs=2, verbose=0, callbacks=[Clock()])
+    model.fit(data, epochs=2, verbose=0, callbacks=[clock])
     return times[-1]
 
 

@@ -172,27 +172,18 @@ def case_fit(data: str, cache_dir: str, fit_shuffle: bool = False) -> dict:
     (``shuffle=True``, Keras' default) would serve the batches of all windows in a random
     order, so the first batches need shards from all over the dataset.
     """
-    import keras
-
     import memseq
 
     ds = memseq.open(data, cache_dir=cache_dir) if cache_dir else memseq.open(data)
     seq = memseq.MemmapSequence(ds, x="image", y="label", batch_size=BATCH, seed=0,
                                 shuffle=memseq.ShardShuffle(window_shards=4), workers=2)
-    times: list[float] = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t)
+    clock, times = _common.epoch_clock()
 
     model = _common.tiny_model()
     # Tracing and compiling on in-RAM batches of the same shapes: a warm-up on seq would
     # start its downloads before the clock.
     model.fit(np.zeros((2 * BATCH, *ROW_SHAPE), np.uint8), np.zeros(2 * BATCH, np.int64), batch_size=BATCH, verbose=0)
-    model.fit(seq, epochs=2, verbose=0, callbacks=[Clock()], shuffle=fit_shuffle)
+    model.fit(seq, epochs=2, verbose=0, callbacks=[clock], shuffle=fit_shuffle)
     cache = getattr(ds.__dict__.get("_state"), "cache", None)
     return {"seconds": times, "rows": ds.num_rows, "downloaded": 0 if cache is None else cache.bytes_downloaded}
 
