@@ -194,3 +194,32 @@ def test_through_dask_is_byte_identical_to_the_engine(tmp_path):
     with pytest.raises(SchemaError, match="variable length; Dask writes fixed fields only"):
         cv.convert_sources_with_dask(tmp_path / "three", cv.ArrowSource(tmp_path / "c.parquet"))
     assert not os.path.exists(tmp_path / "three")
+
+
+class _OneReaderSource(cv.Source):
+    """A source that fails if two threads read through the same instance at once (shared open files)."""
+
+    def __init__(self, n):
+        from memseq.storage import format as fmt
+
+        self.fields = {"x": fmt.field_spec("x", "int64", ())}
+        self.num_rows, self.description = n, "one-reader source"
+        self._busy = False
+
+    def read(self, start, stop):
+        import time
+
+        assert not self._busy, "two tasks read through one source instance at once"
+        self._busy = True
+        time.sleep(0.02)
+        self._busy = False
+        return {"x": np.arange(start, stop, dtype=np.int64)}
+
+
+def test_dask_tasks_on_threads_read_through_their_own_copies_of_the_source(tmp_path, monkeypatch):
+    pytest.importorskip("dask")
+    from memseq.convert import _sources_dask
+
+    monkeypatch.setattr(_sources_dask, "_BLOCK_BYTES", 8 * 50)  # 50 rows per task: 20 tasks
+    ds = cv.convert_sources_with_dask(tmp_path / "d", _OneReaderSource(1000), scheduler="threads", jobs=4)
+    np.testing.assert_array_equal(ds["x"][:], np.arange(1000))

@@ -11,6 +11,7 @@ same paths. Fields of variable length are not supported here (use :func:`convert
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,11 +27,18 @@ _BLOCK_BYTES = 64 * 2**20
 
 
 def _read_block(source: Source, start: int, stop: int) -> dict[str, Any]:
-    """Runs in a Dask worker: rows ``[start, stop)`` of every field of ``source`` (files reopened there)."""
+    """Runs in a Dask worker: rows ``[start, stop)`` of every field of ``source``.
+
+    Each task reads through its own copy of the source, as a worker process would get
+    it (a source pickles to paths and metadata, and reopens files lazily): tasks on the
+    threads of one worker must not share open files, which one task would close under
+    another ("Bad file descriptor").
+    """
+    own = pickle.loads(pickle.dumps(source))
     try:
-        return source.read(start, stop)
+        return own.read(start, stop)
     finally:
-        source.close()
+        own.close()
 
 
 def source_dask_arrays(sources: Source | Iterable[Source]) -> dict[str, Any]:
