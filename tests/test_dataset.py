@@ -257,7 +257,7 @@ def test_dataset_replaced_while_opening_is_opened_consistently(tmp_path, monkeyp
     # the reader must not pair the old manifest with the new files.
     path = tmp_path / "ds"
     memseq.save(path, {"a": np.zeros(5, np.int64), "b": np.zeros(5, np.int64)})
-    real_open_data_file = memseq.read.dataset._DatasetFiles._open_data_file
+    real_open_data_file = memseq.read.dataset.DatasetFiles._open_data_file
     calls = []
 
     def open_data_file(self, shard, spec):
@@ -266,7 +266,7 @@ def test_dataset_replaced_while_opening_is_opened_consistently(tmp_path, monkeyp
             memseq.save(path, {"a": np.ones(5, np.int64), "b": np.ones(5, np.int64)}, overwrite=True)
         return real_open_data_file(self, shard, spec)
 
-    monkeypatch.setattr(memseq.read.dataset._DatasetFiles, "_open_data_file", open_data_file)
+    monkeypatch.setattr(memseq.read.dataset.DatasetFiles, "_open_data_file", open_data_file)
     ds = memseq.open(path)
     assert len(calls) == 4  # opened twice
     assert ds["a"][:].tolist() == ds["b"][:].tolist() == [1] * 5

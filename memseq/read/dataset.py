@@ -59,7 +59,7 @@ from memseq.storage.identity import FileIdentity
 from memseq.util import forksafe as _forksafe
 from memseq.util.checks import bounded_repr, row_indices
 
-__all__ = ["Column", "Dataset", "RaggedColumn", "RawColumn", "open", "open_raw"]
+__all__ = ["Column", "Dataset", "DatasetFiles", "RaggedColumn", "RawColumn", "open", "open_raw"]
 
 # How often to start opening a dataset again that was replaced while it was being opened.
 _OPEN_ATTEMPTS = 3
@@ -68,12 +68,12 @@ _OPEN_ATTEMPTS = 3
 class _DatasetColumn(Column):
     """A column of a :class:`Dataset`; pickles as (the dataset's files, field name).
 
-    It refers to the dataset's :class:`_DatasetFiles`, not to the Dataset itself, so
+    It refers to the dataset's :class:`DatasetFiles`, not to the Dataset itself, so
     that a Dataset and its columns form no reference cycle, and a column outlives
     a dropped Dataset (keeping the mappings it needs).
     """
 
-    def __init__(self, files: "_DatasetFiles", name: str):
+    def __init__(self, files: "DatasetFiles", name: str):
         spec = files.manifest.fields[name]
         super().__init__(name, spec.dtype, spec.shape, [s.num_rows for s in files.manifest.shards])
         self._files = files
@@ -94,7 +94,7 @@ class _DatasetColumn(Column):
 class _DatasetRaggedColumn(RaggedColumn):
     """A variable-length column of a :class:`Dataset`; pickles as (the dataset's files, field name)."""
 
-    def __init__(self, files: "_DatasetFiles", name: str):
+    def __init__(self, files: "DatasetFiles", name: str):
         spec = files.manifest.fields[name]
         super().__init__(name, spec.dtype, spec.value_shape, [s.num_rows for s in files.manifest.shards])
         self._files = files
@@ -106,22 +106,25 @@ class _DatasetRaggedColumn(RaggedColumn):
         return (_ragged_column_of, (self._files, self.name, self.dtype.str, self.value_shape, self._part_rows))
 
 
-def _ragged_column_of(files: "_DatasetFiles", name: str, dtype: str, value_shape: tuple, part_rows: Sequence[int]) -> RaggedColumn:
+def _ragged_column_of(files: "DatasetFiles", name: str, dtype: str, value_shape: tuple, part_rows: Sequence[int]) -> RaggedColumn:
     column = _DatasetRaggedColumn.__new__(_DatasetRaggedColumn)
     RaggedColumn.__init__(column, name, np.dtype(dtype), value_shape, part_rows)
     column._files = files
     return column
 
 
-def _column_of(files: "_DatasetFiles", name: str, dtype: str, row_shape: tuple[int, ...], part_rows: Sequence[int]) -> Column:
+def _column_of(files: "DatasetFiles", name: str, dtype: str, row_shape: tuple[int, ...], part_rows: Sequence[int]) -> Column:
     column = _DatasetColumn.__new__(_DatasetColumn)
     Column.__init__(column, name, np.dtype(dtype), row_shape, part_rows)
     column._files = files
     return column
 
 
-class _DatasetFiles:
+class DatasetFiles:
     """The opened state of a dataset: manifest and mappings, shared by a Dataset and its columns.
+
+    The files of a local dataset directory; :class:`memseq.read.remote.RemoteDatasetFiles`
+    subclasses it for a dataset at a URL (its shards mapped from a verified local cache).
 
     Opening is lazy after unpickling. Pickles as (path, manifest fingerprint): a
     Dataset and its columns pickled together share one of these in the copy too.
@@ -151,7 +154,7 @@ class _DatasetFiles:
         # The path (absolute), the manifest's fingerprint and each data file's identity:
         # the copy refuses a replaced manifest or data file. A closed dataset stays closed.
         identities = None if self._identities is None else [tuple(i) for i in self._identities]
-        return (_DatasetFiles, (self.path, self.fingerprint, identities, self._closed))
+        return (DatasetFiles, (self.path, self.fingerprint, identities, self._closed))
 
     @property
     def manifest_path(self) -> str:
@@ -321,10 +324,10 @@ class Dataset(Mapping):
         *,
         _fingerprint: int | None = None,
         _lazy: bool = False,
-        _files: _DatasetFiles | None = None,
+        _files: DatasetFiles | None = None,
     ):
         if _files is None:
-            _files = _DatasetFiles(os.path.abspath(_fs.check_path(path, "dataset path")), _fingerprint)
+            _files = DatasetFiles(os.path.abspath(_fs.check_path(path, "dataset path")), _fingerprint)
         self._state = _files
         self.path = _files.path
         if not _lazy:
@@ -510,7 +513,7 @@ def _manifest_fingerprint(directory: str) -> int | None:
         return None
 
 
-def _dataset_of(files: _DatasetFiles) -> Dataset:
+def _dataset_of(files: DatasetFiles) -> Dataset:
     return Dataset(files.path, _lazy=True, _files=files)
 
 

@@ -176,7 +176,9 @@ class _Unmapper:
     def __init__(self, address: int, length: int, region: _sigbus.Region):
         self.address, self.length, self.region = address, length, region
 
-    def __del__(self):
+    def __del__(self, _finalizing=sys.is_finalizing):
+        if _finalizing():  # interpreter shutdown: module globals may be gone; the process's exit unmaps
+            return
         _sigbus.forget(self.region)  # first: the address range may be reused once unmapped
         try:
             _libc.munmap(self.address, self.length)

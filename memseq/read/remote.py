@@ -28,7 +28,7 @@ from memseq.errors import (
     DatasetReplacedError,
     MemseqError,
 )
-from memseq.read.dataset import _DatasetFiles
+from memseq.read.dataset import DatasetFiles
 from memseq.remote.cache import ShardCache
 from memseq.remote.urls import join
 from memseq.storage import format as fmt
@@ -67,7 +67,7 @@ class ShardParts(Sequence):
         return self._files.is_mapped(p)
 
 
-class RemoteDatasetFiles(_DatasetFiles):
+class RemoteDatasetFiles(DatasetFiles):
     """The opened state of a dataset at a URL: the manifest, and the shards mapped so far.
 
     Args:
