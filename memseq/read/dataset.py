@@ -172,13 +172,17 @@ class DatasetFiles:
             self.open()
             mapped = self._mapped
             if mapped is None:  # closed by another thread meanwhile
-                raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+                raise self.closed_error()
         return mapped
+
+    def closed_error(self) -> DatasetClosedError:
+        """The error of a read after :meth:`close`."""
+        return DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
 
     def open(self) -> None:
         with self._lock:
             if self._closed:
-                raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+                raise self.closed_error()
             if self._mapped is not None:
                 return
             # An overwrite swaps the whole directory in one step. If that happens while

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from memseq.errors import (
-    DatasetClosedError,
     DatasetNotFoundError,
     DatasetReplacedError,
     MemseqError,
@@ -101,7 +100,7 @@ class RemoteDatasetFiles(DatasetFiles):
     def open(self) -> None:
         with self._lock:
             if self._closed:
-                raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+                raise self.closed_error()
             if self._mapped is not None:
                 return
             raw = self.cache.manifest_bytes(self.fingerprint)
@@ -133,7 +132,7 @@ class RemoteDatasetFiles(DatasetFiles):
                 with self._lock:
                     if self._closed:
                         _close_parts(mapped)
-                        raise DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
+                        raise self.closed_error()
                     self._shards[s] = mapped
         return mapped
 

@@ -32,7 +32,7 @@ import threading
 from typing import Callable
 
 from memseq.errors import CorruptFileError, MemseqError, SchemaError
-from memseq.remote import transfer
+import memseq.remote.transfer as transfer
 from memseq.remote.urls import cache_key, default_cache_dir, join, parse_size
 from memseq.storage import format as fmt
 from memseq.storage.checksum import crc32, crc32_of_file
