@@ -180,40 +180,53 @@ class DatasetFiles:
         return DatasetClosedError(f"{self.path}: the dataset was closed; open it again to read.")
 
     def open(self) -> None:
+        """Maps the dataset (once; later calls return at once).
+
+        Raises:
+            DatasetClosedError: After :meth:`close`.
+            DatasetReplacedError: If a pickled copy's dataset changed since.
+        """
         with self._lock:
             if self._closed:
                 raise self.closed_error()
-            if self._mapped is not None:
-                return
-            # An overwrite swaps the whole directory in one step. If that happens while
-            # we read the manifest and open the files one by one, the old manifest could
-            # be paired with some of the new files: fingerprint the manifest before and
-            # after opening, and start again if it changed.
-            for _ in range(_OPEN_ATTEMPTS):
-                raw = fmt.read_manifest_bytes(self.path)
-                crc = crc32(raw)
-                if self.fingerprint is not None and crc != self.fingerprint:
-                    raise DatasetReplacedError(
-                        f"{self.manifest_path}: the dataset changed since this Dataset object was pickled; "
-                        "open it again in the parent process."
-                    )
-                try:
-                    manifest = fmt.parse_manifest(raw, self.path)
-                    self._opening = []
-                    mapped = self._open_all(manifest)
-                except MemseqError:
-                    if _manifest_fingerprint(self.path) != crc:
-                        continue  # replaced while opening: the error may be an artefact of that
-                    raise
-                if _manifest_fingerprint(self.path) == crc:
-                    break
-                _close_all(mapped)
-            else:
-                raise DatasetReplacedError(f"{self.manifest_path}: the dataset kept changing while it was being opened.")
-            self._manifest = manifest
-            self.fingerprint = crc
-            self._identities, self._opening = self._opening, []
-            self._mapped = mapped
+            if self._mapped is None:
+                self._map_files()
+
+    def check_fingerprint(self, crc: int) -> None:
+        """Raises DatasetReplacedError if ``crc`` (the manifest's now) is not the fingerprint this copy was pickled with."""
+        if self.fingerprint is not None and crc != self.fingerprint:
+            raise DatasetReplacedError(
+                f"{self.manifest_path}: the dataset changed since this Dataset object was pickled; "
+                "open it again in the parent process."
+            )
+
+    def _map_files(self) -> None:
+        """Reads the manifest and maps the files (called by :meth:`open`, under its lock)."""
+        # An overwrite swaps the whole directory in one step. If that happens while
+        # we read the manifest and open the files one by one, the old manifest could
+        # be paired with some of the new files: fingerprint the manifest before and
+        # after opening, and start again if it changed.
+        for _ in range(_OPEN_ATTEMPTS):
+            raw = fmt.read_manifest_bytes(self.path)
+            crc = crc32(raw)
+            self.check_fingerprint(crc)
+            try:
+                manifest = fmt.parse_manifest(raw, self.path)
+                self._opening = []
+                mapped = self._open_all(manifest)
+            except MemseqError:
+                if _manifest_fingerprint(self.path) != crc:
+                    continue  # replaced while opening: the error may be an artefact of that
+                raise
+            if _manifest_fingerprint(self.path) == crc:
+                break
+            _close_all(mapped)
+        else:
+            raise DatasetReplacedError(f"{self.manifest_path}: the dataset kept changing while it was being opened.")
+        self._manifest = manifest
+        self.fingerprint = crc
+        self._identities, self._opening = self._opening, []
+        self._mapped = mapped
 
     def _open_all(self, manifest: fmt.Manifest) -> dict[str, list[MappedFile]]:
         mapped: dict[str, list[MappedFile]] = {name: [] for name in manifest.fields}

@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 from memseq.errors import (
     DatasetNotFoundError,
-    DatasetReplacedError,
     MemseqError,
 )
 from memseq.read.dataset import DatasetFiles
@@ -97,27 +96,19 @@ class RemoteDatasetFiles(DatasetFiles):
     def manifest_path(self) -> str:
         return join(self.path, fmt.MANIFEST_NAME)
 
-    def open(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise self.closed_error()
-            if self._mapped is not None:
-                return
-            raw = self.cache.manifest_bytes(self.fingerprint)
-            crc = crc32(raw)
-            if self.fingerprint is not None and crc != self.fingerprint:
-                raise DatasetReplacedError(
-                    f"{self.manifest_path}: the dataset changed since this Dataset object was pickled; "
-                    "open it again in the parent process."
-                )
-            manifest = fmt.parse_manifest(raw, self.path)
-            self.fingerprint = crc
-            self.data_dir = self.cache.version_dir(crc)
-            n = len(manifest.shards)
-            self._shards = [None] * n
-            self._shard_locks = [threading.Lock() for _ in range(n)]
-            self._manifest = manifest
-            self._mapped = {name: ShardParts(self, name, n) for name in manifest.fields}
+    def _map_files(self) -> None:
+        raw = self.cache.manifest_bytes(self.fingerprint)
+        crc = crc32(raw)
+        self.check_fingerprint(crc)
+        manifest = fmt.parse_manifest(raw, self.path)
+        self.fingerprint = crc
+        self.data_dir = self.cache.version_dir(crc)
+        n = len(manifest.shards)
+        # Shards are fetched and mapped on first use (see shard()).
+        self._shards = [None] * n
+        self._shard_locks = [threading.Lock() for _ in range(n)]
+        self._manifest = manifest
+        self._mapped = {name: ShardParts(self, name, n) for name in manifest.fields}
 
     def shard(self, s: int) -> dict[str, Any]:
         """Field name -> mapped part of shard ``s``, fetching and verifying its files first if needed."""
